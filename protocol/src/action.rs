@@ -1,0 +1,130 @@
+//! Protocol action numbers (§3.1). Unknown numbers survive decoding as [`Action::Unknown`] so the
+//! broker can answer them with an error instead of dropping the frame.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The `action` of a [`crate::ProtocolMessage`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// 0: keep-alive, and the reply to a client `ping()` when it carries an `id`.
+    #[default]
+    Heartbeat,
+    /// 1: publishes acknowledged.
+    Ack,
+    /// 2: publishes refused.
+    Nack,
+    /// 3: unused by ably-js.
+    Connect,
+    /// 4: the connection is established (also the reply to a client AUTH).
+    Connected,
+    /// 5: the client drops this transport but keeps its connection state.
+    Disconnect,
+    /// 6: the server drops this transport; the client resumes.
+    Disconnected,
+    /// 7: the client closes the connection for good.
+    Close,
+    /// 8: the reply to CLOSE; never sent unsolicited.
+    Closed,
+    /// 9: a connection error (no `channel`) or a channel error (with `channel`).
+    Error,
+    /// 10: attach a channel.
+    Attach,
+    /// 11: the channel is attached.
+    Attached,
+    /// 12: detach a channel.
+    Detach,
+    /// 13: the channel is detached.
+    Detached,
+    /// 14: presence events.
+    Presence,
+    /// 15: messages.
+    Message,
+    /// 16: a page of the presence set.
+    Sync,
+    /// 17: re-authentication (server asks, client answers with a token).
+    Auth,
+    /// 18: ignored.
+    Activate,
+    /// Any number this crate does not name (LiveObjects, annotations, future actions).
+    Unknown(u64),
+}
+
+impl Action {
+    /// The action's number on the wire.
+    pub fn code(self) -> u64 {
+        match self {
+            Action::Heartbeat => 0,
+            Action::Ack => 1,
+            Action::Nack => 2,
+            Action::Connect => 3,
+            Action::Connected => 4,
+            Action::Disconnect => 5,
+            Action::Disconnected => 6,
+            Action::Close => 7,
+            Action::Closed => 8,
+            Action::Error => 9,
+            Action::Attach => 10,
+            Action::Attached => 11,
+            Action::Detach => 12,
+            Action::Detached => 13,
+            Action::Presence => 14,
+            Action::Message => 15,
+            Action::Sync => 16,
+            Action::Auth => 17,
+            Action::Activate => 18,
+            Action::Unknown(n) => n,
+        }
+    }
+
+    /// The action for a wire number.
+    pub fn from_code(code: u64) -> Action {
+        match code {
+            0 => Action::Heartbeat,
+            1 => Action::Ack,
+            2 => Action::Nack,
+            3 => Action::Connect,
+            4 => Action::Connected,
+            5 => Action::Disconnect,
+            6 => Action::Disconnected,
+            7 => Action::Close,
+            8 => Action::Closed,
+            9 => Action::Error,
+            10 => Action::Attach,
+            11 => Action::Attached,
+            12 => Action::Detach,
+            13 => Action::Detached,
+            14 => Action::Presence,
+            15 => Action::Message,
+            16 => Action::Sync,
+            17 => Action::Auth,
+            18 => Action::Activate,
+            n => Action::Unknown(n),
+        }
+    }
+}
+
+impl Serialize for Action {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.code())
+    }
+}
+
+impl<'de> Deserialize<'de> for Action {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        u64::deserialize(deserializer).map(Action::from_code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_named_action_round_trips_through_its_code() {
+        for code in 0..=25 {
+            assert_eq!(Action::from_code(code).code(), code);
+        }
+        assert_eq!(Action::from_code(15), Action::Message);
+        assert_eq!(Action::from_code(21), Action::Unknown(21));
+    }
+}

@@ -1,0 +1,20 @@
+//! The wire contract of Ably's realtime protocol v6, shared by the broker, the client SDK, the
+//! load generator and the tests: [`ProtocolMessage`] and its parts, action numbers and flags,
+//! error codes, capabilities, and the JSON and msgpack codecs. It knows nothing of sockets,
+//! storage or runtimes. Section numbers (§) refer to `../shared/ably-protocol.md`.
+
+pub mod action;
+pub mod capability;
+pub mod codec;
+pub mod error;
+pub mod flags;
+pub mod message;
+
+pub use action::Action;
+pub use capability::{Capability, Operation};
+pub use codec::{decode, encode, salvage, DecodeError, Format, Salvage};
+pub use error::ErrorInfo;
+pub use message::{
+    AuthDetails, ConnectionDetails, Data, Message, PresenceMessage, ProtocolMessage,
+    PublishResult,
+};
