@@ -1,1 +1,18 @@
-//! placeholder
+//! The broker: a self-hosted realtime messaging server that speaks Ably's realtime protocol v6
+//! over WebSocket and REST on one port, with durable, ordered per-channel logs in sled.
+//! Start it with [`run`]; `docs/architecture.md` walks one message through these modules.
+
+pub mod actions;
+pub mod auth;
+pub mod channel;
+pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod server;
+pub mod store;
+
+pub use config::Config;
+pub use server::{run, Broker};

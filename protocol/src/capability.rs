@@ -258,7 +258,13 @@ mod tests {
 
     #[test]
     fn malformed_capabilities_are_errors() {
-        for text in [r#"[]"#, r#"{"a":"publish"}"#, r#"{"a":[]}"#, r#"{"a":["fly"]}"#, "{"] {
+        for text in [
+            r#"[]"#,
+            r#"{"a":"publish"}"#,
+            r#"{"a":[]}"#,
+            r#"{"a":["fly"]}"#,
+            "{",
+        ] {
             assert!(Capability::parse(text).is_err(), "{text}");
         }
         let cap = Capability::parse(r#"{"b":["subscribe","publish"],"a":["*"]}"#).unwrap();

@@ -155,8 +155,8 @@ pub struct Salvage {
 pub fn salvage(format: Format, bytes: &[u8]) -> Option<Salvage> {
     let loose: Loose = decode_value(format, bytes).ok()?;
     Some(Salvage {
-        action: loose.action.0.and_then(|v| v.as_u64()),
-        msg_serial: loose.msg_serial.0.and_then(|v| v.as_u64()),
+        action: loose.action.0.and_then(|v| v.into_u64()),
+        msg_serial: loose.msg_serial.0.and_then(|v| v.into_u64()),
         channel: loose.channel.0.and_then(|v| v.into_string()),
     })
 }
@@ -182,7 +182,7 @@ enum Scalar {
 }
 
 impl Scalar {
-    fn as_u64(self) -> Option<u64> {
+    fn into_u64(self) -> Option<u64> {
         match self {
             Scalar::Number(n) => Some(n),
             Scalar::Text(_) => None,
@@ -256,7 +256,9 @@ mod salvage_tests {
         let s = salvage(Format::Json, bytes).unwrap();
         assert_eq!((s.action, s.msg_serial), (Some(15), Some(3)));
         assert_eq!(s.channel.as_deref(), Some("x"));
-        let packed = rmp_serde::to_vec_named(&serde_json::json!({"action":10,"channel":["a"],"flags":"x"})).unwrap();
+        let packed =
+            rmp_serde::to_vec_named(&serde_json::json!({"action":10,"channel":["a"],"flags":"x"}))
+                .unwrap();
         let s = salvage(Format::Msgpack, &packed).unwrap();
         assert_eq!((s.action, s.channel), (Some(10), None));
         assert_eq!(salvage(Format::Json, b"\"text\""), None);

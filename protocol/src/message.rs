@@ -349,9 +349,9 @@ fn normalise(data: &mut Option<Data>, encoding: &mut Option<String>) -> Result<(
                 .strip_suffix("base64")
                 .filter(|r| r.is_empty() || r.ends_with('/'))
             {
-                let bytes = BASE64.decode(text.trim()).map_err(|_| {
-                    ErrorInfo::new(codes::INVALID_DATA, "data is not valid base64")
-                })?;
+                let bytes = BASE64
+                    .decode(text.trim())
+                    .map_err(|_| ErrorInfo::new(codes::INVALID_DATA, "data is not valid base64"))?;
                 let rest = rest.trim_end_matches('/');
                 *encoding = (!rest.is_empty()).then(|| rest.to_owned());
                 *data = Some(Data::Binary(Bytes::from(bytes)));
@@ -399,7 +399,10 @@ mod tests {
             ..Default::default()
         };
         m.normalise_data().unwrap();
-        assert_eq!(m.data, Some(Data::Binary(Bytes::from_static(&[0, 1, 2, 255]))));
+        assert_eq!(
+            m.data,
+            Some(Data::Binary(Bytes::from_static(&[0, 1, 2, 255])))
+        );
         assert_eq!(m.encoding, None);
 
         let pm = ProtocolMessage {

@@ -1,0 +1,148 @@
+//! MESSAGE (§7): publish. De-duplicate a resent msgSerial (§4.6), check capability, clientId
+//! and size, bring data to its canonical encoding (§7.5), stamp ids and the connectionId, and
+//! queue the publish on the channel's sequencer. The ACK or NACK is sent in msgSerial order
+//! when the sequencer reports the messages durable (§7.3).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::FutureExt;
+use protocol::error::codes;
+use protocol::{ErrorInfo, Message, Operation, ProtocolMessage};
+use tokio::sync::oneshot;
+
+use crate::channel::{validate_name, Command, Origin, Publish};
+use crate::connection::session::Seen;
+use crate::connection::{await_outcome, Connection};
+
+pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
+    let Some(msg_serial) = message.msg_serial else {
+        conn.fail(ErrorInfo::new(
+            codes::BAD_REQUEST,
+            "MESSAGE without msgSerial",
+        ));
+        return;
+    };
+    match conn.session.seen(msg_serial) {
+        Seen::New => {}
+        Seen::Again(outcome) => {
+            conn.pending
+                .push_back(Box::pin(async move { (msg_serial, outcome.await) }));
+            return;
+        }
+        Seen::Forgotten => {
+            let count = message.messages.as_ref().map_or(0, Vec::len);
+            conn.answer(msg_serial, Ok(vec![None; count]));
+            return;
+        }
+    }
+    let (channel, messages, app_ids) = match prepare(conn, message, msg_serial) {
+        Ok(prepared) => prepared,
+        Err(e) => return refuse(conn, msg_serial, e),
+    };
+    let (reply, outcome) = oneshot::channel();
+    let outcome = await_outcome(outcome).shared();
+    conn.session.record(msg_serial, outcome.clone());
+    let publish = Publish {
+        messages,
+        origin: Some(Origin {
+            connection_id: conn.connection_id.clone(),
+            pm_id: format!("{}:{msg_serial}", conn.connection_id),
+        }),
+        app_ids,
+        received: Instant::now(),
+        reply,
+    };
+    // A failed send drops `reply`, which resolves the outcome as an error.
+    let _ = conn
+        .broker
+        .channels
+        .send(&channel, Command::Publish(publish))
+        .await;
+    conn.pending
+        .push_back(Box::pin(async move { (msg_serial, outcome.await) }));
+}
+
+/// NACKs `msg_serial` with `error`, remembering it so a resend gets the same answer.
+pub(super) fn refuse(conn: &mut Connection, msg_serial: u64, error: ErrorInfo) {
+    if !matches!(conn.session.seen(msg_serial), Seen::New) {
+        conn.answer(msg_serial, Err(error));
+        return;
+    }
+    let outcome = futures_util::future::ready(Err(error)).boxed().shared();
+    conn.session.record(msg_serial, outcome.clone());
+    conn.pending
+        .push_back(Box::pin(async move { (msg_serial, outcome.await) }));
+}
+
+fn prepare(
+    conn: &Connection,
+    message: ProtocolMessage,
+    msg_serial: u64,
+) -> Result<(String, Vec<Message>, bool), ErrorInfo> {
+    let limits = &conn.broker.config.limits;
+    let channel = message
+        .channel
+        .ok_or_else(|| ErrorInfo::new(codes::BAD_REQUEST, "MESSAGE without a channel"))?;
+    validate_name(&channel, limits.max_channel_name_length)?;
+    if !conn
+        .authority
+        .capability
+        .allows(&channel, Operation::Publish)
+    {
+        return Err(ErrorInfo::new(
+            codes::CAPABILITY_DENIED,
+            format!("Unable to publish: no publish capability on channel {channel}"),
+        ));
+    }
+    let mut messages = message.messages.unwrap_or_default();
+    if messages.is_empty() {
+        return Err(ErrorInfo::new(
+            codes::BAD_REQUEST,
+            "MESSAGE without messages",
+        ));
+    }
+    let connection_id: Arc<str> = conn.connection_id.clone();
+    let app_ids = stamp(
+        &mut messages,
+        &conn.authority.identity,
+        Some(&connection_id),
+        &format!("{connection_id}:{msg_serial}"),
+        limits.max_message_size,
+    )?;
+    Ok((channel, messages, app_ids))
+}
+
+/// Validates and stamps messages from any publisher (realtime or REST): canonical data,
+/// clientId per §8.6, size per §7.5, and an id (`<base>:<index>`) where the app set none.
+/// Returns whether the app set any ids (idempotent publishing).
+pub fn stamp(
+    messages: &mut [Message],
+    identity: &crate::auth::Identity,
+    connection_id: Option<&str>,
+    id_base: &str,
+    max_size: usize,
+) -> Result<bool, ErrorInfo> {
+    let mut size = 0;
+    let mut app_ids = false;
+    for (index, m) in messages.iter_mut().enumerate() {
+        m.normalise_data()?;
+        m.client_id = identity.message_client_id(m.client_id.as_deref())?;
+        size += m.size();
+        match &m.id {
+            Some(id) if !id.is_empty() => app_ids = true,
+            _ => m.id = Some(format!("{id_base}:{index}")),
+        }
+        m.connection_id = connection_id.map(str::to_owned);
+        m.connection_key = None;
+        m.serial = None;
+        m.timestamp = None;
+    }
+    if size > max_size {
+        return Err(ErrorInfo::new(
+            codes::MESSAGE_TOO_LARGE,
+            format!("message size {size} exceeds maxMessageSize {max_size}"),
+        ));
+    }
+    Ok(app_ids)
+}

@@ -1,0 +1,249 @@
+//! Channels: a sharded registry ([`Channels`]) of per-channel sequencer tasks. Every command
+//! for a channel (publish, attach, detach) goes through its one sequencer, which appends to
+//! the log, waits for group commit, and fans out in log order (habit 8 of
+//! `../shared/style.md`). A sequencer idle with no subscribers retires; commands that race its
+//! retirement wait for it to finish and go to its successor, so there is never more than one
+//! sequencer per channel.
+
+mod sequencer;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use dashmap::DashMap;
+use protocol::error::codes;
+use protocol::{ErrorInfo, Message};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::connection::outbox::Outbox;
+use crate::connection::session::PublishOutcome;
+use crate::metrics::Metrics;
+use crate::store::commit::Committer;
+use crate::store::ChannelLog;
+
+/// Commands a sequencer queues before senders wait.
+const QUEUE_DEPTH: usize = 1024;
+
+/// What a sequencer needs from the broker.
+pub struct ChannelContext {
+    /// The log.
+    pub log: Arc<dyn ChannelLog>,
+    /// Group commit.
+    pub committer: Committer,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Messages kept per channel.
+    pub max_messages: u64,
+    /// Most messages a rewind delivers.
+    pub max_rewind: usize,
+    /// Most messages replayed on a resumed attach.
+    pub max_resume_replay: usize,
+}
+
+/// A publish of one ProtocolMessage's messages, already validated, with ids, clientIds and
+/// connectionIds set. The sequencer adds serials and timestamps.
+pub struct Publish {
+    /// The messages, in order.
+    pub messages: Vec<Message>,
+    /// The publishing connection and ProtocolMessage id, for realtime publishes.
+    pub origin: Option<Origin>,
+    /// Whether the app set message ids, which are then checked against recent ones
+    /// (idempotent publishing).
+    pub app_ids: bool,
+    /// When the broker received it, for the latency metric.
+    pub received: Instant,
+    /// Where the outcome goes once the messages are durable.
+    pub reply: oneshot::Sender<PublishOutcome>,
+}
+
+/// The realtime publisher of a [`Publish`].
+#[derive(Clone)]
+pub struct Origin {
+    /// The publisher's connectionId.
+    pub connection_id: Arc<str>,
+    /// `<connectionId>:<msgSerial>`.
+    pub pm_id: String,
+}
+
+/// A connection's socket attached to a channel.
+#[derive(Clone)]
+pub struct Subscriber {
+    /// The connectionId.
+    pub connection_id: Arc<str>,
+    /// The socket, so a stale detach from a replaced socket removes nothing.
+    pub socket_id: u64,
+    /// Where frames go.
+    pub outbox: Outbox,
+    /// Granted modes (§8.8).
+    pub modes: u64,
+    /// Whether the connection's own messages are delivered back to it.
+    pub echo: bool,
+}
+
+/// Where an attach starts delivering from (§5.4, §5.6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartFrom {
+    /// Only new messages.
+    Live,
+    /// After this `channelSerial` (a re-attach), RESUMED when continuity holds.
+    Serial(String),
+    /// The last N messages first.
+    Rewind(usize),
+    /// Messages of the last so many ms first.
+    RewindFor(i64),
+}
+
+/// An attach request.
+pub struct Attach {
+    /// Who attaches.
+    pub subscriber: Subscriber,
+    /// Where delivery starts.
+    pub from: StartFrom,
+    /// The params to confirm on ATTACHED.
+    pub params: BTreeMap<String, String>,
+}
+
+/// Commands a sequencer executes in order.
+pub enum Command {
+    /// Append and fan out.
+    Publish(Publish),
+    /// Send ATTACHED (and any backlog), then deliver live.
+    Attach(Attach),
+    /// Stop delivering to a socket; send DETACHED when `reply` is set.
+    Detach {
+        /// The connectionId.
+        connection_id: Arc<str>,
+        /// The socket that detaches.
+        socket_id: u64,
+        /// Send DETACHED here afterwards (a client DETACH), or nothing (socket gone).
+        reply: Option<Outbox>,
+    },
+}
+
+#[derive(Clone)]
+struct Handle {
+    id: u64,
+    commands: mpsc::Sender<Command>,
+    retired: watch::Receiver<bool>,
+}
+
+/// The sharded registry of running sequencers.
+pub struct Channels {
+    map: DashMap<String, Handle>,
+    context: Arc<ChannelContext>,
+    next_id: AtomicU64,
+}
+
+impl Channels {
+    /// An empty registry.
+    pub fn new(context: ChannelContext) -> Arc<Channels> {
+        Arc::new(Channels {
+            map: DashMap::new(),
+            context: Arc::new(context),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// The shared context (log, metrics…).
+    pub fn context(&self) -> &Arc<ChannelContext> {
+        &self.context
+    }
+
+    /// Sends `command` to the channel's sequencer, starting one if none runs. Waits while the
+    /// sequencer's queue is full (backpressure on the sender, never on other channels).
+    pub async fn send(
+        self: &Arc<Self>,
+        channel: &str,
+        mut command: Command,
+    ) -> Result<(), ErrorInfo> {
+        loop {
+            let handle = self.handle(channel)?;
+            if handle.commands.is_closed() {
+                let mut retired = handle.retired.clone();
+                let _ = retired.wait_for(|done| *done).await;
+                self.map.remove_if(channel, |_, h| h.id == handle.id);
+                continue;
+            }
+            match handle.commands.send(command).await {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::SendError(back)) => command = back,
+            }
+        }
+    }
+
+    fn handle(self: &Arc<Self>, channel: &str) -> Result<Handle, ErrorInfo> {
+        if let Some(h) = self.map.get(channel) {
+            return Ok(h.clone());
+        }
+        let mut failure = None;
+        let handle = self
+            .map
+            .entry(channel.to_owned())
+            .or_insert_with(|| {
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+                let (retired_tx, retired_rx) = watch::channel(false);
+                match sequencer::Sequencer::load(channel, self.context.clone()) {
+                    Ok(seq) => {
+                        tokio::spawn(seq.run(id, rx, self.clone(), retired_tx));
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        let _ = retired_tx.send(true);
+                    }
+                }
+                Handle {
+                    id,
+                    commands: tx,
+                    retired: retired_rx,
+                }
+            })
+            .clone();
+        if let Some(e) = failure {
+            self.map.remove_if(channel, |_, h| h.id == handle.id);
+            tracing::error!(channel, error = %e, "cannot open channel log");
+            return Err(ErrorInfo::new(
+                codes::INTERNAL_CHANNEL,
+                "channel log unavailable",
+            ));
+        }
+        Ok(handle)
+    }
+
+    fn forget(&self, channel: &str, id: u64) {
+        self.map.remove_if(channel, |_, h| h.id == id);
+    }
+
+    /// How many sequencers run.
+    pub fn active(&self) -> usize {
+        self.map.len()
+    }
+}
+
+/// Checks a channel name (§11 code 40010): non-empty, at most `max_len` bytes, no control
+/// characters, and no `[qualifier]` prefix (derived channels are not supported, §5.4).
+pub fn validate_name(name: &str, max_len: usize) -> Result<(), ErrorInfo> {
+    let invalid = |why: &str| {
+        ErrorInfo::new(
+            codes::INVALID_CHANNEL_NAME,
+            format!("invalid channel name: {why}"),
+        )
+    };
+    if name.is_empty() {
+        return Err(invalid("empty"));
+    }
+    if name.len() > max_len {
+        return Err(invalid(&format!("longer than {max_len} bytes")));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(invalid("contains control characters"));
+    }
+    if name.starts_with('[') {
+        return Err(invalid(
+            "channel qualifiers such as [?rewind=1] are not supported; use channel params",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,459 @@
+//! One channel's sequencer: the single task that orders the channel. It gives each accepted
+//! message the next serial and a non-decreasing timestamp, appends a batch to the log, waits
+//! for group commit, and only then fans the batch out and answers the publishers — so an ACK
+//! means "on disk" and every subscriber sees the log's order. Each outgoing ProtocolMessage is
+//! encoded once per wire format and the same frame is handed to every subscriber (habit 6).
+//! Attaches are ordered with publishes here too, so a replay joins live traffic without a gap
+//! or a duplicate (§5.6).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::error::codes;
+use protocol::{flags, Action, ErrorInfo, Format, Message, ProtocolMessage};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use super::{Attach, ChannelContext, Channels, Command, Publish, StartFrom, Subscriber};
+use crate::auth::now_ms;
+use crate::connection::outbox::{encode_frame, PushError};
+use crate::store::{format_serial, parse_serial, Direction, Query, StoreError};
+
+/// Publishes taken into one log append and one commit at most.
+const MAX_BATCH: usize = 256;
+/// How long a sequencer with no subscribers waits for work before it retires.
+const IDLE_RETIRE: Duration = Duration::from_secs(30);
+/// How long app-set message ids are remembered for idempotent publishing (Ably: 2 min).
+const IDEMPOTENCY_WINDOW_MS: i64 = 120_000;
+/// Most app-set ids remembered per channel.
+const IDEMPOTENCY_MAX_IDS: usize = 10_000;
+
+pub(super) struct Sequencer {
+    name: String,
+    context: Arc<ChannelContext>,
+    epoch: String,
+    /// Oldest retained serial (`last + 1` when empty).
+    first: u64,
+    last: u64,
+    last_timestamp: i64,
+    subscribers: HashMap<Arc<str>, Subscriber>,
+    recent_ids: HashMap<String, String>,
+    recent_order: VecDeque<(i64, String)>,
+}
+
+impl Sequencer {
+    /// Reads the channel's position from the log.
+    pub(super) fn load(name: &str, context: Arc<ChannelContext>) -> Result<Sequencer, StoreError> {
+        let bounds = context.log.bounds(name)?;
+        let epoch = context.log.epoch().to_owned();
+        let mut seq = Sequencer {
+            name: name.to_owned(),
+            epoch,
+            first: bounds.map_or(1, |b| b.first),
+            last: bounds.map_or(0, |b| b.last),
+            last_timestamp: bounds.map_or(0, |b| b.last_timestamp),
+            subscribers: HashMap::new(),
+            recent_ids: HashMap::new(),
+            recent_order: VecDeque::new(),
+            context,
+        };
+        // Idempotent publishing must hold across restarts: remember recent ids from the log.
+        let recent = seq.context.log.read(
+            name,
+            &Query {
+                from: 0,
+                to: u64::MAX,
+                start_ms: Some(now_ms() - IDEMPOTENCY_WINDOW_MS),
+                end_ms: None,
+                direction: Direction::Forwards,
+                limit: IDEMPOTENCY_MAX_IDS,
+            },
+        )?;
+        for (_, m) in recent {
+            if let (Some(id), Some(serial)) = (m.id, m.serial) {
+                seq.remember_id(id, serial, m.timestamp.unwrap_or(0));
+            }
+        }
+        Ok(seq)
+    }
+
+    pub(super) async fn run(
+        mut self,
+        id: u64,
+        mut commands: mpsc::Receiver<Command>,
+        channels: Arc<Channels>,
+        retired: watch::Sender<bool>,
+    ) {
+        self.context.metrics.active_channels.inc();
+        let mut leftover_attaches = Vec::new();
+        loop {
+            let first = if self.subscribers.is_empty() {
+                match tokio::time::timeout(IDLE_RETIRE, commands.recv()).await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break,
+                    Err(_) => {
+                        // Retire: refuse new commands, finish the queued ones, then make way.
+                        commands.close();
+                        let mut rest = Vec::new();
+                        while let Some(c) = commands.recv().await {
+                            match c {
+                                Command::Attach(a) => leftover_attaches.push(a),
+                                other => rest.push(other),
+                            }
+                        }
+                        self.execute(rest).await;
+                        break;
+                    }
+                }
+            } else {
+                match commands.recv().await {
+                    Some(c) => c,
+                    None => break,
+                }
+            };
+            // Take what queued meanwhile: consecutive publishes share one append and commit.
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match commands.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            self.execute(batch).await;
+        }
+        channels.forget(&self.name, id);
+        self.context.metrics.active_channels.dec();
+        let _ = retired.send(true);
+        for attach in leftover_attaches {
+            let channels = channels.clone();
+            let name = self.name.clone();
+            tokio::spawn(async move {
+                let _ = channels.send(&name, Command::Attach(attach)).await;
+            });
+        }
+    }
+
+    /// Executes commands in order, grouping runs of publishes into one append.
+    async fn execute(&mut self, commands: Vec<Command>) {
+        let mut publishes = Vec::new();
+        for command in commands {
+            match command {
+                Command::Publish(p) => publishes.push(p),
+                other => {
+                    if !publishes.is_empty() {
+                        self.publish(std::mem::take(&mut publishes)).await;
+                    }
+                    self.execute_other(other);
+                }
+            }
+        }
+        if !publishes.is_empty() {
+            self.publish(publishes).await;
+        }
+    }
+
+    fn execute_other(&mut self, command: Command) {
+        match command {
+            Command::Publish(_) => unreachable!("publishes are batched by execute"),
+            Command::Attach(a) => self.attach(a),
+            Command::Detach {
+                connection_id,
+                socket_id,
+                reply,
+            } => {
+                if self
+                    .subscribers
+                    .get(&connection_id)
+                    .is_some_and(|s| s.socket_id == socket_id)
+                {
+                    self.subscribers.remove(&connection_id);
+                }
+                if let Some(outbox) = reply {
+                    let _ =
+                        outbox.push(&ProtocolMessage::for_channel(Action::Detached, &self.name));
+                }
+            }
+        }
+    }
+
+    fn remember_id(&mut self, id: String, serial: String, timestamp: i64) {
+        if self.recent_order.len() >= IDEMPOTENCY_MAX_IDS {
+            if let Some((_, old)) = self.recent_order.pop_front() {
+                self.recent_ids.remove(&old);
+            }
+        }
+        self.recent_order.push_back((timestamp, id.clone()));
+        self.recent_ids.insert(id, serial);
+    }
+
+    fn forget_old_ids(&mut self, now: i64) {
+        while let Some((ts, _)) = self.recent_order.front() {
+            if *ts >= now - IDEMPOTENCY_WINDOW_MS {
+                break;
+            }
+            if let Some((_, id)) = self.recent_order.pop_front() {
+                self.recent_ids.remove(&id);
+            }
+        }
+    }
+
+    async fn publish(&mut self, batch: Vec<Publish>) {
+        debug_assert!(batch.len() <= MAX_BATCH);
+        let now = now_ms();
+        self.forget_old_ids(now);
+        let timestamp = now.max(self.last_timestamp);
+        let before = self.last;
+        // For each publish: (messages newly appended, serials for the ACK).
+        let mut prepared: Vec<(Vec<Message>, Vec<Option<String>>)> =
+            Vec::with_capacity(batch.len());
+        for p in &batch {
+            let mut fresh = Vec::with_capacity(p.messages.len());
+            let mut serials = Vec::with_capacity(p.messages.len());
+            for m in &p.messages {
+                if p.app_ids {
+                    if let Some(existing) = m.id.as_ref().and_then(|id| self.recent_ids.get(id)) {
+                        serials.push(Some(existing.clone()));
+                        continue;
+                    }
+                }
+                self.last += 1;
+                let serial = format_serial(&self.epoch, self.last);
+                let mut m = m.clone();
+                m.serial = Some(serial.clone());
+                m.timestamp = Some(timestamp);
+                m.action = Some(0);
+                if p.app_ids {
+                    if let Some(id) = &m.id {
+                        self.remember_id(id.clone(), serial.clone(), timestamp);
+                    }
+                }
+                serials.push(Some(serial));
+                fresh.push(m);
+            }
+            prepared.push((fresh, serials));
+        }
+        let appended: Vec<(u64, &Message)> = prepared
+            .iter()
+            .flat_map(|(fresh, _)| fresh.iter())
+            .enumerate()
+            .map(|(i, m)| (before + 1 + i as u64, m))
+            .collect();
+        let stored = if appended.is_empty() {
+            Ok(())
+        } else {
+            match self.context.log.append(&self.name, &appended) {
+                Ok(()) => self.context.committer.durable().await,
+                Err(e) => Err(e),
+            }
+        };
+        if let Err(e) = stored {
+            tracing::error!(channel = %self.name, error = %e, "append failed");
+            // The serials were not (reliably) written: read the position back from the log.
+            match self.context.log.bounds(&self.name) {
+                Ok(b) => self.last = b.map_or(self.first.saturating_sub(1), |b| b.last),
+                Err(_) => self.last = before,
+            }
+            let error = ErrorInfo::new(codes::INTERNAL_CHANNEL, "message could not be stored");
+            for p in batch {
+                let _ = p.reply.send(Err(error.clone()));
+            }
+            return;
+        }
+        if self.first > before {
+            self.first = self.first.min(before + 1);
+        }
+        self.last_timestamp = timestamp;
+        let fanout_start = std::time::Instant::now();
+        for (p, (fresh, serials)) in batch.into_iter().zip(prepared) {
+            if !fresh.is_empty() {
+                self.context.metrics.messages_in.inc_by(fresh.len() as u64);
+                let message = ProtocolMessage {
+                    id: p.origin.as_ref().map(|o| o.pm_id.clone()),
+                    connection_id: p.origin.as_ref().map(|o| o.connection_id.to_string()),
+                    timestamp: Some(timestamp),
+                    channel_serial: fresh.last().and_then(|m| m.serial.clone()),
+                    messages: Some(fresh),
+                    ..ProtocolMessage::for_channel(Action::Message, &self.name)
+                };
+                let origin = p.origin.as_ref().map(|o| o.connection_id.clone());
+                self.fan_out(&message, origin.as_deref());
+            }
+            self.context
+                .metrics
+                .publish_ack_latency
+                .observe(p.received.elapsed().as_secs_f64());
+            let _ = p.reply.send(Ok(serials));
+        }
+        self.context
+            .metrics
+            .fanout_latency
+            .observe(fanout_start.elapsed().as_secs_f64());
+        self.enforce_count_retention();
+    }
+
+    /// Hands one message to every subscriber, encoding it at most once per wire format.
+    fn fan_out(&mut self, message: &ProtocolMessage, origin: Option<&str>) {
+        let mut json: Option<WsMessage> = None;
+        let mut msgpack: Option<WsMessage> = None;
+        let mut gone = Vec::new();
+        let mut delivered = 0;
+        for (id, sub) in &self.subscribers {
+            if sub.modes & flags::MODE_SUBSCRIBE == 0 || (!sub.echo && origin == Some(id.as_ref()))
+            {
+                continue;
+            }
+            let frame = match sub.outbox.format() {
+                Format::Json => json.get_or_insert_with(|| encode_frame(Format::Json, message)),
+                Format::Msgpack => {
+                    msgpack.get_or_insert_with(|| encode_frame(Format::Msgpack, message))
+                }
+            };
+            match sub.outbox.try_push(frame.clone()) {
+                Ok(()) => delivered += 1,
+                Err(PushError::Overflow) => {
+                    self.context.metrics.slow_consumer_disconnects.inc();
+                    gone.push(id.clone());
+                }
+                Err(PushError::Closed) => gone.push(id.clone()),
+            }
+        }
+        self.context.metrics.messages_out.inc_by(delivered);
+        for id in gone {
+            self.subscribers.remove(&id);
+        }
+    }
+
+    fn enforce_count_retention(&mut self) {
+        let max = self.context.max_messages;
+        let held = (self.last + 1).saturating_sub(self.first);
+        // Trim in steps of a few percent so the delete is amortised over many appends.
+        if held > max + (max / 32).max(1) - 1 {
+            let first_kept = self.last + 1 - max;
+            match self.context.log.trim_before(&self.name, first_kept) {
+                Ok(()) => self.first = first_kept,
+                Err(e) => tracing::warn!(channel = %self.name, error = %e, "trim failed"),
+            }
+        }
+    }
+
+    fn attach(&mut self, attach: Attach) {
+        let Attach {
+            subscriber,
+            from,
+            params,
+        } = attach;
+        let current = format_serial(&self.epoch, self.last);
+        let mut flags = subscriber.modes;
+        let mut error = None;
+        let mut channel_serial = current;
+        let mut backlog: Vec<Message> = Vec::new();
+        let subscribes = subscriber.modes & flags::MODE_SUBSCRIBE != 0;
+        let read = |query: Query| self.context.log.read(&self.name, &query);
+        let result: Result<(), StoreError> = (|| {
+            match &from {
+                StartFrom::Live => {}
+                StartFrom::Serial(serial) => match parse_serial(serial) {
+                    Some((epoch, seq))
+                        if epoch == self.epoch
+                            && seq <= self.last
+                            && seq + 1 >= self.first
+                            && (self.last - seq) as usize <= self.context.max_resume_replay =>
+                    {
+                        flags |= flags::RESUMED;
+                        channel_serial = serial.clone();
+                        if subscribes {
+                            backlog = read(Query {
+                                from: seq + 1,
+                                to: self.last,
+                                start_ms: None,
+                                end_ms: None,
+                                direction: Direction::Forwards,
+                                limit: usize::MAX,
+                            })?
+                            .into_iter()
+                            .map(|(_, m)| m)
+                            .collect();
+                        }
+                    }
+                    _ => {
+                        error = Some(ErrorInfo::new(
+                            codes::CONTINUITY_LOST,
+                            "Channel continuity not guaranteed: messages since the last attach may be missing; use history to fill the gap",
+                        ))
+                    }
+                },
+                StartFrom::Rewind(_) | StartFrom::RewindFor(_) if subscribes => {
+                    let (limit, start_ms) = match from {
+                        StartFrom::Rewind(n) => (n, None),
+                        StartFrom::RewindFor(ms) => (usize::MAX, Some(now_ms() - ms)),
+                        _ => unreachable!("matched above"),
+                    };
+                    let cap = self.context.max_rewind;
+                    let mut rows = read(Query {
+                        from: 0,
+                        to: self.last,
+                        start_ms,
+                        end_ms: None,
+                        direction: Direction::Backwards,
+                        limit: limit.min(cap + 1),
+                    })?;
+                    if rows.len() > cap {
+                        rows.truncate(cap);
+                        error = Some(ErrorInfo::new(
+                            codes::INVALID_PARAMETER,
+                            format!("rewind truncated to the last {cap} messages"),
+                        ));
+                    }
+                    backlog = rows.into_iter().rev().map(|(_, m)| m).collect();
+                }
+                StartFrom::Rewind(_) | StartFrom::RewindFor(_) => {}
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            tracing::error!(channel = %self.name, error = %e, "attach read failed");
+            // §5.3: DETACHED with an error is transient; the client retries the attach.
+            let _ = subscriber.outbox.push(&ProtocolMessage {
+                error: Some(ErrorInfo::new(
+                    codes::INTERNAL_CHANNEL,
+                    "channel log unavailable",
+                )),
+                ..ProtocolMessage::for_channel(Action::Detached, &self.name)
+            });
+            return;
+        }
+        if !backlog.is_empty() && !matches!(from, StartFrom::Serial(_)) {
+            flags |= flags::HAS_BACKLOG;
+        }
+        let attached = ProtocolMessage {
+            flags: Some(flags),
+            channel_serial: Some(channel_serial),
+            params: (!params.is_empty()).then_some(params),
+            error,
+            ..ProtocolMessage::for_channel(Action::Attached, &self.name)
+        };
+        // §5.5: ATTACHED first, then backlog, then live — all through the one outbox.
+        if subscriber.outbox.push(&attached).is_err() {
+            return;
+        }
+        for m in backlog {
+            let replay = ProtocolMessage {
+                connection_id: m.connection_id.clone(),
+                timestamp: m.timestamp,
+                channel_serial: m.serial.clone(),
+                messages: Some(vec![m]),
+                ..ProtocolMessage::for_channel(Action::Message, &self.name)
+            };
+            if subscriber.outbox.push(&replay).is_err() {
+                return;
+            }
+        }
+        if subscribes {
+            self.subscribers
+                .insert(subscriber.connection_id.clone(), subscriber);
+        } else {
+            self.subscribers.remove(&subscriber.connection_id);
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! Broker configuration: one serde struct tree with every default in its `Default` impl, read
+//! from a TOML file, overridden by environment variables and flags (see `docs/configuration.md`),
+//! and checked once by [`Config::validate`] at start-up. Secrets never appear in `Debug` output.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use protocol::Capability;
+use serde::Deserialize;
+
+/// Everything the broker needs to run.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the one port serving WebSocket and REST. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Directory of the sled database (and the development key). Default `./data`.
+    pub data_dir: PathBuf,
+    /// API keys. With none configured, a development key is created on first start.
+    pub keys: Vec<KeyConfig>,
+    /// Limits on what clients may send and hold.
+    pub limits: Limits,
+    /// How long channel logs keep messages.
+    pub retention: Retention,
+    /// Connection timing advertised to clients.
+    pub connection: ConnectionSettings,
+    /// Durability of the channel log.
+    pub storage: Storage,
+    /// Name of this node in `connectionDetails.serverId`. Default `broker-1`.
+    pub server_id: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            keys: Vec::new(),
+            limits: Limits::default(),
+            retention: Retention::default(),
+            connection: ConnectionSettings::default(),
+            storage: Storage::default(),
+            server_id: "broker-1".to_owned(),
+        }
+    }
+}
+
+/// One API key: `name:secret` with a capability.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// The key name, e.g. `app.key`; no `:`.
+    pub name: String,
+    /// The secret; no `.`, `:` or whitespace (ably-js checks the key's shape, §1).
+    pub secret: String,
+    /// The capability as Ably JSON text. Default: everything, `{"*":["*"]}`.
+    #[serde(default = "all_capability")]
+    pub capability: String,
+}
+
+fn all_capability() -> String {
+    r#"{"*":["*"]}"#.to_owned()
+}
+
+impl KeyConfig {
+    /// Parses `name:secret` as given to `--key`, with full capability.
+    pub fn parse(full: &str) -> Result<KeyConfig, String> {
+        let (name, secret) = full
+            .split_once(':')
+            .ok_or_else(|| format!("key {full:?} is not of the form name:secret"))?;
+        Ok(KeyConfig {
+            name: name.to_owned(),
+            secret: secret.to_owned(),
+            capability: all_capability(),
+        })
+    }
+}
+
+impl std::fmt::Debug for KeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyConfig")
+            .field("name", &self.name)
+            .field("secret", &"<hidden>")
+            .field("capability", &self.capability)
+            .finish()
+    }
+}
+
+/// Limits on client input. Every one is advertised or documented; exceeding one gets an Ably
+/// error, never a panic.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest publish (sum of name, clientId, extras and data, §7.5). Default 65536.
+    pub max_message_size: usize,
+    /// Largest WebSocket frame or REST body. Default 524288.
+    pub max_frame_size: usize,
+    /// Bytes queued for one connection before it counts as a slow consumer and is
+    /// disconnected (resumably). Default 8 MiB.
+    pub outbox_bytes: usize,
+    /// Publishes of one connection awaiting their ACK before the broker stops reading its
+    /// socket. Default 512.
+    pub max_pending_publishes: usize,
+    /// Channels one connection may have attached. Default 1000.
+    pub max_channels_per_connection: usize,
+    /// Longest channel name in bytes. Default 256.
+    pub max_channel_name_length: usize,
+    /// Concurrent WebSocket connections. Default 100000.
+    pub max_connections: usize,
+    /// Most messages a rewind delivers (Ably caps at 100). Default 100.
+    pub max_rewind: usize,
+    /// Most messages replayed on a resumed attach; beyond it the attach is not resumed and
+    /// the client reads history instead. Default 10000.
+    pub max_resume_replay: usize,
+    /// Time allowed for the HTTP request of a connection. Default 10 s.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_size: 65_536,
+            max_frame_size: 524_288,
+            outbox_bytes: 8 << 20,
+            max_pending_publishes: 512,
+            max_channels_per_connection: 1000,
+            max_channel_name_length: 256,
+            max_connections: 100_000,
+            max_rewind: 100,
+            max_resume_replay: 10_000,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// How long a channel's log keeps messages: whichever limit is reached first.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// Age after which messages are removed, in seconds. Default 86400 (24 h).
+    pub max_age_secs: u64,
+    /// Messages kept per channel. Default 10000.
+    pub max_messages_per_channel: u64,
+    /// How often expired messages are swept, in seconds. Default 60.
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_age_secs: 86_400,
+            max_messages_per_channel: 10_000,
+            sweep_interval_secs: 60,
+        }
+    }
+}
+
+/// Connection timing, sent to clients in `connectionDetails` (§4.3).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionSettings {
+    /// Longest server silence before a HEARTBEAT, in ms. Default 15000.
+    pub max_idle_interval_ms: u64,
+    /// How long the state of a dropped connection is kept for resume, in ms. Default 120000.
+    pub connection_state_ttl_ms: u64,
+    /// How long before a token expires the broker asks for a new one (AUTH), in ms.
+    /// Default 30000.
+    pub token_renewal_lead_ms: u64,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        ConnectionSettings {
+            max_idle_interval_ms: 15_000,
+            connection_state_ttl_ms: 120_000,
+            token_renewal_lead_ms: 30_000,
+        }
+    }
+}
+
+/// Durability of the channel log.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storage {
+    /// Sync the log to disk before acknowledging a publish. Default true; turning it off
+    /// trades crash safety for latency.
+    pub fsync: bool,
+    /// sled page cache size in bytes. Default 256 MiB.
+    pub cache_bytes: u64,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            fsync: true,
+            cache_bytes: 256 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML configuration file.
+    pub fn from_file(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Checks the whole configuration once, so a bad one fails at start-up with a clear reason.
+    pub fn validate(&self) -> Result<(), String> {
+        for key in &self.keys {
+            if key.name.is_empty()
+                || key.name.contains(':')
+                || key.name.contains(char::is_whitespace)
+            {
+                return Err(format!(
+                    "key name {:?} must be non-empty with no ':' or spaces",
+                    key.name
+                ));
+            }
+            if key.secret.is_empty()
+                || key.secret.contains(['.', ':'])
+                || key.secret.contains(char::is_whitespace)
+            {
+                return Err(format!(
+                    "the secret of key {:?} must be non-empty with no '.', ':' or spaces",
+                    key.name
+                ));
+            }
+            Capability::parse(&key.capability)
+                .map_err(|e| format!("capability of key {:?}: {}", key.name, e.message))?;
+        }
+        let mut names: Vec<&str> = self.keys.iter().map(|k| k.name.as_str()).collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return Err("two keys share a name".to_owned());
+        }
+        let l = &self.limits;
+        if l.max_message_size == 0 || l.max_frame_size < l.max_message_size {
+            return Err("limits: max_frame_size must be at least max_message_size > 0".to_owned());
+        }
+        if l.outbox_bytes < l.max_frame_size {
+            return Err("limits: outbox_bytes must be at least max_frame_size".to_owned());
+        }
+        if l.max_pending_publishes == 0 || l.max_channels_per_connection == 0 {
+            return Err(
+                "limits: max_pending_publishes and max_channels_per_connection must be > 0"
+                    .to_owned(),
+            );
+        }
+        if self.retention.max_messages_per_channel == 0 || self.retention.max_age_secs == 0 {
+            return Err(
+                "retention: max_age_secs and max_messages_per_channel must be > 0".to_owned(),
+            );
+        }
+        if self.connection.max_idle_interval_ms == 0 || self.connection.connection_state_ttl_ms == 0
+        {
+            return Err("connection: intervals must be > 0".to_owned());
+        }
+        Ok(())
+    }
+
+    /// `max_idle_interval_ms` as a duration.
+    pub fn max_idle_interval(&self) -> Duration {
+        Duration::from_millis(self.connection.max_idle_interval_ms)
+    }
+
+    /// `connection_state_ttl_ms` as a duration.
+    pub fn connection_state_ttl(&self) -> Duration {
+        Duration::from_millis(self.connection.connection_state_ttl_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_documented_file_parses_and_validates() {
+        let config: Config = toml::from_str(
+            r#"
+            listen = "0.0.0.0:9000"
+            [[keys]]
+            name = "app.limited"
+            secret = "s3cret"
+            capability = '{"chat:*":["publish"]}'
+            [limits]
+            max_message_size = 1024
+            [retention]
+            max_age_secs = 60
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.limits.max_message_size, 1024);
+        assert_eq!(config.limits.max_frame_size, 524_288);
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn bad_keys_and_limits_are_refused() {
+        let mut config = Config::default();
+        config.keys.push(KeyConfig::parse("app.k:has.dot").unwrap());
+        assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.limits.max_frame_size = 10;
+        assert!(config.validate().is_err());
+        assert!(toml::from_str::<Config>("nonsense = 1").is_err());
+    }
+}

@@ -1,0 +1,446 @@
+//! One task per WebSocket: authenticate from the query string (§4.1), bind or resume a
+//! [`session::Session`], send CONNECTED (§4.3), then read frames and hand each decoded
+//! ProtocolMessage to `actions`. Framing is apart from the session: this module turns socket
+//! frames into ProtocolMessages and back; the actions change state. The writer side is the
+//! [`outbox`].
+
+pub mod outbox;
+pub mod session;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{StreamExt, TryFutureExt};
+use protocol::error::codes;
+use protocol::{Action, ConnectionDetails, ErrorInfo, Format, ProtocolMessage};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::actions;
+use crate::auth::{now_ms, Credential, Identity};
+use crate::channel::Command;
+use crate::server::Broker;
+use outbox::Outbox;
+use session::{Authority, PublishOutcome, Session};
+
+/// The query parameters of a realtime connection (§4.1).
+#[derive(Clone, Debug, Default)]
+pub struct ConnectParams {
+    /// `format`: json (default) or msgpack.
+    pub format: Format,
+    /// `key`: an API key.
+    pub key: Option<String>,
+    /// `access_token`: a token.
+    pub access_token: Option<String>,
+    /// `resume`: the connectionKey of a connection to resume.
+    pub resume: Option<String>,
+    /// `recover`: likewise, from a recovery key.
+    pub recover: Option<String>,
+    /// `clientId`.
+    pub client_id: Option<String>,
+    /// `echo=false` turns off delivery of own messages.
+    pub echo: bool,
+    /// `v`: the protocol version.
+    pub version: Option<String>,
+}
+
+impl ConnectParams {
+    /// Parses a URL query string; unknown parameters are ignored.
+    pub fn parse(query: &str) -> ConnectParams {
+        let mut params = ConnectParams {
+            echo: true,
+            ..Default::default()
+        };
+        for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+            let value = value.into_owned();
+            match name.as_ref() {
+                "format" => params.format = Format::parse(&value).unwrap_or_default(),
+                "key" => params.key = Some(value),
+                "access_token" | "accessToken" => params.access_token = Some(value),
+                "resume" => params.resume = Some(value),
+                "recover" => params.recover = Some(value),
+                "clientId" => params.client_id = Some(value),
+                "echo" => params.echo = value != "false",
+                "v" => params.version = Some(value),
+                _ => {}
+            }
+        }
+        params
+    }
+}
+
+/// A publish awaiting its ACK or NACK, in msgSerial order.
+pub type PendingAck = BoxFuture<'static, (u64, PublishOutcome)>;
+
+/// How a socket's read loop ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The client sent CLOSE: forget the connection.
+    Closed,
+    /// The socket goes but the connection stays resumable (DISCONNECT, drop, slow consumer,
+    /// token expiry, shutdown).
+    Resumable,
+}
+
+/// The per-socket state the actions work on.
+pub struct Connection {
+    /// The broker.
+    pub broker: Arc<Broker>,
+    /// The connection this socket serves.
+    pub session: Arc<Session>,
+    /// The connectionId, shared with subscriptions.
+    pub connection_id: Arc<str>,
+    /// This socket's id.
+    pub socket_id: u64,
+    /// Frames to this socket.
+    pub outbox: Outbox,
+    /// Identity and capability.
+    pub authority: Authority,
+    /// Attached channels and their granted modes.
+    pub attached: HashMap<String, u64>,
+    /// Publishes awaiting ACK/NACK, oldest first.
+    pub pending: FuturesOrdered<PendingAck>,
+    /// Set by an action to end the read loop.
+    pub ending: Option<Ending>,
+    /// Whether AUTH was already sent for the current token.
+    pub renewal_requested: bool,
+}
+
+impl Connection {
+    /// The CONNECTED message for this connection (§4.3).
+    pub fn connected_message(&self, error: Option<ErrorInfo>) -> ProtocolMessage {
+        let config = &self.broker.config;
+        ProtocolMessage {
+            connection_id: Some(self.session.id.clone()),
+            connection_key: Some(self.session.connection_key().to_owned()),
+            connection_details: Some(ConnectionDetails {
+                connection_key: self.session.connection_key().to_owned(),
+                client_id: self.authority.identity.reported.clone(),
+                max_idle_interval: Some(config.connection.max_idle_interval_ms),
+                connection_state_ttl: Some(config.connection.connection_state_ttl_ms),
+                max_message_size: Some(config.limits.max_message_size as u64),
+                max_frame_size: Some(config.limits.max_frame_size as u64),
+                max_inbound_rate: None,
+                server_id: Some(config.server_id.clone()),
+            }),
+            error,
+            ..ProtocolMessage::new(Action::Connected)
+        }
+    }
+
+    /// Queues a frame; a full or closed outbox ends the connection on its own.
+    pub fn send(&self, message: &ProtocolMessage) {
+        let _ = self.outbox.push(message);
+    }
+
+    /// Queues an already-decided outcome (a NACK for an invalid publish, a re-ACK) in
+    /// msgSerial order with the pending ones.
+    pub fn answer(&mut self, msg_serial: u64, outcome: PublishOutcome) {
+        self.pending
+            .push_back(Box::pin(std::future::ready((msg_serial, outcome))));
+    }
+
+    /// Sends a fatal connection ERROR and ends the connection (§4.5).
+    pub fn fail(&mut self, error: ErrorInfo) {
+        self.outbox.finish_with(&ProtocolMessage {
+            error: Some(error),
+            ..ProtocolMessage::new(Action::Error)
+        });
+        self.ending = Some(Ending::Resumable);
+    }
+}
+
+/// ACK or NACK of one ProtocolMessage (§7.3).
+fn ack_or_nack(msg_serial: u64, outcome: PublishOutcome) -> ProtocolMessage {
+    let mut message = match outcome {
+        Ok(serials) => ProtocolMessage {
+            res: Some(vec![protocol::PublishResult { serials }]),
+            ..ProtocolMessage::new(Action::Ack)
+        },
+        Err(error) => ProtocolMessage {
+            error: Some(error),
+            ..ProtocolMessage::new(Action::Nack)
+        },
+    };
+    message.msg_serial = Some(msg_serial);
+    message.count = Some(1);
+    message
+}
+
+/// Serves one upgraded WebSocket until it closes.
+pub async fn serve<S>(broker: Arc<Broker>, ws: WebSocketStream<S>, params: ConnectParams)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sink, mut stream) = ws.split();
+    let (outbox, receiver) = Outbox::new(params.format, broker.config.limits.outbox_bytes);
+    let mut writer = tokio::spawn(outbox::write_loop(
+        sink,
+        receiver,
+        broker.config.max_idle_interval(),
+        broker.metrics.clone(),
+    ));
+    broker.metrics.connections.inc();
+    let Some(mut conn) = handshake(&broker, &params, outbox.clone()).await else {
+        let _ = writer.await;
+        broker.metrics.connections.dec();
+        return;
+    };
+    let mut shutdown = broker.shutdown.clone();
+    let mut writer_running = true;
+    let max_pending = broker.config.limits.max_pending_publishes;
+    while conn.ending.is_none() {
+        let renewal = renewal_deadline(&conn);
+        tokio::select! {
+            biased;
+            _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
+                conn.outbox.close(Some(ProtocolMessage {
+                    error: Some(ErrorInfo::new(codes::UNAVAILABLE, "the broker is shutting down; resume later")),
+                    ..ProtocolMessage::new(Action::Disconnected)
+                }));
+                conn.ending = Some(Ending::Resumable);
+            }
+            _ = &mut writer, if writer_running => {
+                writer_running = false;
+                conn.ending = Some(Ending::Resumable);
+            }
+            Some((msg_serial, outcome)) = conn.pending.next() => {
+                if let Err(e) = &outcome {
+                    broker.metrics.nacks.with_label_values(&[&e.code.to_string()]).inc();
+                }
+                conn.send(&ack_or_nack(msg_serial, outcome));
+            }
+            _ = sleep_until(renewal.unwrap_or_else(Instant::now)), if renewal.is_some() => {
+                token_timer(&mut conn);
+            }
+            frame = stream.next(), if conn.pending.len() < max_pending => match frame {
+                Some(Ok(frame)) => on_frame(&mut conn, frame).await,
+                Some(Err(e)) => {
+                    use tokio_tungstenite::tungstenite::Error as WsError;
+                    if let WsError::Capacity(_) = e {
+                        conn.fail(ErrorInfo::new(codes::MESSAGE_TOO_LARGE, format!(
+                            "frame larger than maxFrameSize ({} bytes)", broker.config.limits.max_frame_size)));
+                    } else {
+                        conn.ending = Some(Ending::Resumable);
+                    }
+                }
+                None => conn.ending = Some(Ending::Resumable),
+            },
+        }
+    }
+    finish(conn, writer_running.then_some(writer)).await;
+}
+
+/// Authenticates, resumes or creates the connection, and sends CONNECTED; on failure sends
+/// ERROR and returns `None` (§4.2).
+async fn handshake(
+    broker: &Arc<Broker>,
+    params: &ConnectParams,
+    outbox: Outbox,
+) -> Option<Connection> {
+    let refuse = |error: ErrorInfo| {
+        tracing::debug!(%error, "connection refused");
+        outbox.finish_with(&ProtocolMessage {
+            error: Some(error),
+            ..ProtocolMessage::new(Action::Error)
+        });
+        None
+    };
+    if let Some(v) = &params.version {
+        if !matches!(v.parse::<u32>(), Ok(1..=6)) {
+            return refuse(ErrorInfo::new(
+                codes::BAD_REQUEST,
+                format!("unsupported protocol version {v}"),
+            ));
+        }
+    }
+    let credential = match (&params.key, &params.access_token) {
+        (Some(key), _) => Credential::Key(key),
+        (None, Some(token)) => Credential::Token(token),
+        (None, None) => {
+            return refuse(ErrorInfo::new(
+                codes::NO_AUTH_METHOD,
+                "no key or access_token given",
+            ))
+        }
+    };
+    let grant = match tokio::time::timeout(
+        std::time::Duration::from_millis(broker.config.limits.handshake_timeout_ms),
+        broker.authenticator.authenticate(credential),
+    )
+    .await
+    {
+        Ok(Ok(grant)) => grant,
+        Ok(Err(e)) => return refuse(e),
+        Err(_) => return refuse(ErrorInfo::new(codes::TIMEOUT, "authentication timed out")),
+    };
+    let identity = match Identity::resolve(&grant.client_id, params.client_id.as_deref()) {
+        Ok(identity) => identity,
+        Err(e) => return refuse(e),
+    };
+    let authority = Authority {
+        identity,
+        capability: grant.capability,
+        expires_at: grant.expires_at,
+    };
+    let mut connect_error = None;
+    let resumed = params
+        .resume
+        .as_ref()
+        .or(params.recover.as_ref())
+        .and_then(|key| match broker.sessions.find(key) {
+            Ok(session) if session.authority().identity.reported == authority.identity.reported => {
+                Some(session)
+            }
+            Ok(_) => {
+                connect_error = Some(ErrorInfo::new(
+                    codes::RESUME_FAILED,
+                    "Unable to recover connection: credentials are for another clientId",
+                ));
+                None
+            }
+            Err(e) => {
+                connect_error = Some(e);
+                None
+            }
+        });
+    let session = match resumed {
+        Some(session) => {
+            broker
+                .metrics
+                .resumes
+                .with_label_values(&["succeeded"])
+                .inc();
+            session.set_authority(authority.clone());
+            session
+        }
+        None => {
+            if connect_error.is_some() {
+                broker.metrics.resumes.with_label_values(&["failed"]).inc();
+            }
+            broker.sessions.create(authority.clone(), params.echo)
+        }
+    };
+    let socket_id = broker.next_socket_id();
+    if let Some(old) = session.bind(socket_id, outbox.clone()) {
+        old.close(None);
+    }
+    let conn = Connection {
+        broker: broker.clone(),
+        connection_id: Arc::from(session.id.as_str()),
+        session,
+        socket_id,
+        outbox,
+        authority,
+        attached: HashMap::new(),
+        pending: FuturesOrdered::new(),
+        ending: None,
+        renewal_requested: false,
+    };
+    conn.send(&conn.connected_message(connect_error));
+    Some(conn)
+}
+
+fn renewal_deadline(conn: &Connection) -> Option<Instant> {
+    let expires = conn.authority.expires_at?;
+    let lead = conn.broker.config.connection.token_renewal_lead_ms as i64;
+    let at = if conn.renewal_requested {
+        expires
+    } else {
+        expires - lead
+    };
+    let wait = (at - now_ms()).max(0) as u64;
+    Some(Instant::now() + std::time::Duration::from_millis(wait))
+}
+
+/// §4.7: ask for a new token before expiry; at expiry without one, DISCONNECTED 40142.
+fn token_timer(conn: &mut Connection) {
+    if !conn.renewal_requested {
+        conn.renewal_requested = true;
+        conn.send(&ProtocolMessage::new(Action::Auth));
+        return;
+    }
+    if conn.authority.expires_at.is_some_and(|e| e <= now_ms()) {
+        conn.outbox.close(Some(ProtocolMessage {
+            error: Some(ErrorInfo::new(codes::TOKEN_EXPIRED, "Token expired")),
+            ..ProtocolMessage::new(Action::Disconnected)
+        }));
+        conn.ending = Some(Ending::Resumable);
+    }
+}
+
+async fn on_frame(conn: &mut Connection, frame: WsMessage) {
+    let (format, bytes) = match &frame {
+        WsMessage::Text(text) => (Format::Json, text.as_bytes()),
+        WsMessage::Binary(bytes) => (Format::Msgpack, bytes.as_ref()),
+        WsMessage::Close(_) => {
+            conn.ending = Some(Ending::Resumable);
+            return;
+        }
+        _ => return,
+    };
+    conn.broker.metrics.bytes_in.inc_by(bytes.len() as u64);
+    match protocol::decode(format, bytes) {
+        Ok(message) => actions::dispatch(conn, message).await,
+        Err(e) => actions::undecodable(conn, format, bytes, &e),
+    }
+}
+
+/// Cleans up after the read loop: detach every channel from this socket, then either forget
+/// the connection (CLOSE) or keep it for `connectionStateTtl` so the client can resume.
+async fn finish(conn: Connection, writer: Option<tokio::task::JoinHandle<outbox::WriterEnd>>) {
+    let Connection {
+        broker,
+        session,
+        connection_id,
+        socket_id,
+        outbox,
+        attached,
+        ending,
+        ..
+    } = conn;
+    outbox.close(None);
+    for channel in attached.keys() {
+        let _ = broker
+            .channels
+            .send(
+                channel,
+                Command::Detach {
+                    connection_id: connection_id.clone(),
+                    socket_id,
+                    reply: None,
+                },
+            )
+            .await;
+    }
+    broker.metrics.attached_channels.sub(attached.len() as i64);
+    if ending == Some(Ending::Closed) {
+        session.close();
+        broker.sessions.remove(&session.id);
+    }
+    if let Some(generation) = session.unbind(socket_id) {
+        broker
+            .sessions
+            .expire_later(session, generation, broker.config.connection_state_ttl());
+    }
+    if let Some(writer) = writer {
+        let _ = writer.await;
+    }
+    broker.metrics.connections.dec();
+}
+
+/// Turns a channel's publish reply into the value a pending ACK awaits.
+pub fn await_outcome(
+    reply: tokio::sync::oneshot::Receiver<PublishOutcome>,
+) -> BoxFuture<'static, PublishOutcome> {
+    Box::pin(reply.unwrap_or_else(|_| {
+        Err(ErrorInfo::new(
+            codes::INTERNAL_CHANNEL,
+            "channel stopped before storing the message",
+        ))
+    }))
+}

@@ -1,0 +1,215 @@
+//! A connection's outbox: the only way frames reach a socket. Anyone (the connection task, any
+//! channel's sequencer) does a non-blocking [`Outbox::try_push`] of an already-encoded frame;
+//! one writer task per socket drains it. The queue is bounded in bytes: a subscriber that falls
+//! that far behind is disconnected with a resumable DISCONNECTED and catches up from the
+//! channel log when it resumes (§4.5, habit 7 of `../shared/style.md`).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt};
+use protocol::error::codes;
+use protocol::{Action, ErrorInfo, Format, ProtocolMessage};
+use tokio::sync::{mpsc, Notify};
+use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
+
+use crate::metrics::Metrics;
+
+/// Why a push did not enqueue.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// The byte bound was reached; the connection is being disconnected.
+    Overflow,
+    /// The socket is gone.
+    Closed,
+}
+
+/// The sending side; cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: mpsc::UnboundedSender<WsMessage>,
+    queued_bytes: AtomicUsize,
+    limit: usize,
+    format: Format,
+    closing: AtomicBool,
+    farewell: Mutex<Option<ProtocolMessage>>,
+    close_now: Notify,
+}
+
+/// The receiving side, owned by the writer task.
+pub struct OutboxReceiver {
+    rx: mpsc::UnboundedReceiver<WsMessage>,
+    inner: Arc<Inner>,
+}
+
+/// Encodes `message` as the WebSocket frame a client of `format` expects (§2).
+pub fn encode_frame(format: Format, message: &ProtocolMessage) -> WsMessage {
+    let bytes = protocol::encode(format, message);
+    match format {
+        Format::Json => {
+            WsMessage::Text(Utf8Bytes::try_from(bytes).expect("serde_json always writes UTF-8"))
+        }
+        Format::Msgpack => WsMessage::Binary(bytes),
+    }
+}
+
+impl Outbox {
+    /// A new outbox for a client of `format`, holding at most `limit` bytes.
+    pub fn new(format: Format, limit: usize) -> (Outbox, OutboxReceiver) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            tx,
+            queued_bytes: AtomicUsize::new(0),
+            limit,
+            format,
+            closing: AtomicBool::new(false),
+            farewell: Mutex::new(None),
+            close_now: Notify::new(),
+        });
+        (
+            Outbox {
+                inner: inner.clone(),
+            },
+            OutboxReceiver { rx, inner },
+        )
+    }
+
+    /// The wire format of this connection.
+    pub fn format(&self) -> Format {
+        self.inner.format
+    }
+
+    /// True once the outbox is closing or closed.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closing.load(Ordering::Acquire) || self.inner.tx.is_closed()
+    }
+
+    /// Enqueues an encoded frame without waiting. On overflow the connection is told
+    /// DISCONNECTED (resumable) and closed.
+    pub fn try_push(&self, frame: WsMessage) -> Result<(), PushError> {
+        if self.is_closed() {
+            return Err(PushError::Closed);
+        }
+        let len = frame.len();
+        let queued = self.inner.queued_bytes.fetch_add(len, Ordering::AcqRel) + len;
+        if queued > self.inner.limit {
+            self.inner.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            self.close(Some(ProtocolMessage {
+                error: Some(ErrorInfo::new(
+                    codes::DISCONNECTED,
+                    "Connection disconnected: the client is not reading fast enough (outbox full); resume to catch up",
+                )),
+                ..ProtocolMessage::new(Action::Disconnected)
+            }));
+            return Err(PushError::Overflow);
+        }
+        self.inner.tx.send(frame).map_err(|_| {
+            self.inner.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            PushError::Closed
+        })
+    }
+
+    /// Encodes and enqueues one message.
+    pub fn push(&self, message: &ProtocolMessage) -> Result<(), PushError> {
+        self.try_push(encode_frame(self.inner.format, message))
+    }
+
+    /// Stops the writer after sending `farewell` (if any) ahead of anything still queued, and
+    /// closes the socket. Later pushes fail with [`PushError::Closed`].
+    pub fn close(&self, farewell: Option<ProtocolMessage>) {
+        if self.inner.closing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        *self.inner.farewell.lock().expect("farewell lock") = farewell;
+        self.inner.close_now.notify_one();
+    }
+
+    /// Sends everything already queued, then `last`, then closes (a graceful goodbye such as
+    /// CLOSED or an ERROR that must follow earlier replies).
+    pub fn finish_with(&self, last: &ProtocolMessage) {
+        let _ = self.push(last);
+        self.inner.closing.store(true, Ordering::Release);
+        let _ = self.inner.tx.send(WsMessage::Close(None));
+    }
+}
+
+/// Why the writer stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriterEnd {
+    /// Closed on purpose (overflow, superseded, shutdown, CLOSE, fatal error).
+    Closed,
+    /// The socket failed.
+    SocketError,
+}
+
+/// Drains the outbox into the socket until it is closed. Sends a HEARTBEAT after `idle` of
+/// silence so clients keep the connection alive (§4.4), and batches writes: it flushes only
+/// when the queue is momentarily empty.
+pub async fn write_loop<S>(
+    mut sink: S,
+    mut receiver: OutboxReceiver,
+    idle: Duration,
+    metrics: Arc<Metrics>,
+) -> WriterEnd
+where
+    S: Sink<WsMessage> + Unpin,
+{
+    let inner = receiver.inner.clone();
+    let heartbeat = encode_frame(inner.format, &ProtocolMessage::new(Action::Heartbeat));
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = inner.close_now.notified() => {
+                let farewell = inner.farewell.lock().expect("farewell lock").take();
+                if let Some(message) = farewell {
+                    let _ = sink.send(encode_frame(inner.format, &message)).await;
+                }
+                let _ = sink.send(WsMessage::Close(None)).await;
+                let _ = sink.close().await;
+                return WriterEnd::Closed;
+            }
+            next = tokio::time::timeout(idle, receiver.rx.recv()) => next,
+        };
+        let (frame, counted) = match next {
+            Ok(Some(frame)) => (frame, true),
+            Ok(None) => return WriterEnd::Closed,
+            Err(_) => (heartbeat.clone(), false),
+        };
+        let len = frame.len();
+        let is_close = matches!(frame, WsMessage::Close(_));
+        if counted {
+            inner.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+        }
+        metrics.bytes_out.inc_by(len as u64);
+        if sink.feed(frame).await.is_err() {
+            return WriterEnd::SocketError;
+        }
+        if is_close {
+            let _ = sink.close().await;
+            return WriterEnd::Closed;
+        }
+        if receiver.rx.is_empty() && sink.flush().await.is_err() {
+            return WriterEnd::SocketError;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_outbox_refuses_and_closes() {
+        let (outbox, _rx) = Outbox::new(Format::Json, 100);
+        let frame = WsMessage::Text("x".repeat(60).into());
+        assert_eq!(outbox.try_push(frame.clone()), Ok(()));
+        assert_eq!(outbox.try_push(frame.clone()), Err(PushError::Overflow));
+        assert!(outbox.is_closed());
+        assert_eq!(outbox.try_push(frame), Err(PushError::Closed));
+    }
+}

@@ -1,0 +1,245 @@
+//! Connection state that outlives a socket (§4.6, checklist 12e): the connectionId and its
+//! secret key, the identity and capability, the msgSerial ledger used to de-duplicate resent
+//! publishes, and which socket currently serves the connection. Kept for `connectionStateTtl`
+//! after a socket drops, so a client that resumes keeps its connectionId.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use futures_util::future::{BoxFuture, Shared};
+use protocol::{Capability, ErrorInfo};
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use subtle::ConstantTimeEq;
+
+use super::outbox::Outbox;
+use crate::auth::Identity;
+
+/// The result of one publish: a serial per message, or why it was refused.
+pub type PublishOutcome = Result<Vec<Option<String>>, ErrorInfo>;
+/// A publish's outcome that several sockets of one connection may await (the original one
+/// and, after a resume, the one that receives the resent msgSerial).
+pub type SharedOutcome = Shared<BoxFuture<'static, PublishOutcome>>;
+
+/// How many recent publishes a connection remembers for de-duplication. Clients resend only
+/// what was unacknowledged, which the pending-publish limit keeps below this.
+const LEDGER_SIZE: usize = 4096;
+
+/// What the connection may do and who it is; replaced on resume and on in-band AUTH.
+#[derive(Clone, Debug)]
+pub struct Authority {
+    /// The identity of §8.6.
+    pub identity: Identity,
+    /// The effective capability.
+    pub capability: Capability,
+    /// When the credential expires (ms).
+    pub expires_at: Option<i64>,
+}
+
+/// The state of one connection, shared by the sockets that serve it in turn.
+pub struct Session {
+    /// The connectionId (no `:`, §4.3).
+    pub id: String,
+    key: String,
+    /// Echo own messages back (`echo` query param).
+    pub echo: bool,
+    state: Mutex<State>,
+}
+
+struct State {
+    authority: Authority,
+    socket: Option<(u64, Outbox)>,
+    generation: u64,
+    highest_msg_serial: Option<u64>,
+    ledger: VecDeque<(u64, SharedOutcome)>,
+    closed: bool,
+}
+
+/// What a resent msgSerial should be answered with.
+pub enum Seen {
+    /// Not seen before: publish it.
+    New,
+    /// Seen and remembered: answer with the same outcome.
+    Again(SharedOutcome),
+    /// Seen long ago: acknowledge without serials.
+    Forgotten,
+}
+
+fn random_text(len: usize) -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+impl Session {
+    /// The key the client presents to resume: `<connectionId>!<secret>`.
+    pub fn connection_key(&self) -> &str {
+        &self.key
+    }
+
+    /// The current identity and capability.
+    pub fn authority(&self) -> Authority {
+        self.state.lock().expect("session lock").authority.clone()
+    }
+
+    /// Replaces identity and capability (resume with fresh credentials, in-band AUTH).
+    pub fn set_authority(&self, authority: Authority) {
+        self.state.lock().expect("session lock").authority = authority;
+    }
+
+    /// Makes socket `socket_id` the one serving this connection; returns the outbox of the
+    /// socket it replaces, which the caller closes (a half-open old socket, §4.6).
+    pub fn bind(&self, socket_id: u64, outbox: Outbox) -> Option<Outbox> {
+        let mut state = self.state.lock().expect("session lock");
+        state.generation += 1;
+        state
+            .socket
+            .replace((socket_id, outbox))
+            .map(|(_, old)| old)
+    }
+
+    /// Releases the connection from `socket_id` if it still serves it. Returns the binding's
+    /// generation when the connection is now without a socket and should expire unless
+    /// resumed.
+    pub fn unbind(&self, socket_id: u64) -> Option<u64> {
+        let mut state = self.state.lock().expect("session lock");
+        if state
+            .socket
+            .as_ref()
+            .is_some_and(|(id, _)| *id == socket_id)
+        {
+            state.socket = None;
+            return (!state.closed).then_some(state.generation);
+        }
+        None
+    }
+
+    /// True while unbound since binding `generation`.
+    fn unbound_since(&self, generation: u64) -> bool {
+        let state = self.state.lock().expect("session lock");
+        state.socket.is_none() && state.generation == generation
+    }
+
+    /// Marks the connection closed by the client: it can no longer be resumed.
+    pub fn close(&self) {
+        self.state.lock().expect("session lock").closed = true;
+    }
+
+    /// Checks a msgSerial against those already processed (§4.6: de-duplicate by
+    /// (connectionId, msgSerial), gaps allowed).
+    pub fn seen(&self, msg_serial: u64) -> Seen {
+        let state = self.state.lock().expect("session lock");
+        match state.highest_msg_serial {
+            Some(highest) if msg_serial <= highest => state
+                .ledger
+                .iter()
+                .find(|(s, _)| *s == msg_serial)
+                .map_or(Seen::Forgotten, |(_, o)| Seen::Again(o.clone())),
+            _ => Seen::New,
+        }
+    }
+
+    /// Records the outcome of a newly processed msgSerial.
+    pub fn record(&self, msg_serial: u64, outcome: SharedOutcome) {
+        let mut state = self.state.lock().expect("session lock");
+        state.highest_msg_serial = Some(
+            state
+                .highest_msg_serial
+                .map_or(msg_serial, |h| h.max(msg_serial)),
+        );
+        if state.ledger.len() >= LEDGER_SIZE {
+            state.ledger.pop_front();
+        }
+        state.ledger.push_back((msg_serial, outcome));
+    }
+}
+
+/// Every live or resumable connection, by connectionId.
+#[derive(Default)]
+pub struct Sessions {
+    map: DashMap<String, Arc<Session>>,
+}
+
+impl Sessions {
+    /// Creates a connection with a fresh id and key.
+    pub fn create(&self, authority: Authority, echo: bool) -> Arc<Session> {
+        loop {
+            let id = random_text(12);
+            let session = Arc::new(Session {
+                key: format!("{id}!{}", random_text(24)),
+                id: id.clone(),
+                echo,
+                state: Mutex::new(State {
+                    authority: authority.clone(),
+                    socket: None,
+                    generation: 0,
+                    highest_msg_serial: None,
+                    ledger: VecDeque::new(),
+                    closed: false,
+                }),
+            });
+            if let dashmap::Entry::Vacant(slot) = self.map.entry(id) {
+                slot.insert(session.clone());
+                return session;
+            }
+        }
+    }
+
+    /// Finds the connection a `resume`/`recover` key names, checking its secret in constant
+    /// time. `Err` carries the error for the new connection's CONNECTED (§4.6).
+    pub fn find(&self, connection_key: &str) -> Result<Arc<Session>, ErrorInfo> {
+        use protocol::error::codes;
+        let Some((id, _)) = connection_key.split_once('!') else {
+            return Err(ErrorInfo::new(
+                codes::INVALID_CONNECTION_KEY,
+                "Invalid connection key",
+            ));
+        };
+        let expired = || {
+            ErrorInfo::new(
+                codes::RESUME_FAILED,
+                "Unable to recover connection (connection expired)",
+            )
+        };
+        let session = self.map.get(id).map(|s| s.clone()).ok_or_else(expired)?;
+        let matches: bool = session
+            .key
+            .as_bytes()
+            .ct_eq(connection_key.as_bytes())
+            .into();
+        if !matches || session.state.lock().expect("session lock").closed {
+            return Err(expired());
+        }
+        Ok(session)
+    }
+
+    /// Forgets a connection at once (CLOSE).
+    pub fn remove(&self, id: &str) {
+        self.map.remove(id);
+    }
+
+    /// Forgets `session` after `ttl` unless a socket has bound it again since `generation`.
+    pub fn expire_later(self: &Arc<Self>, session: Arc<Session>, generation: u64, ttl: Duration) {
+        let sessions = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(ttl).await;
+            sessions.map.remove_if(&session.id, |_, s| {
+                Arc::ptr_eq(s, &session) && s.unbound_since(generation)
+            });
+        });
+    }
+
+    /// Connections known (bound or awaiting resume).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when no connection is known.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}

@@ -1,0 +1,379 @@
+//! REST endpoints (§9.2): time, health, metrics, token requests, and channel publish and
+//! history with Link pagination exactly as ably-js parses it (§9.1).
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use bytes::Bytes;
+use hyper::header::{HeaderName, AUTHORIZATION, CONTENT_TYPE};
+use hyper::http::request::Parts;
+use hyper::{Method, StatusCode};
+use protocol::codec::decode_value;
+use protocol::error::codes;
+use protocol::{ErrorInfo, Format, Message, Operation};
+use serde::{Deserialize, Serialize};
+
+use super::response::{HttpResponse, Negotiated};
+use crate::actions::stamp;
+use crate::auth::{now_ms, Credential, Grant, Identity, TokenRequest};
+use crate::channel::{validate_name, Command, Publish};
+use crate::connection::await_outcome;
+use crate::server::Broker;
+use crate::store::{parse_serial, Direction, Query};
+
+/// Default and largest page of history (§9.2).
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 1000;
+
+/// Routes a request whose body has been read.
+pub async fn route(
+    broker: &Broker,
+    parts: &Parts,
+    query: &[(String, String)],
+    body: Bytes,
+    negotiated: &Negotiated,
+) -> HttpResponse {
+    let path = parts.uri.path();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let result = match (&parts.method, segments.as_slice()) {
+        (&Method::GET, ["time"]) => Ok(negotiated.ok(StatusCode::OK, &[now_ms()], Vec::new())),
+        (&Method::GET, ["health"]) => Ok(negotiated.text(
+            StatusCode::OK,
+            "application/json",
+            format!(
+                r#"{{"status":"ok","connections":{},"channels":{}}}"#,
+                broker.connection_count(),
+                broker.channels.active()
+            ),
+        )),
+        (&Method::GET, ["metrics"]) => Ok(negotiated.text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            broker.metrics.render(),
+        )),
+        (&Method::GET, [""]) => Ok(negotiated.ok(
+            StatusCode::OK,
+            &serde_json::json!({"service": "broker", "protocol": 6}),
+            Vec::new(),
+        )),
+        (&Method::POST, ["keys", key_name, "requestToken"]) => {
+            request_token(broker, parts, key_name, &body, negotiated).await
+        }
+        (method, ["channels", name, "messages"]) => {
+            match percent_encoding::percent_decode_str(name).decode_utf8() {
+                Err(_) => Err(ErrorInfo::new(
+                    codes::INVALID_CHANNEL_NAME,
+                    "channel name is not UTF-8",
+                )),
+                Ok(channel) => match *method {
+                    Method::POST => publish(broker, parts, &channel, &body, negotiated).await,
+                    Method::GET => history(broker, parts, &channel, query, negotiated).await,
+                    _ => Err(ErrorInfo::new(
+                        codes::METHOD_NOT_ALLOWED,
+                        "method not allowed",
+                    )),
+                },
+            }
+        }
+        _ => Err(ErrorInfo::new(
+            codes::NOT_FOUND,
+            format!("no route for {} {path}", parts.method),
+        )),
+    };
+    result.unwrap_or_else(|e| negotiated.error(&e))
+}
+
+/// Authenticates a REST request: `Authorization: Basic <key>` or `Bearer <token>` (ably-js
+/// base64-encodes tokens, §8.2; a raw token is accepted too), with `X-Ably-ClientId`.
+async fn authenticate(broker: &Broker, parts: &Parts) -> Result<(Grant, Identity), ErrorInfo> {
+    let header = parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ErrorInfo::new(codes::UNAUTHORIZED, "authentication required"))?;
+    let (scheme, value) = header.split_once(' ').unwrap_or((header, ""));
+    let decoded = STANDARD
+        .decode(value.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok());
+    let grant = if scheme.eq_ignore_ascii_case("basic") {
+        let key = decoded.ok_or_else(|| {
+            ErrorInfo::new(codes::INVALID_CREDENTIALS, "malformed Basic credentials")
+        })?;
+        broker
+            .authenticator
+            .authenticate(Credential::Key(&key))
+            .await?
+    } else if scheme.eq_ignore_ascii_case("bearer") {
+        let token = decoded.unwrap_or_else(|| value.trim().to_owned());
+        broker
+            .authenticator
+            .authenticate(Credential::Token(&token))
+            .await?
+    } else {
+        return Err(ErrorInfo::new(
+            codes::UNAUTHORIZED,
+            "unsupported authorization scheme",
+        ));
+    };
+    let requested = parts
+        .headers
+        .get("x-ably-clientid")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| STANDARD.decode(v).ok())
+        .and_then(|b| String::from_utf8(b).ok());
+    let identity = Identity::resolve(&grant.client_id, requested.as_deref())?;
+    Ok((grant, identity))
+}
+
+fn body_format(parts: &Parts) -> Format {
+    parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Format::parse(v.split(';').next().unwrap_or("").trim()))
+        .unwrap_or(Format::Json)
+}
+
+async fn request_token(
+    broker: &Broker,
+    parts: &Parts,
+    key_name: &str,
+    body: &[u8],
+    negotiated: &Negotiated,
+) -> Result<HttpResponse, ErrorInfo> {
+    let key_name = percent_encoding::percent_decode_str(key_name).decode_utf8_lossy();
+    let request: TokenRequest = decode_value(body_format(parts), body)
+        .map_err(|e| ErrorInfo::new(codes::BAD_REQUEST, format!("invalid token request: {e}")))?;
+    let basic = match (&request.mac, parts.headers.contains_key(AUTHORIZATION)) {
+        (None, true) => Some(authenticate(broker, parts).await?.0),
+        _ => None,
+    };
+    let details = broker
+        .keys
+        .request_token(&key_name, &request, basic.as_ref())?;
+    Ok(negotiated.ok(StatusCode::OK, &details, Vec::new()))
+}
+
+/// One message or an array of them (§9.2 accepts both).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    Many(Vec<Message>),
+    One(Box<Message>),
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PublishResponse {
+    channel: String,
+    message_id: String,
+    serials: Vec<Option<String>>,
+}
+
+async fn publish(
+    broker: &Broker,
+    parts: &Parts,
+    channel: &str,
+    body: &[u8],
+    negotiated: &Negotiated,
+) -> Result<HttpResponse, ErrorInfo> {
+    let (grant, identity) = authenticate(broker, parts).await?;
+    validate_name(channel, broker.config.limits.max_channel_name_length)?;
+    if !grant.capability.allows(channel, Operation::Publish) {
+        return Err(ErrorInfo::new(
+            codes::CAPABILITY_DENIED,
+            format!("no publish capability on channel {channel}"),
+        ));
+    }
+    let mut messages = match decode_value(body_format(parts), body) {
+        Ok(OneOrMany::Many(m)) => m,
+        Ok(OneOrMany::One(m)) => vec![*m],
+        Err(e) => {
+            return Err(ErrorInfo::new(
+                codes::BAD_REQUEST,
+                format!("invalid messages: {e}"),
+            ))
+        }
+    };
+    if messages.is_empty() {
+        return Err(ErrorInfo::new(codes::BAD_REQUEST, "no messages to publish"));
+    }
+    let id_base = format!("rest-{:016x}", rand::random::<u64>());
+    let app_ids = stamp(
+        &mut messages,
+        &identity,
+        None,
+        &id_base,
+        broker.config.limits.max_message_size,
+    )?;
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    let publish = Publish {
+        messages,
+        origin: None,
+        app_ids,
+        received: std::time::Instant::now(),
+        reply,
+    };
+    broker
+        .channels
+        .send(channel, Command::Publish(publish))
+        .await?;
+    let serials = await_outcome(outcome).await?;
+    Ok(negotiated.ok(
+        StatusCode::CREATED,
+        &PublishResponse {
+            channel: channel.to_owned(),
+            message_id: id_base,
+            serials,
+        },
+        Vec::new(),
+    ))
+}
+
+/// The parameters of a history request, kept to build the next page's link.
+struct HistoryParams {
+    start: Option<i64>,
+    end: Option<i64>,
+    direction: Direction,
+    limit: usize,
+    from_serial: Option<String>,
+    cursor: Option<u64>,
+}
+
+impl HistoryParams {
+    fn parse(query: &[(String, String)]) -> Result<HistoryParams, ErrorInfo> {
+        let get = |name: &str| {
+            query
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let bad = |name: &str| ErrorInfo::new(codes::INVALID_PARAMETER, format!("invalid {name}"));
+        let number = |name: &str| -> Result<Option<i64>, ErrorInfo> {
+            get(name)
+                .filter(|v| !v.is_empty())
+                .map(|v| v.parse().map_err(|_| bad(name)))
+                .transpose()
+        };
+        let direction = match get("direction") {
+            None | Some("backwards") => Direction::Backwards,
+            Some("forwards") => Direction::Forwards,
+            Some(_) => return Err(bad("direction: use forwards or backwards")),
+        };
+        let limit = match number("limit")? {
+            None => DEFAULT_LIMIT,
+            Some(n) if (1..=MAX_LIMIT as i64).contains(&n) => n as usize,
+            Some(_) => return Err(bad("limit: it must be between 1 and 1000")),
+        };
+        let (start, end) = (number("start")?, number("end")?);
+        if let (Some(s), Some(e)) = (start, end) {
+            if s > e {
+                return Err(bad("start: it is after end"));
+            }
+        }
+        Ok(HistoryParams {
+            start,
+            end,
+            direction,
+            limit,
+            from_serial: get("from_serial").map(str::to_owned),
+            cursor: number("cursor")?.map(|c| c.max(0) as u64),
+        })
+    }
+
+    /// The query of the next page's link: every parameter, so ably-js (which re-requests the
+    /// original path with exactly the link's query) gets the same filter (§9.1).
+    fn next_link(&self, cursor: u64) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        if let Some(s) = self.start {
+            q.append_pair("start", &s.to_string());
+        }
+        if let Some(e) = self.end {
+            q.append_pair("end", &e.to_string());
+        }
+        q.append_pair(
+            "direction",
+            if self.direction == Direction::Forwards {
+                "forwards"
+            } else {
+                "backwards"
+            },
+        );
+        q.append_pair("limit", &self.limit.to_string());
+        if let Some(f) = &self.from_serial {
+            q.append_pair("from_serial", f);
+        }
+        q.append_pair("cursor", &cursor.to_string());
+        format!("<./messages?{}>; rel=\"next\"", q.finish())
+    }
+}
+
+async fn history(
+    broker: &Broker,
+    parts: &Parts,
+    channel: &str,
+    query: &[(String, String)],
+    negotiated: &Negotiated,
+) -> Result<HttpResponse, ErrorInfo> {
+    let (grant, _) = authenticate(broker, parts).await?;
+    validate_name(channel, broker.config.limits.max_channel_name_length)?;
+    if !grant.capability.allows(channel, Operation::History) {
+        return Err(ErrorInfo::new(
+            codes::CAPABILITY_DENIED,
+            format!("no history capability on channel {channel}"),
+        ));
+    }
+    let params = HistoryParams::parse(query)?;
+    let epoch = broker.log.epoch();
+    let mut to = u64::MAX;
+    if let Some((e, serial)) = params.from_serial.as_deref().and_then(parse_serial) {
+        // `untilAttach`: only messages up to the attach point.
+        if e == epoch {
+            to = serial;
+        }
+    }
+    let mut from = 0;
+    match (params.cursor, params.direction) {
+        (Some(c), Direction::Backwards) => to = to.min(c),
+        (Some(c), Direction::Forwards) => from = c,
+        (None, _) => {}
+    }
+    let read = Query {
+        from,
+        to,
+        start_ms: params.start,
+        end_ms: params.end,
+        direction: params.direction,
+        limit: params.limit + 1,
+    };
+    let log = broker.log.clone();
+    let name = channel.to_owned();
+    let mut rows = tokio::task::spawn_blocking(move || log.read(&name, &read))
+        .await
+        .map_err(|_| ErrorInfo::new(codes::INTERNAL, "history read failed"))?
+        .map_err(ErrorInfo::from)?;
+    let mut headers = Vec::new();
+    if rows.len() > params.limit {
+        rows.truncate(params.limit);
+        let last = rows.last().map_or(0, |(s, _)| *s);
+        let next = match params.direction {
+            Direction::Backwards => last.saturating_sub(1),
+            Direction::Forwards => last + 1,
+        };
+        headers.push((HeaderName::from_static("link"), params.next_link(next)));
+    }
+    let mut messages: Vec<Message> = rows.into_iter().map(|(_, m)| m).collect();
+    if negotiated.format == Format::Json || negotiated.envelope == Some(Format::Json) {
+        json_safe(&mut messages);
+    }
+    Ok(negotiated.ok(StatusCode::OK, &messages, headers))
+}
+
+/// Base64s binary data for JSON readers (§7.5), reusing the wire type's own rule.
+fn json_safe(messages: &mut Vec<Message>) {
+    let wrapper = protocol::ProtocolMessage {
+        messages: Some(std::mem::take(messages)),
+        ..Default::default()
+    };
+    *messages = wrapper.for_json().into_owned().messages.unwrap_or_default();
+}

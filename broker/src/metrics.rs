@@ -1,0 +1,138 @@
+//! Prometheus metrics, registered once in a private registry and served as text on
+//! `GET /metrics`. Names are prefixed `broker_`; `docs/operations.md` lists them.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric the broker keeps.
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSocket connections.
+    pub connections: IntGauge,
+    /// Channel attachments across all connections.
+    pub attached_channels: IntGauge,
+    /// Channels with a running sequencer.
+    pub active_channels: IntGauge,
+    /// Messages accepted from publishers (realtime and REST).
+    pub messages_in: IntCounter,
+    /// Message deliveries to subscribers (one per message per subscriber).
+    pub messages_out: IntCounter,
+    /// Bytes of frames received.
+    pub bytes_in: IntCounter,
+    /// Bytes of frames sent.
+    pub bytes_out: IntCounter,
+    /// Time from receiving a publish to sending its ACK (seconds).
+    pub publish_ack_latency: Histogram,
+    /// Time from a batch becoming durable to its last outbox enqueue (seconds).
+    pub fanout_latency: Histogram,
+    /// Appends made durable by one fsync.
+    pub log_commit_batch: Histogram,
+    /// Connections dropped because their outbox was full.
+    pub slow_consumer_disconnects: IntCounter,
+    /// Resume attempts by result (`succeeded`, `failed`).
+    pub resumes: IntCounterVec,
+    /// Publishes refused, by error code.
+    pub nacks: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let latency = prometheus::exponential_buckets(0.000_05, 2.0, 18).expect("valid buckets");
+        Metrics {
+            connections: gauge("broker_connections", "Open WebSocket connections"),
+            attached_channels: gauge("broker_attached_channels", "Channel attachments"),
+            active_channels: gauge(
+                "broker_active_channels",
+                "Channels with a running sequencer",
+            ),
+            messages_in: counter(
+                "broker_messages_in_total",
+                "Messages accepted from publishers",
+            ),
+            messages_out: counter(
+                "broker_messages_out_total",
+                "Message deliveries to subscribers",
+            ),
+            bytes_in: counter("broker_bytes_in_total", "Bytes of frames received"),
+            bytes_out: counter("broker_bytes_out_total", "Bytes of frames sent"),
+            publish_ack_latency: histogram(
+                "broker_publish_ack_latency_seconds",
+                "Time from receiving a publish to its ACK",
+                latency.clone(),
+            ),
+            fanout_latency: histogram(
+                "broker_fanout_latency_seconds",
+                "Time to enqueue a durable batch to every subscriber",
+                latency,
+            ),
+            log_commit_batch: histogram(
+                "broker_log_commit_batch_size",
+                "Appends made durable by one fsync",
+                prometheus::exponential_buckets(1.0, 2.0, 14).expect("valid buckets"),
+            ),
+            slow_consumer_disconnects: counter(
+                "broker_slow_consumer_disconnects_total",
+                "Connections dropped because their outbox was full",
+            ),
+            resumes: counter_vec(
+                "broker_resumes_total",
+                "Resume attempts by result",
+                "result",
+            ),
+            nacks: counter_vec(
+                "broker_nacks_total",
+                "Publishes refused, by error code",
+                "code",
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

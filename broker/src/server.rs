@@ -1,0 +1,183 @@
+//! Starting and stopping the broker. [`run`] takes a bound listener and a shutdown future
+//! (habit 1 of `../shared/style.md`), so tests and the load generator run it in-process on
+//! port 0. Shutdown: stop accepting, tell every client DISCONNECTED so it resumes later or
+//! elsewhere, wait for the connection tasks, and sync the log.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::auth::{now_ms, Authenticator, KeyAuthenticator};
+use crate::channel::{ChannelContext, Channels};
+use crate::config::Config;
+use crate::connection::session::Sessions;
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::store::commit::Committer;
+use crate::store::sled_log::SledLog;
+use crate::store::ChannelLog;
+
+/// Everything a connection or request handler needs, shared behind one `Arc`.
+pub struct Broker {
+    /// The validated configuration.
+    pub config: Config,
+    /// Verifies credentials.
+    pub authenticator: Arc<dyn Authenticator>,
+    /// API keys, for `requestToken`.
+    pub keys: Arc<KeyAuthenticator>,
+    /// Running channel sequencers.
+    pub channels: Arc<Channels>,
+    /// Live and resumable connections.
+    pub sessions: Arc<Sessions>,
+    /// The channel log.
+    pub log: Arc<dyn ChannelLog>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Becomes true when the broker shuts down.
+    pub shutdown: watch::Receiver<bool>,
+    next_socket: AtomicU64,
+    tasks: std::sync::Mutex<Option<mpsc::Sender<()>>>,
+}
+
+/// Held by each connection task; shutdown waits until all are dropped.
+pub struct TaskGuard(#[allow(dead_code)] mpsc::Sender<()>);
+
+impl Broker {
+    /// A fresh socket id.
+    pub fn next_socket_id(&self) -> u64 {
+        self.next_socket.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Open WebSocket connections.
+    pub fn connection_count(&self) -> usize {
+        self.metrics.connections.get().max(0) as usize
+    }
+
+    /// Registers a long-running task that shutdown waits for (`None` once shutting down).
+    pub fn track_task(&self) -> Option<TaskGuard> {
+        let tasks = self.tasks.lock().expect("tasks lock");
+        tasks.as_ref().map(|t| TaskGuard(t.clone()))
+    }
+}
+
+/// Runs the broker on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    config.validate().map_err(Error::Config)?;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let log: Arc<dyn ChannelLog> =
+        Arc::new(SledLog::open(&config.data_dir, config.storage.cache_bytes)?);
+    let metrics = Arc::new(Metrics::new());
+    let committer = Committer::start(log.clone(), config.storage.fsync, metrics.clone());
+    let keys = Arc::new(KeyAuthenticator::new(&config.keys).map_err(Error::Config)?);
+    let channels = Channels::new(ChannelContext {
+        log: log.clone(),
+        committer,
+        metrics: metrics.clone(),
+        max_messages: config.retention.max_messages_per_channel,
+        max_rewind: config.limits.max_rewind,
+        max_resume_replay: config.limits.max_resume_replay,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (tasks_tx, mut tasks_rx) = mpsc::channel::<()>(1);
+    let broker = Arc::new(Broker {
+        authenticator: keys.clone(),
+        keys,
+        channels,
+        sessions: Arc::new(Sessions::default()),
+        log: log.clone(),
+        metrics,
+        shutdown: stop_rx,
+        next_socket: AtomicU64::new(1),
+        tasks: std::sync::Mutex::new(Some(tasks_tx)),
+        config,
+    });
+    spawn_retention_sweeper(broker.clone());
+    tracing::info!(addr = %listener.local_addr()?, epoch = log.epoch(), "broker listening");
+
+    let header_timeout = Duration::from_millis(broker.config.limits.handshake_timeout_ms);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = broker.clone();
+        let service = service_fn(move |request| crate::http::handle(handler.clone(), request));
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let mut stop = broker.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+                }
+            }
+        });
+    }
+
+    tracing::info!("shutting down: telling clients to resume later");
+    drop(listener);
+    let _ = stop_tx.send(true);
+    // Connection tasks hold task guards; once ours is dropped, `recv` ends when theirs are.
+    broker.tasks.lock().expect("tasks lock").take();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tasks_rx.recv()).await;
+    sync(log).await
+}
+
+async fn sync(log: Arc<dyn ChannelLog>) -> Result<(), Error> {
+    tokio::task::spawn_blocking(move || log.sync())
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+    tracing::info!("log synced; bye");
+    Ok(())
+}
+
+fn spawn_retention_sweeper(broker: Arc<Broker>) {
+    let every = Duration::from_secs(broker.config.retention.sweep_interval_secs.max(1));
+    let max_age_ms = broker.config.retention.max_age_secs.saturating_mul(1000) as i64;
+    let log = broker.log.clone();
+    let mut stop = broker.shutdown.clone();
+    drop(broker);
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            }
+            let log = log.clone();
+            let cutoff = now_ms() - max_age_ms;
+            match tokio::task::spawn_blocking(move || log.expire_before(cutoff)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(removed = n, "expired old messages"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "retention sweep failed"),
+                Err(e) => tracing::warn!(error = %e, "retention sweep panicked"),
+            }
+        }
+    });
+}

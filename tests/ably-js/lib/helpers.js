@@ -1,0 +1,680 @@
+// Shared helpers for the ably-js conformance suite.
+//
+// Nothing here talks to anything but 127.0.0.1. Every wait is event driven; the
+// only timers are safety timeouts that turn a hang into a failure with
+// diagnostics (broker stderr tail, client log tail, connection states).
+
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import net from 'node:net';
+import crypto from 'node:crypto';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import Ably from 'ably';
+
+export { Ably };
+
+export const SUITE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+export const REPO_ROOT = path.resolve(SUITE_DIR, '..', '..');
+export const BROKER_BIN =
+  process.env.BROKER_BIN || path.join(REPO_ROOT, 'target', 'release', 'broker');
+export const ARTIFACTS_DIR = path.join(SUITE_DIR, 'artifacts');
+
+/** Both wire formats; every test is run once per entry. */
+export const FORMATS = [
+  { name: 'msgpack', binary: true },
+  { name: 'json', binary: false },
+];
+
+/** Multiplier for every safety timeout (e.g. TIMEOUT_SCALE=3 on a slow machine). */
+const SCALE = Number(process.env.TIMEOUT_SCALE || 1);
+export const T = {
+  event: 15000 * SCALE, // one connection / channel event
+  bulk: 60000 * SCALE, // a bulk transfer (1,000 messages and the like)
+  brokerStart: 20000 * SCALE,
+};
+
+/** ably-js log level captured into each client's ring buffer (4 = every frame). */
+const CLIENT_LOG_LEVEL = Number(process.env.ABLY_LOG_LEVEL ?? 4);
+/** Set ABLY_LOG_ECHO=1 to also print client logs live to stderr. */
+const CLIENT_LOG_ECHO = process.env.ABLY_LOG_ECHO === '1';
+
+// ---------------------------------------------------------------------------
+// small utilities
+
+export function rnd(n = 6) {
+  return crypto.randomBytes(n).toString('hex');
+}
+
+/** A channel name unique to this run. */
+export function uniqueChannel(prefix) {
+  return `${prefix}-${rnd(5)}`;
+}
+
+/** Resolve/reject `promise`, or reject after `ms` with a message naming `what`. */
+export function withTimeout(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`safety timeout: no ${what} within ${ms} ms`)),
+      ms,
+    );
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Promise for the next `event` on an ably-js EventEmitter (connection or channel).
+ * Register it BEFORE triggering the action that causes the event.
+ */
+export function nextEvent(emitter, event, ms = T.event, what = `'${event}' event`) {
+  return withTimeout(
+    new Promise((resolve) => emitter.once(event, resolve)),
+    ms,
+    what,
+  );
+}
+
+/** Like nextEvent, but for the first of several events; resolves with the state change. */
+export function nextOneOf(emitter, events, ms = T.event, what = `one of [${events}]`) {
+  return withTimeout(
+    new Promise((resolve) => {
+      const listener = (change) => {
+        emitter.off(listener);
+        resolve(change);
+      };
+      emitter.on(events, listener);
+    }),
+    ms,
+    what,
+  );
+}
+
+/** Await an ably-js connection reaching `state` (resolves immediately if already there). */
+export async function connectionState(client, state, ms = T.event) {
+  if (client.connection.state === state) return null;
+  return nextEvent(client.connection, state, ms, `connection state '${state}'`);
+}
+
+/** A Deferred: a promise with its resolve/reject exposed. */
+export function deferred() {
+  let resolve;
+  let reject;
+  const promise = new Promise((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
+
+/**
+ * Collect messages delivered to a channel listener.
+ * `col.listener` is what you pass to channel.subscribe(); `col.waitFor(n)` resolves
+ * once n messages have arrived; `col.onCount(n, fn)` runs fn synchronously inside the
+ * listener that delivers the n-th message.
+ */
+export function collector(label = 'messages') {
+  const messages = [];
+  const waiters = [];
+  const hooks = [];
+  const nameWaiters = [];
+  const listener = (msg) => {
+    messages.push(msg);
+    for (let i = nameWaiters.length - 1; i >= 0; i--) {
+      if (msg.name === nameWaiters[i].name) {
+        nameWaiters[i].resolve(messages);
+        nameWaiters.splice(i, 1);
+      }
+    }
+    for (const h of hooks) {
+      if (!h.done && messages.length >= h.n) {
+        h.done = true;
+        h.fn(messages.length);
+      }
+    }
+    for (let i = waiters.length - 1; i >= 0; i--) {
+      if (messages.length >= waiters[i].n) {
+        waiters[i].resolve(messages);
+        waiters.splice(i, 1);
+      }
+    }
+  };
+  const waitFor = (n, ms = T.bulk) => {
+    if (messages.length >= n) return Promise.resolve(messages);
+    const d = deferred();
+    waiters.push({ n, resolve: d.resolve });
+    return withTimeout(d.promise, ms, `${n} ${label} (got ${messages.length}: last names ${lastNames(messages)})`)
+      .catch((e) => {
+        e.message = `safety timeout waiting for ${n} ${label}; got ${messages.length}; last names: ${lastNames(messages)}`;
+        throw e;
+      });
+  };
+  const onCount = (n, fn) => hooks.push({ n, fn, done: false });
+  /** Resolves once a message named `name` has arrived (use a sentinel published last). */
+  const waitForName = (name, ms = T.bulk) => {
+    if (messages.some((m) => m.name === name)) return Promise.resolve(messages);
+    const d = deferred();
+    nameWaiters.push({ name, resolve: d.resolve });
+    return withTimeout(d.promise, ms, `message '${name}'`).catch((e) => {
+      e.message = `safety timeout waiting for message '${name}'; got ${messages.length}; last names: ${lastNames(messages)}`;
+      throw e;
+    });
+  };
+  return { messages, listener, waitFor, waitForName, onCount };
+}
+
+function lastNames(messages, k = 8) {
+  return JSON.stringify(messages.slice(-k).map((m) => m.name));
+}
+
+/** Assertion helper: compare a received `data` against what was published. */
+export function sameData(actual, expected) {
+  if (expected instanceof Uint8Array) {
+    if (!(actual instanceof Uint8Array)) return false; // Buffer is a Uint8Array
+    return Buffer.from(actual).equals(Buffer.from(expected));
+  }
+  if (typeof expected === 'string') return actual === expected;
+  try {
+    return JSON.stringify(actual) === JSON.stringify(expected) && typeof actual === 'object';
+  } catch {
+    return false;
+  }
+}
+
+/** Describe a data value for an assertion message. */
+export function describeData(v) {
+  if (v instanceof Uint8Array) {
+    const b = Buffer.from(v);
+    return `binary(${b.length}) ${b.subarray(0, 24).toString('hex')}${b.length > 24 ? '…' : ''}`;
+  }
+  if (typeof v === 'string') return `string ${JSON.stringify(v.length > 60 ? v.slice(0, 60) + '…' : v)}`;
+  return `${v === null ? 'null' : typeof v} ${JSON.stringify(v)?.slice(0, 80)}`;
+}
+
+/** Mixed payloads: strings (incl. non-ASCII), JSON objects/arrays, Buffers and Uint8Arrays. */
+export function payload(i) {
+  switch (i % 5) {
+    case 0:
+      return `text ${i} héllo ✓ 日本語 "quoted" \\ slash`;
+    case 1:
+      return { i, kind: 'object', nested: { list: [1, 'two', null, true, 2.5], empty: {} } };
+    case 2: {
+      // includes bytes that are not valid UTF-8 and the full byte range over the run
+      const len = 1 + (i % 97);
+      const b = Buffer.alloc(len);
+      for (let k = 0; k < len; k++) b[k] = (i * 31 + k * 7) & 0xff;
+      return b;
+    }
+    case 3: {
+      const u = new Uint8Array(1 + (i % 53));
+      for (let k = 0; k < u.length; k++) u[k] = (255 - i - k) & 0xff;
+      return u;
+    }
+    default:
+      return [i, `array-${i}`, { deep: [i] }];
+  }
+}
+
+// ---------------------------------------------------------------------------
+// temp dirs
+
+export async function makeTempDir(prefix = 'ably-conformance-') {
+  return fsp.mkdtemp(path.join(os.tmpdir(), prefix));
+}
+
+export async function removeDir(dir) {
+  if (!dir) return;
+  await fsp.rm(dir, { recursive: true, force: true }).catch(() => {});
+}
+
+// ---------------------------------------------------------------------------
+// keys and JWTs
+
+/** A key with full capability passed with --key. */
+export function makeKey(name = 'conformance.root') {
+  const secret = rnd(16); // hex: no '.', ':' or whitespace
+  return { name, secret, full: `${name}:${secret}` };
+}
+
+const b64url = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
+
+/**
+ * Mint an Ably JWT (HS256, kid = key name, iat/exp in seconds,
+ * x-ably-capability as a JSON string, optional x-ably-clientId).
+ * `signingSecret` overrides the secret used for the signature (bad-signature tests).
+ */
+export function mintJwt({
+  key,
+  clientId,
+  capability = { '*': ['*'] },
+  ttlSeconds = 3600,
+  iat,
+  exp,
+  signingSecret,
+}) {
+  const now = Math.floor(Date.now() / 1000);
+  const header = { typ: 'JWT', alg: 'HS256', kid: key.name };
+  const claims = {
+    iat: iat ?? now,
+    exp: exp ?? now + ttlSeconds,
+    'x-ably-capability': JSON.stringify(capability),
+  };
+  if (clientId !== undefined) claims['x-ably-clientId'] = clientId;
+  const input = `${b64url(header)}.${b64url(claims)}`;
+  const sig = crypto
+    .createHmac('sha256', Buffer.from(signingSecret ?? key.secret, 'utf8'))
+    .update(input)
+    .digest('base64url');
+  return `${input}.${sig}`;
+}
+
+// ---------------------------------------------------------------------------
+// broker process
+
+const liveChildren = new Set();
+process.on('exit', () => {
+  for (const c of liveChildren) {
+    try {
+      c.kill('SIGKILL');
+    } catch {}
+  }
+});
+
+/**
+ * Spawn the broker and wait for its `listening on http://127.0.0.1:<port>` line.
+ *   keys:   array of full key strings (name:secret) given with --key
+ *   config: TOML text written to a file and given with --config
+ *   dataDir: data directory (created with makeTempDir when omitted; removed by
+ *            stop() only when we created it)
+ */
+export async function startBroker({ keys = [], config, dataDir, label = 'broker' } = {}) {
+  if (!fs.existsSync(BROKER_BIN)) {
+    throw new Error(
+      `broker binary not found at ${BROKER_BIN}; build it with ` +
+        '`cargo build --release -p broker` or set BROKER_BIN',
+    );
+  }
+  const ownDataDir = !dataDir;
+  if (!dataDir) dataDir = await makeTempDir('ably-conformance-data-');
+  const args = ['--listen', '127.0.0.1:0', '--data-dir', dataDir];
+  for (const k of keys) args.push('--key', k);
+  let configDir;
+  if (config !== undefined) {
+    configDir = await makeTempDir('ably-conformance-cfg-');
+    const configPath = path.join(configDir, 'broker.toml');
+    await fsp.writeFile(configPath, config);
+    args.push('--config', configPath);
+  }
+
+  fs.mkdirSync(ARTIFACTS_DIR, { recursive: true });
+  const logPath = path.join(
+    ARTIFACTS_DIR,
+    `${label}-${new Date().toISOString().replace(/[:.]/g, '-')}-${rnd(3)}.log`,
+  );
+  const logFile = fs.createWriteStream(logPath);
+  logFile.write(`# ${BROKER_BIN} ${args.join(' ')}\n`);
+
+  const child = spawn(BROKER_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  liveChildren.add(child);
+  const tail = [];
+  const keepTail = (line) => {
+    tail.push(line);
+    if (tail.length > 400) tail.shift();
+  };
+  const exited = new Promise((resolve) => {
+    child.once('exit', (code, signal) => {
+      liveChildren.delete(child);
+      resolve({ code, signal });
+    });
+  });
+  child.once('error', (e) => keepTail(`[spawn error] ${e.message}`));
+  readline.createInterface({ input: child.stderr }).on('line', (line) => {
+    keepTail(line);
+    logFile.write(line + '\n');
+  });
+
+  const ready = new Promise((resolve, reject) => {
+    const rl = readline.createInterface({ input: child.stdout });
+    let found = false;
+    rl.on('line', (line) => {
+      logFile.write(`[stdout] ${line}\n`);
+      const m = /^listening on http:\/\/127\.0\.0\.1:(\d+)\s*$/.exec(line);
+      if (m && !found) {
+        found = true;
+        resolve(Number(m[1]));
+      } else if (!found) {
+        keepTail(`[stdout] ${line}`);
+      }
+    });
+    exited.then(({ code, signal }) => {
+      if (!found) reject(new Error(`broker exited before it was ready (code ${code}, signal ${signal})`));
+    });
+  });
+
+  let port;
+  try {
+    port = await withTimeout(ready, T.brokerStart, '`listening on` line from the broker');
+  } catch (e) {
+    child.kill('SIGKILL');
+    await exited;
+    logFile.end();
+    e.message += `\n--- broker stderr (${logPath}) ---\n${tail.slice(-60).join('\n')}`;
+    throw e;
+  }
+
+  const broker = {
+    port,
+    host: '127.0.0.1',
+    pid: child.pid,
+    child,
+    dataDir,
+    logPath,
+    exited,
+    stderrTail(n = 40) {
+      return tail.slice(-n).join('\n');
+    },
+    get running() {
+      return child.exitCode === null && child.signalCode === null;
+    },
+    /** SIGKILL this broker process and wait until it is gone. */
+    async kill() {
+      if (broker.running) child.kill('SIGKILL');
+      return exited;
+    },
+    /** Graceful stop (SIGTERM, SIGKILL after 5 s); removes dirs we created. */
+    async stop({ keepData = false } = {}) {
+      if (broker.running) {
+        child.kill('SIGTERM');
+        const t = setTimeout(() => broker.running && child.kill('SIGKILL'), 5000);
+        await exited;
+        clearTimeout(t);
+      }
+      logFile.end();
+      if (configDir) await removeDir(configDir);
+      if (ownDataDir && !keepData) await removeDir(dataDir);
+    },
+  };
+  return broker;
+}
+
+// ---------------------------------------------------------------------------
+// TCP proxy used to cut a client's connection from outside the client
+
+/**
+ * A TCP proxy on 127.0.0.1:<ephemeral> forwarding to 127.0.0.1:targetPort.
+ *   cutAll()            destroy every current connection, both sides
+ *   hold() / release()  while held, new connections are accepted but not forwarded
+ *                       (their bytes wait in the kernel/socket buffer) until release()
+ *   dropDownstream(on)  discard bytes broker→client (e.g. to lose an ACK)
+ */
+export async function startProxy(targetPort, targetHost = '127.0.0.1') {
+  const pairs = new Set();
+  const held = [];
+  let holding = false;
+  let dropping = false;
+  const stats = { accepted: 0, cuts: 0 };
+
+  const server = net.createServer((client) => {
+    stats.accepted++;
+    const pair = { client, upstream: null };
+    pairs.add(pair);
+    client.on('error', () => {});
+    client.on('close', () => {
+      pair.upstream?.destroy();
+      pairs.delete(pair);
+    });
+    const forward = () => {
+      if (client.destroyed) return;
+      const up = net.connect(targetPort, targetHost);
+      pair.upstream = up;
+      up.on('error', () => {});
+      up.on('close', () => client.destroy());
+      client.pipe(up);
+      up.on('data', (chunk) => {
+        if (dropping || client.destroyed) return;
+        if (!client.write(chunk)) {
+          up.pause();
+          client.once('drain', () => up.resume());
+        }
+      });
+    };
+    if (holding) held.push(forward);
+    else forward();
+  });
+  server.listen(0, '127.0.0.1');
+  await new Promise((resolve, reject) => {
+    server.once('listening', resolve);
+    server.once('error', reject);
+  });
+
+  return {
+    port: server.address().port,
+    stats,
+    get openConnections() {
+      return pairs.size;
+    },
+    cutAll() {
+      let n = 0;
+      for (const p of [...pairs]) {
+        p.client.destroy();
+        p.upstream?.destroy();
+        pairs.delete(p);
+        n++;
+      }
+      stats.cuts += n;
+      return n;
+    },
+    hold() {
+      holding = true;
+    },
+    release() {
+      holding = false;
+      for (const f of held.splice(0)) f();
+    },
+    dropDownstream(on) {
+      dropping = !!on;
+    },
+    async close() {
+      holding = false;
+      held.length = 0;
+      for (const p of [...pairs]) {
+        p.client.destroy();
+        p.upstream?.destroy();
+      }
+      pairs.clear();
+      await new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// ably-js clients
+
+/** ClientOptions pointing ably-js at a broker (or proxy) port. */
+export function brokerOptions(port, format, extra = {}) {
+  return {
+    endpoint: '127.0.0.1',
+    port,
+    tls: false,
+    useBinaryProtocol: format.binary,
+    disableConnectivityCheck: true,
+    fallbackHosts: [],
+    transports: ['web_socket'],
+    ...extra,
+  };
+}
+
+/**
+ * Per-test context: creates clients and proxies, closes them at the end, and
+ * builds a diagnostics block (broker stderr tail, client log tails, states)
+ * which is appended to the message of any error thrown by the test body.
+ */
+export class Ctx {
+  constructor(broker) {
+    this.broker = broker;
+    this.clients = [];
+    this.proxies = [];
+    this.notes = [];
+  }
+
+  _logOptions(label) {
+    const lines = [];
+    const handler = (msg) => {
+      lines.push(`${new Date().toISOString().slice(11, 23)} ${msg}`);
+      if (lines.length > 120) lines.shift();
+      if (CLIENT_LOG_ECHO) process.stderr.write(`[${label}] ${msg}\n`);
+    };
+    return { lines, opts: { logLevel: CLIENT_LOG_LEVEL, logHandler: handler } };
+  }
+
+  /** An Ably.Realtime client; `port` defaults to the context's broker. */
+  realtime(format, extra = {}, { label, port } = {}) {
+    label = label ?? `rt${this.clients.length}-${format.name}`;
+    const { lines, opts } = this._logOptions(label);
+    const client = new Ably.Realtime(
+      brokerOptions(port ?? this.broker.port, format, { ...opts, ...extra }),
+    );
+    const states = [];
+    client.connection.on((change) => {
+      states.push(
+        `${change.previous}->${change.current}` +
+          (change.reason ? ` (${change.reason.code} ${change.reason.message})` : ''),
+      );
+      if (states.length > 40) states.shift();
+    });
+    this.clients.push({ label, client, lines, states, kind: 'realtime' });
+    return client;
+  }
+
+  /** An Ably.Rest client; `port` defaults to the context's broker. */
+  rest(format, extra = {}, { label, port } = {}) {
+    label = label ?? `rest${this.clients.length}-${format.name}`;
+    const { lines, opts } = this._logOptions(label);
+    const client = new Ably.Rest(
+      brokerOptions(port ?? this.broker.port, format, { ...opts, ...extra }),
+    );
+    this.clients.push({ label, client, lines, states: [], kind: 'rest' });
+    return client;
+  }
+
+  async proxy(targetPort = this.broker.port) {
+    const p = await startProxy(targetPort);
+    this.proxies.push(p);
+    return p;
+  }
+
+  note(s) {
+    this.notes.push(s);
+  }
+
+  diagnostics() {
+    const out = [];
+    if (this.notes.length) out.push('--- notes ---', ...this.notes);
+    for (const c of this.clients) {
+      if (c.kind === 'realtime') {
+        const conn = c.client.connection;
+        out.push(
+          `--- client ${c.label}: state=${conn.state} id=${conn.id} ` +
+            `errorReason=${conn.errorReason ? `${conn.errorReason.code} ${conn.errorReason.message}` : '-'}`,
+          `    transitions: ${c.states.join(' | ')}`,
+        );
+      } else {
+        out.push(`--- client ${c.label} (rest)`);
+      }
+      out.push(...c.lines.slice(-25).map((l) => `    ${l.length > 400 ? l.slice(0, 400) + '…' : l}`));
+    }
+    if (this.broker) {
+      out.push(
+        `--- broker pid ${this.broker.pid} (${this.broker.running ? 'running' : 'exited'}), ` +
+          `full log: ${this.broker.logPath} ---`,
+        this.broker.stderrTail(40),
+      );
+    }
+    return out.join('\n');
+  }
+
+  async cleanup() {
+    await Promise.all(
+      this.clients.map(async ({ client, kind }) => {
+        if (kind !== 'realtime') {
+          try {
+            client.close?.();
+          } catch {}
+          return;
+        }
+        const conn = client.connection;
+        if (['closed', 'failed'].includes(conn.state)) return;
+        const done = nextOneOf(conn, ['closed', 'failed'], 5000).catch(() => {});
+        try {
+          client.close();
+        } catch {}
+        await done;
+      }),
+    );
+    await Promise.all(this.proxies.map((p) => p.close()));
+  }
+}
+
+/**
+ * Run a test body with a Ctx, appending diagnostics to any failure and always
+ * cleaning up. `getBroker` is a function because brokers are started in before().
+ */
+export function withCtx(getBroker, body) {
+  return async (t) => {
+    const ctx = new Ctx(typeof getBroker === 'function' ? getBroker() : getBroker);
+    try {
+      await body(ctx, t);
+    } catch (e) {
+      const diag = ctx.diagnostics();
+      if (e && typeof e === 'object') {
+        try {
+          e.message = `${e.message}\n${diag}`;
+        } catch {}
+        throw e;
+      }
+      throw new Error(`${String(e)}\n${diag}`);
+    } finally {
+      await ctx.cleanup();
+    }
+  };
+}
+
+/** Fetch every page of a history query, checking each page is at most `limit` long. */
+export async function allHistory(target, params, ms = T.bulk) {
+  const items = [];
+  const pageSizes = [];
+  let page = await withTimeout(target.history(params), T.event, 'history() page');
+  const deadline = Date.now() + ms;
+  for (;;) {
+    items.push(...page.items);
+    pageSizes.push(page.items.length);
+    if (!page.hasNext()) break;
+    if (Date.now() > deadline) throw new Error('history pagination did not finish');
+    page = await withTimeout(page.next(), T.event, 'history next() page');
+    if (!page) break;
+  }
+  return { items, pageSizes };
+}
+
+/** Publish many messages keeping at most `window` in flight; resolves with the results. */
+export async function publishAll(channel, entries, window = 100) {
+  const results = new Array(entries.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < entries.length) {
+      const i = next++;
+      const [name, data] = entries[i];
+      results[i] = await channel.publish(name, data);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(window, entries.length) }, worker));
+  return results;
+}
+
+/** Extract an ErrorInfo-like code from a rejection or state change. */
+export function codeOf(x) {
+  return x?.code ?? x?.reason?.code;
+}
