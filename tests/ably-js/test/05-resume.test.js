@@ -135,6 +135,7 @@ describe('resume', () => {
       const probe = pubCh.publish('probe', 'once').then(() => {
         acked = true;
       });
+      probe.catch(() => {}); // awaited below; avoid an unhandled rejection if the test fails first
       await col.waitFor(1, T.event);
       assert.equal(acked, false, 'ACK was swallowed by the proxy');
 

@@ -59,6 +59,7 @@ describe('durability (SIGKILL)', () => {
       // 2. 300 more pipelined; SIGKILL once 50 of them are ACKed (others in flight).
       const acked = new Set(first.map(([n]) => n));
       const killed = current;
+      ctx.note(`first broker (killed) log: ${killed.logPath}`);
       let killRequested = false;
       const second = Array.from({ length: IN_FLIGHT }, (_, k) => [idx(ACKED_FIRST + k), payload(ACKED_FIRST + k)]);
       let ackedSecond = 0;
