@@ -317,7 +317,10 @@ export async function startBroker({ keys = [], config, dataDir, label = 'broker'
   const logFile = fs.createWriteStream(logPath);
   logFile.write(`# ${BROKER_BIN} ${args.join(' ')}\n`);
 
-  const child = spawn(BROKER_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(BROKER_BIN, args, {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { NO_COLOR: '1', ...process.env },
+  });
   liveChildren.add(child);
   const tail = [];
   const keepTail = (line) => {
@@ -331,7 +334,8 @@ export async function startBroker({ keys = [], config, dataDir, label = 'broker'
     });
   });
   child.once('error', (e) => keepTail(`[spawn error] ${e.message}`));
-  readline.createInterface({ input: child.stderr }).on('line', (line) => {
+  readline.createInterface({ input: child.stderr }).on('line', (raw) => {
+    const line = raw.replace(/\x1b\[[0-9;]*m/g, ''); // strip ANSI colours
     keepTail(line);
     logFile.write(line + '\n');
   });
