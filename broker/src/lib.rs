@@ -10,6 +10,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod http;
+pub mod lifecycle;
 pub mod metrics;
 pub mod server;
 pub mod store;

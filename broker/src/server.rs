@@ -11,13 +11,14 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::auth::{now_ms, Authenticator, KeyAuthenticator};
 use crate::channel::{ChannelContext, Channels};
 use crate::config::Config;
 use crate::connection::session::Sessions;
 use crate::error::Error;
+use crate::lifecycle::{TaskGuard, Tasks};
 use crate::metrics::Metrics;
 use crate::store::commit::Committer;
 use crate::store::sled_log::SledLog;
@@ -42,11 +43,8 @@ pub struct Broker {
     /// Becomes true when the broker shuts down.
     pub shutdown: watch::Receiver<bool>,
     next_socket: AtomicU64,
-    tasks: std::sync::Mutex<Option<mpsc::Sender<()>>>,
+    tasks: Tasks,
 }
-
-/// Held by each connection task; shutdown waits until all are dropped.
-pub struct TaskGuard(#[allow(dead_code)] mpsc::Sender<()>);
 
 impl Broker {
     /// A fresh socket id.
@@ -61,8 +59,7 @@ impl Broker {
 
     /// Registers a long-running task that shutdown waits for (`None` once shutting down).
     pub fn track_task(&self) -> Option<TaskGuard> {
-        let tasks = self.tasks.lock().expect("tasks lock");
-        tasks.as_ref().map(|t| TaskGuard(t.clone()))
+        self.tasks.guard()
     }
 }
 
@@ -77,7 +74,9 @@ pub async fn run(
     let log: Arc<dyn ChannelLog> =
         Arc::new(SledLog::open(&config.data_dir, config.storage.cache_bytes)?);
     let metrics = Arc::new(Metrics::new());
-    let committer = Committer::start(log.clone(), config.storage.fsync, metrics.clone());
+    let (committer, committer_task) = Committer::start(log.clone(), config.storage.fsync, metrics.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (tasks, tasks_done) = Tasks::new();
     let keys = Arc::new(KeyAuthenticator::new(&config.keys).map_err(Error::Config)?);
     let channels = Channels::new(ChannelContext {
         log: log.clone(),
@@ -86,9 +85,9 @@ pub async fn run(
         max_messages: config.retention.max_messages_per_channel,
         max_rewind: config.limits.max_rewind,
         max_resume_replay: config.limits.max_resume_replay,
+        shutdown: stop_rx.clone(),
+        tasks: tasks.clone(),
     });
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (tasks_tx, mut tasks_rx) = mpsc::channel::<()>(1);
     let broker = Arc::new(Broker {
         authenticator: keys.clone(),
         keys,
@@ -98,7 +97,7 @@ pub async fn run(
         metrics,
         shutdown: stop_rx,
         next_socket: AtomicU64::new(1),
-        tasks: std::sync::Mutex::new(Some(tasks_tx)),
+        tasks,
         config,
     });
     spawn_retention_sweeper(broker.clone());
@@ -128,7 +127,9 @@ pub async fn run(
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         let mut stop = broker.shutdown.clone();
+        let guard = broker.track_task();
         tokio::spawn(async move {
+            let _guard = guard;
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
@@ -143,9 +144,15 @@ pub async fn run(
     tracing::info!("shutting down: telling clients to resume later");
     drop(listener);
     let _ = stop_tx.send(true);
-    // Connection tasks hold task guards; once ours is dropped, `recv` ends when theirs are.
-    broker.tasks.lock().expect("tasks lock").take();
-    let _ = tokio::time::timeout(Duration::from_secs(10), tasks_rx.recv()).await;
+    broker.tasks.close();
+    drop(broker);
+    if !tasks_done.wait(Duration::from_secs(10)).await {
+        tracing::warn!("some connections did not finish within 10 s");
+    }
+    // Every sequencer is gone, so the committer's last handle is too.
+    if let Some(task) = committer_task {
+        let _ = task.await;
+    }
     sync(log).await
 }
 
@@ -162,8 +169,10 @@ fn spawn_retention_sweeper(broker: Arc<Broker>) {
     let max_age_ms = broker.config.retention.max_age_secs.saturating_mul(1000) as i64;
     let log = broker.log.clone();
     let mut stop = broker.shutdown.clone();
+    let guard = broker.track_task();
     drop(broker);
     tokio::spawn(async move {
+        let _guard = guard;
         let mut interval = tokio::time::interval(every);
         loop {
             tokio::select! {

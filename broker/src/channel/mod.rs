@@ -18,6 +18,7 @@ use protocol::{ErrorInfo, Message};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::connection::outbox::Outbox;
+use crate::lifecycle::Tasks;
 use crate::connection::session::PublishOutcome;
 use crate::metrics::Metrics;
 use crate::store::commit::Committer;
@@ -40,6 +41,10 @@ pub struct ChannelContext {
     pub max_rewind: usize,
     /// Most messages replayed on a resumed attach.
     pub max_resume_replay: usize,
+    /// Becomes true when the broker shuts down; sequencers then finish and stop.
+    pub shutdown: watch::Receiver<bool>,
+    /// Shutdown waits for every sequencer.
+    pub tasks: Tasks,
 }
 
 /// A publish of one ProtocolMessage's messages, already validated, with ids, clientIds and
@@ -185,12 +190,18 @@ impl Channels {
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
                 let (retired_tx, retired_rx) = watch::channel(false);
-                match sequencer::Sequencer::load(channel, self.context.clone()) {
-                    Ok(seq) => {
-                        tokio::spawn(seq.run(id, rx, self.clone(), retired_tx));
+                let guard = self.context.tasks.guard();
+                match (guard, sequencer::Sequencer::load(channel, self.context.clone())) {
+                    (Some(guard), Ok(seq)) => {
+                        tokio::spawn(seq.run(id, rx, self.clone(), retired_tx, guard));
                     }
-                    Err(e) => {
-                        failure = Some(e);
+                    (None, _) => {
+                        failure = Some(ErrorInfo::new(codes::UNAVAILABLE, "the broker is shutting down"));
+                        let _ = retired_tx.send(true);
+                    }
+                    (_, Err(e)) => {
+                        tracing::error!(channel, error = %e, "cannot open channel log");
+                        failure = Some(ErrorInfo::new(codes::INTERNAL_CHANNEL, "channel log unavailable"));
                         let _ = retired_tx.send(true);
                     }
                 }

@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use super::{Attach, ChannelContext, Channels, Command, Publish, StartFrom, Subscriber};
 use crate::auth::now_ms;
 use crate::connection::outbox::{encode_frame, PushError};
+use crate::lifecycle::TaskGuard;
 use crate::store::{format_serial, parse_serial, Direction, Query, StoreError};
 
 /// Publishes taken into one log append and one commit at most.
@@ -84,33 +85,31 @@ impl Sequencer {
         mut commands: mpsc::Receiver<Command>,
         channels: Arc<Channels>,
         retired: watch::Sender<bool>,
+        guard: TaskGuard,
     ) {
         self.context.metrics.active_channels.inc();
+        let mut shutdown = self.context.shutdown.clone();
         let mut leftover_attaches = Vec::new();
         loop {
-            let first = if self.subscribers.is_empty() {
-                match tokio::time::timeout(IDLE_RETIRE, commands.recv()).await {
-                    Ok(Some(c)) => c,
-                    Ok(None) => break,
-                    Err(_) => {
-                        // Retire: refuse new commands, finish the queued ones, then make way.
-                        commands.close();
-                        let mut rest = Vec::new();
-                        while let Some(c) = commands.recv().await {
-                            match c {
-                                Command::Attach(a) => leftover_attaches.push(a),
-                                other => rest.push(other),
-                            }
-                        }
-                        self.execute(rest).await;
-                        break;
+            let idle = self.subscribers.is_empty();
+            let first = tokio::select! {
+                command = commands.recv() => command,
+                _ = tokio::time::sleep(IDLE_RETIRE), if idle => None,
+                _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => None,
+            };
+            let Some(first) = first else {
+                // Retire (idle, or the broker stops): refuse new commands, finish the queued
+                // ones, then make way for a successor.
+                commands.close();
+                let mut rest = Vec::new();
+                while let Some(c) = commands.recv().await {
+                    match c {
+                        Command::Attach(a) => leftover_attaches.push(a),
+                        other => rest.push(other),
                     }
                 }
-            } else {
-                match commands.recv().await {
-                    Some(c) => c,
-                    None => break,
-                }
+                self.execute(rest).await;
+                break;
             };
             // Take what queued meanwhile: consecutive publishes share one append and commit.
             let mut batch = vec![first];
@@ -125,13 +124,15 @@ impl Sequencer {
         channels.forget(&self.name, id);
         self.context.metrics.active_channels.dec();
         let _ = retired.send(true);
-        for attach in leftover_attaches {
+        let stopping = *self.context.shutdown.borrow();
+        for attach in leftover_attaches.into_iter().filter(|_| !stopping) {
             let channels = channels.clone();
             let name = self.name.clone();
             tokio::spawn(async move {
                 let _ = channels.send(&name, Command::Attach(attach)).await;
             });
         }
+        drop(guard);
     }
 
     /// Executes commands in order, grouping runs of publishes into one append.

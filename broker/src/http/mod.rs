@@ -93,7 +93,9 @@ fn upgrade(
         .max_message_size(Some(limits.max_frame_size))
         .max_frame_size(Some(limits.max_frame_size));
     let on_upgrade = hyper::upgrade::on(&mut request);
-    let guard = broker.track_task();
+    let Some(guard) = broker.track_task() else {
+        return negotiated.error(&ErrorInfo::new(codes::UNAVAILABLE, "the broker is shutting down"));
+    };
     tokio::spawn(async move {
         let _guard = guard;
         match on_upgrade.await {

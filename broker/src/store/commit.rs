@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use super::{ChannelLog, StoreError};
 use crate::metrics::Metrics;
@@ -18,13 +19,18 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts the task. With `fsync` off, [`Committer::durable`] returns at once.
-    pub fn start(log: Arc<dyn ChannelLog>, fsync: bool, metrics: Arc<Metrics>) -> Committer {
+    /// Starts the task; it ends when the last handle is dropped. With `fsync` off,
+    /// [`Committer::durable`] returns at once and there is no task.
+    pub fn start(
+        log: Arc<dyn ChannelLog>,
+        fsync: bool,
+        metrics: Arc<Metrics>,
+    ) -> (Committer, Option<JoinHandle<()>>) {
         if !fsync {
-            return Committer { requests: None };
+            return (Committer { requests: None }, None);
         }
         let (tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut waiters = vec![first];
                 while let Ok(more) = rx.try_recv() {
@@ -40,7 +46,7 @@ impl Committer {
                 }
             }
         });
-        Committer { requests: Some(tx) }
+        (Committer { requests: Some(tx) }, Some(task))
     }
 
     /// Resolves once everything appended before the call is durable.

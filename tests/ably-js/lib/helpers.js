@@ -274,6 +274,18 @@ export function mintJwt({
 // ---------------------------------------------------------------------------
 // broker process
 
+/** Drop broker logs older than a day so artifacts/ does not grow without bound. */
+function pruneArtifacts() {
+  const cutoff = Date.now() - 24 * 3600 * 1000;
+  for (const f of fs.readdirSync(ARTIFACTS_DIR)) {
+    if (!f.endsWith('.log')) continue;
+    const p = path.join(ARTIFACTS_DIR, f);
+    try {
+      if (fs.statSync(p).mtimeMs < cutoff) fs.unlinkSync(p);
+    } catch {}
+  }
+}
+
 const liveChildren = new Set();
 process.on('exit', () => {
   for (const c of liveChildren) {
@@ -310,6 +322,7 @@ export async function startBroker({ keys = [], config, dataDir, label = 'broker'
   }
 
   fs.mkdirSync(ARTIFACTS_DIR, { recursive: true });
+  pruneArtifacts();
   const logPath = path.join(
     ARTIFACTS_DIR,
     `${label}-${new Date().toISOString().replace(/[:.]/g, '-')}-${rnd(3)}.log`,
@@ -413,6 +426,7 @@ export async function startBroker({ keys = [], config, dataDir, label = 'broker'
  *   hold() / release()  while held, new connections are accepted but not forwarded
  *                       (their bytes wait in the kernel/socket buffer) until release()
  *   dropDownstream(on)  discard bytes broker→client (e.g. to lose an ACK)
+ *   retarget(port)      forward new connections to another port
  */
 export async function startProxy(targetPort, targetHost = '127.0.0.1') {
   const pairs = new Set();
@@ -420,6 +434,7 @@ export async function startProxy(targetPort, targetHost = '127.0.0.1') {
   let holding = false;
   let dropping = false;
   const stats = { accepted: 0, cuts: 0 };
+  const target = { port: targetPort, host: targetHost };
 
   const server = net.createServer((client) => {
     stats.accepted++;
@@ -432,7 +447,7 @@ export async function startProxy(targetPort, targetHost = '127.0.0.1') {
     });
     const forward = () => {
       if (client.destroyed) return;
-      const up = net.connect(targetPort, targetHost);
+      const up = net.connect(target.port, target.host);
       pair.upstream = up;
       up.on('error', () => {});
       up.on('close', () => client.destroy());
@@ -480,6 +495,10 @@ export async function startProxy(targetPort, targetHost = '127.0.0.1') {
     },
     dropDownstream(on) {
       dropping = !!on;
+    },
+    /** Forward new connections to another port (e.g. a restarted broker). */
+    retarget(port) {
+      target.port = port;
     },
     async close() {
       holding = false;

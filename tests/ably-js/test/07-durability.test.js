@@ -15,7 +15,10 @@ import {
   withCtx,
   connectionState,
   nextOneOf,
+  nextEvent,
   uniqueChannel,
+  collector,
+  withTimeout,
   payload,
   publishAll,
   sameData,
@@ -123,6 +126,57 @@ describe('durability (SIGKILL)', () => {
       assert.equal(again.items.at(-1).name, 'after-restart', 'newest message is last');
       assert.ok(!serialsBefore.has(again.items.at(-1).serial), 'new serial is not a reused one');
       assert.deepEqual(again.items.slice(0, -1).map((m) => m.name), names, 'recovered messages unchanged');
+    }));
+
+    // §4.6 failed resume (RTN15c7): a connection key from before the crash is unknown
+    // to the restarted broker, which must answer CONNECTED with a new connectionId and
+    // an error; the client then re-attaches its channels (§5.6 case 2 or 1) and works.
+    test(`[${format.name}] after a crash and restart, a client's resume fails cleanly and its channel works again`, withCtx(() => current, async (ctx) => {
+      const dataDir = await makeTempDir('ably-conformance-crash-');
+      dirs.push(dataDir);
+      current = await startBroker({ keys: [key.full], dataDir, label: `crash-${format.name}-1` });
+      brokers.push(current);
+      ctx.broker = current;
+      const name = uniqueChannel('crash');
+      const proxy = await ctx.proxy(current.port);
+      const sub = ctx.realtime(format, { key: key.full }, { label: `sub-${format.name}`, port: proxy.port });
+      await connectionState(sub, 'connected');
+      const oldId = sub.connection.id;
+      const subCh = sub.channels.get(name);
+      const col = collector();
+      await subCh.subscribe(col.listener);
+      const pub1 = ctx.realtime(format, { key: key.full }, { label: `pub1-${format.name}` });
+      await pub1.channels.get(name).publish('before-crash', 'a');
+      await col.waitForName('before-crash', T.event);
+
+      // Crash; reconnect attempts are held by the proxy until the new broker is up.
+      proxy.hold();
+      const disconnected = nextEvent(sub.connection, 'disconnected', T.event, "subscriber 'disconnected' after SIGKILL");
+      const killed = current;
+      ctx.note(`first broker (killed) log: ${killed.logPath}`);
+      await killed.kill();
+      await disconnected;
+      pub1.close();
+
+      current = await startBroker({ keys: [key.full], dataDir, label: `crash-${format.name}-2` });
+      brokers.push(current);
+      ctx.broker = current;
+      const connected = nextEvent(sub.connection, 'connected', T.event * 2, 'subscriber reconnect to the restarted broker');
+      const reattached = new Promise((resolve) => subCh.once('attached', resolve));
+      proxy.retarget(current.port);
+      proxy.release();
+      const change = await connected;
+      assert.notEqual(sub.connection.id, oldId, 'the restarted broker cannot resume: a new connectionId');
+      assert.ok(change.reason, 'CONNECTED after a failed resume carries an error (§4.6, e.g. 80008)');
+      ctx.note(`failed-resume reason: ${change.reason?.code} ${change.reason?.message}`);
+      await withTimeout(reattached, T.event, 'channel re-attach on the restarted broker');
+
+      const pub2 = ctx.realtime(format, { key: key.full }, { label: `pub2-${format.name}` });
+      await withTimeout(pub2.channels.get(name).publish('after-restart', 'b'), T.event, 'publish on the restarted broker');
+      const got = await col.waitForName('after-restart', T.event);
+      assert.deepEqual(got.map((m) => m.name), ['before-crash', 'after-restart'], 'no duplicate or lost delivery');
+      const { items } = await allHistory(pub2.channels.get(name), { direction: 'forwards' });
+      assert.deepEqual(items.map((m) => m.name), ['before-crash', 'after-restart']);
     }));
   }
 });

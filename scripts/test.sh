@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every test from a clean checkout: formatting and lints, the Rust unit and integration
+# tests, then the ably-js conformance suite against the release broker binary. Installs what
+# the suites need (npm packages into tests/ably-js/node_modules) on the way.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "Rust tests (unit and integration)"
+cargo test --workspace --quiet
+
+step "release build of the broker (used by the ably-js suite)"
+cargo build --release -p broker --quiet
+
+if [ -f tests/ably-js/package.json ]; then
+  step "npm packages for the ably-js suite"
+  if [ -f tests/ably-js/package-lock.json ]; then
+    npm ci --prefix tests/ably-js --no-audit --no-fund --loglevel=error
+  else
+    npm install --prefix tests/ably-js --no-audit --no-fund --loglevel=error
+  fi
+  step "ably-js conformance suite"
+  BROKER_BIN="$PWD/target/release/broker" npm test --prefix tests/ably-js
+fi

@@ -1,0 +1,92 @@
+//! The channel log survives restarts: every acknowledged message is in history afterwards, in
+//! order, once; and a client's channelSerial from before the restart still resumes. (The
+//! `kill -9` variant runs in the ably-js suite against the real binary.)
+
+use protocol::{flags, Action, ProtocolMessage};
+use tests::{basic_auth, http, texts, TestBroker};
+
+#[tokio::test]
+async fn acknowledged_messages_survive_a_restart_and_channel_serials_stay_valid() {
+    let broker = TestBroker::start().await;
+    let dir = broker.dir().to_owned();
+    let (mut client, _) = broker.connect_key("json").await;
+    let attached = client.attach("durable").await;
+    assert!(attached.channel_serial.is_some());
+    for i in 0..50 {
+        client.publish("durable", i, &format!("d{i}")).await;
+    }
+    let mut last_serial = None;
+    let mut acks = 0;
+    while acks < 50 {
+        let m = client.next().await.unwrap();
+        match m.action {
+            Action::Ack => acks += 1,
+            Action::Message if texts(&m) == ["d9"] => last_serial = m.channel_serial,
+            _ => {}
+        }
+    }
+    drop(client);
+    let keep = broker.stop().await;
+
+    let broker = TestBroker::start_in(&dir, |_| {}).await;
+    let history: Vec<serde_json::Value> = http()
+        .get(broker.url("/channels/durable/messages?direction=forwards&limit=1000"))
+        .header("authorization", basic_auth())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let data: Vec<&str> = history.iter().map(|m| m["data"].as_str().unwrap()).collect();
+    let expected: Vec<String> = (0..50).map(|i| format!("d{i}")).collect();
+    assert_eq!(data, expected);
+
+    let (mut again, _) = broker.connect_key("json").await;
+    let mut attach = ProtocolMessage::for_channel(Action::Attach, "durable");
+    attach.channel_serial = last_serial;
+    again.send(&attach).await;
+    assert!(again.expect(Action::Attached).await.has_flag(flags::RESUMED));
+    assert_eq!(texts(&again.expect(Action::Message).await), ["d10"]);
+    broker.stop().await;
+    drop(keep);
+}
+
+#[tokio::test]
+async fn count_retention_keeps_the_newest_messages() {
+    let broker = TestBroker::start_with(|c| c.retention.max_messages_per_channel = 10).await;
+    let (mut client, _) = broker.connect_key("json").await;
+    for i in 0..100 {
+        client.publish("short", i, &format!("s{i}")).await;
+        client.expect(Action::Ack).await;
+    }
+    let history: Vec<serde_json::Value> = http()
+        .get(broker.url("/channels/short/messages?limit=1000"))
+        .header("authorization", basic_auth())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!((10..=11).contains(&history.len()), "kept {}", history.len());
+    assert_eq!(history[0]["data"], "s99");
+}
+
+/// §4.5: on shutdown every client is told DISCONNECTED (resumable, not CLOSED), and the data
+/// directory is released so the broker can start on it again at once.
+#[tokio::test]
+async fn shutdown_tells_clients_to_resume_later() {
+    let broker = TestBroker::start().await;
+    let dir = broker.dir().to_owned();
+    let (mut client, _) = broker.connect_key("msgpack").await;
+    client.attach("bye").await;
+    let keep = broker.stop().await;
+    let goodbye = client.expect(Action::Disconnected).await;
+    assert_eq!(goodbye.error.unwrap().code, 50300);
+    let again = TestBroker::start_in(&dir, |_| {}).await;
+    let (_c, connected) = again.connect_key("json").await;
+    assert!(connected.connection_id.is_some());
+    again.stop().await;
+    drop(keep);
+}
