@@ -50,6 +50,8 @@ impl Tasks {
 impl TasksDone {
     /// Resolves when every guard is dropped, or after `limit`; true if all finished.
     pub async fn wait(mut self, limit: Duration) -> bool {
-        tokio::time::timeout(limit, self.receiver.recv()).await.is_ok()
+        tokio::time::timeout(limit, self.receiver.recv())
+            .await
+            .is_ok()
     }
 }

@@ -74,7 +74,8 @@ pub async fn run(
     let log: Arc<dyn ChannelLog> =
         Arc::new(SledLog::open(&config.data_dir, config.storage.cache_bytes)?);
     let metrics = Arc::new(Metrics::new());
-    let (committer, committer_task) = Committer::start(log.clone(), config.storage.fsync, metrics.clone());
+    let (committer, committer_task) =
+        Committer::start(log.clone(), config.storage.fsync, metrics.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (tasks, tasks_done) = Tasks::new();
     let keys = Arc::new(KeyAuthenticator::new(&config.keys).map_err(Error::Config)?);

@@ -12,10 +12,15 @@ async fn a_publish_with_wrong_field_types_is_nacked_and_the_connection_goes_on()
     let (mut client, _) = broker.connect_key("json").await;
     client.attach("ok").await;
     client
-        .send_raw(WsMessage::Text(r#"{"action":15,"msgSerial":0,"channel":"ok","messages":"oops"}"#.into()))
+        .send_raw(WsMessage::Text(
+            r#"{"action":15,"msgSerial":0,"channel":"ok","messages":"oops"}"#.into(),
+        ))
         .await;
     let nack = client.expect(Action::Nack).await;
-    assert_eq!((nack.msg_serial, nack.error.unwrap().code), (Some(0), 40000));
+    assert_eq!(
+        (nack.msg_serial, nack.error.unwrap().code),
+        (Some(0), 40000)
+    );
     client.publish("ok", 1, "after").await;
     assert_eq!(texts(&client.expect(Action::Message).await), ["after"]);
     assert_eq!(client.expect(Action::Ack).await.msg_serial, Some(1));
@@ -35,8 +40,16 @@ async fn oversize_messages_bad_names_and_bad_data_get_precise_codes() {
         ))
         .await;
     assert_eq!(client.expect(Action::Nack).await.error.unwrap().code, 40013);
-    client.send(&ProtocolMessage::for_channel(Action::Attach, &"n".repeat(300))).await;
-    assert_eq!(client.expect(Action::Error).await.error.unwrap().code, 40010);
+    client
+        .send(&ProtocolMessage::for_channel(
+            Action::Attach,
+            &"n".repeat(300),
+        ))
+        .await;
+    assert_eq!(
+        client.expect(Action::Error).await.error.unwrap().code,
+        40010
+    );
     client.publish("fine", 3, "still works").await;
     assert_eq!(client.expect(Action::Ack).await.msg_serial, Some(3));
 }
@@ -46,13 +59,22 @@ async fn unknown_actions_are_refused_without_dropping_the_connection() {
     let broker = TestBroker::start().await;
     let (mut client, _) = broker.connect_key("msgpack").await;
     client
-        .send(&ProtocolMessage { msg_serial: Some(0), ..ProtocolMessage::new(Action::Unknown(21)) })
+        .send(&ProtocolMessage {
+            msg_serial: Some(0),
+            ..ProtocolMessage::new(Action::Unknown(21))
+        })
         .await;
     assert_eq!(client.expect(Action::Nack).await.error.unwrap().code, 40000);
     client
-        .send(&ProtocolMessage { channel: Some("c".into()), ..ProtocolMessage::new(Action::Unknown(99)) })
+        .send(&ProtocolMessage {
+            channel: Some("c".into()),
+            ..ProtocolMessage::new(Action::Unknown(99))
+        })
         .await;
-    assert_eq!(client.expect(Action::Error).await.channel.as_deref(), Some("c"));
+    assert_eq!(
+        client.expect(Action::Error).await.channel.as_deref(),
+        Some("c")
+    );
     client.publish("c", 1, "alive").await;
     assert_eq!(client.expect(Action::Ack).await.msg_serial, Some(1));
 }
@@ -68,21 +90,35 @@ async fn garbage_frames_and_oversize_frames_fail_only_that_connection() {
     bystander.attach("calm").await;
 
     let (mut garbage, _) = broker.connect_key("json").await;
-    garbage.send_raw(WsMessage::Text("this is not json".into())).await;
-    assert_eq!(garbage.expect(Action::Error).await.error.unwrap().code, 40000);
+    garbage
+        .send_raw(WsMessage::Text("this is not json".into()))
+        .await;
+    assert_eq!(
+        garbage.expect(Action::Error).await.error.unwrap().code,
+        40000
+    );
     assert!(garbage.next().await.is_none());
 
     let (mut packed, _) = broker.connect_key("msgpack").await;
-    packed.send_raw(WsMessage::Binary(vec![0xc1, 0xff, 0x00].into())).await;
-    assert_eq!(packed.expect(Action::Error).await.error.unwrap().code, 40000);
+    packed
+        .send_raw(WsMessage::Binary(vec![0xc1, 0xff, 0x00].into()))
+        .await;
+    assert_eq!(
+        packed.expect(Action::Error).await.error.unwrap().code,
+        40000
+    );
 
     let (mut huge, _) = broker.connect_key("json").await;
-    huge.send_raw(WsMessage::Text("x".repeat(20_000).into())).await;
+    huge.send_raw(WsMessage::Text("x".repeat(20_000).into()))
+        .await;
     assert_eq!(huge.expect(Action::Error).await.error.unwrap().code, 40009);
 
     let (mut publisher, _) = broker.connect_key("json").await;
     publisher.publish("calm", 0, "unaffected").await;
-    assert_eq!(texts(&bystander.expect(Action::Message).await), ["unaffected"]);
+    assert_eq!(
+        texts(&bystander.expect(Action::Message).await),
+        ["unaffected"]
+    );
 }
 
 #[tokio::test]

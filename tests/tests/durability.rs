@@ -38,7 +38,10 @@ async fn acknowledged_messages_survive_a_restart_and_channel_serials_stay_valid(
         .json()
         .await
         .unwrap();
-    let data: Vec<&str> = history.iter().map(|m| m["data"].as_str().unwrap()).collect();
+    let data: Vec<&str> = history
+        .iter()
+        .map(|m| m["data"].as_str().unwrap())
+        .collect();
     let expected: Vec<String> = (0..50).map(|i| format!("d{i}")).collect();
     assert_eq!(data, expected);
 
@@ -46,7 +49,10 @@ async fn acknowledged_messages_survive_a_restart_and_channel_serials_stay_valid(
     let mut attach = ProtocolMessage::for_channel(Action::Attach, "durable");
     attach.channel_serial = last_serial;
     again.send(&attach).await;
-    assert!(again.expect(Action::Attached).await.has_flag(flags::RESUMED));
+    assert!(again
+        .expect(Action::Attached)
+        .await
+        .has_flag(flags::RESUMED));
     assert_eq!(texts(&again.expect(Action::Message).await), ["d10"]);
     broker.stop().await;
     drop(keep);

@@ -18,8 +18,8 @@ use protocol::{ErrorInfo, Message};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::connection::outbox::Outbox;
-use crate::lifecycle::Tasks;
 use crate::connection::session::PublishOutcome;
+use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
 use crate::store::commit::Committer;
 use crate::store::ChannelLog;
@@ -191,17 +191,26 @@ impl Channels {
                 let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
                 let (retired_tx, retired_rx) = watch::channel(false);
                 let guard = self.context.tasks.guard();
-                match (guard, sequencer::Sequencer::load(channel, self.context.clone())) {
+                match (
+                    guard,
+                    sequencer::Sequencer::load(channel, self.context.clone()),
+                ) {
                     (Some(guard), Ok(seq)) => {
                         tokio::spawn(seq.run(id, rx, self.clone(), retired_tx, guard));
                     }
                     (None, _) => {
-                        failure = Some(ErrorInfo::new(codes::UNAVAILABLE, "the broker is shutting down"));
+                        failure = Some(ErrorInfo::new(
+                            codes::UNAVAILABLE,
+                            "the broker is shutting down",
+                        ));
                         let _ = retired_tx.send(true);
                     }
                     (_, Err(e)) => {
                         tracing::error!(channel, error = %e, "cannot open channel log");
-                        failure = Some(ErrorInfo::new(codes::INTERNAL_CHANNEL, "channel log unavailable"));
+                        failure = Some(ErrorInfo::new(
+                            codes::INTERNAL_CHANNEL,
+                            "channel log unavailable",
+                        ));
                         let _ = retired_tx.send(true);
                     }
                 }

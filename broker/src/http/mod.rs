@@ -94,7 +94,10 @@ fn upgrade(
         .max_frame_size(Some(limits.max_frame_size));
     let on_upgrade = hyper::upgrade::on(&mut request);
     let Some(guard) = broker.track_task() else {
-        return negotiated.error(&ErrorInfo::new(codes::UNAVAILABLE, "the broker is shutting down"));
+        return negotiated.error(&ErrorInfo::new(
+            codes::UNAVAILABLE,
+            "the broker is shutting down",
+        ));
     };
     tokio::spawn(async move {
         let _guard = guard;
