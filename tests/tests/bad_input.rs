@@ -43,7 +43,7 @@ async fn oversize_messages_bad_names_and_bad_data_get_precise_codes() {
     client
         .send(&ProtocolMessage::for_channel(
             Action::Attach,
-            &"n".repeat(300),
+            "n".repeat(300),
         ))
         .await;
     assert_eq!(

@@ -132,7 +132,7 @@ async fn a_subscriber_that_stops_reading_is_cut_off_and_others_are_not() {
         publisher.expect(Action::Ack).await;
         assert_eq!(texts(&reader.expect(Action::Message).await).len(), 1);
         sent += 1;
-        if sent % 50 == 0 {
+        if sent.is_multiple_of(50) {
             let metrics = http
                 .get(broker.url("/metrics"))
                 .send()
