@@ -233,6 +233,19 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// `GET /channels/{channel}/messages?{query}` with [`KEY`], as JSON.
+pub async fn history(broker: &TestBroker, channel: &str, query: &str) -> Vec<serde_json::Value> {
+    http()
+        .get(broker.url(&format!("/channels/{channel}/messages?{query}")))
+        .header("authorization", basic_auth())
+        .send()
+        .await
+        .expect("history request")
+        .json()
+        .await
+        .expect("history is a JSON array")
+}
+
 /// The Basic authorization header value for [`KEY`].
 pub fn basic_auth() -> String {
     use base64::Engine as _;

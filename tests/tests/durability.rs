@@ -3,7 +3,7 @@
 //! `kill -9` variant runs in the ably-js suite against the real binary.)
 
 use protocol::{flags, Action, ProtocolMessage};
-use tests::{basic_auth, http, texts, TestBroker};
+use tests::{history, texts, TestBroker};
 
 #[tokio::test]
 async fn acknowledged_messages_survive_a_restart_and_channel_serials_stay_valid() {
@@ -29,15 +29,7 @@ async fn acknowledged_messages_survive_a_restart_and_channel_serials_stay_valid(
     let keep = broker.stop().await;
 
     let broker = TestBroker::start_in(&dir, |_| {}).await;
-    let history: Vec<serde_json::Value> = http()
-        .get(broker.url("/channels/durable/messages?direction=forwards&limit=1000"))
-        .header("authorization", basic_auth())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history = history(&broker, "durable", "direction=forwards&limit=1000").await;
     let data: Vec<&str> = history
         .iter()
         .map(|m| m["data"].as_str().unwrap())
@@ -66,15 +58,7 @@ async fn count_retention_keeps_the_newest_messages() {
         client.publish("short", i, &format!("s{i}")).await;
         client.expect(Action::Ack).await;
     }
-    let history: Vec<serde_json::Value> = http()
-        .get(broker.url("/channels/short/messages?limit=1000"))
-        .header("authorization", basic_auth())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history = history(&broker, "short", "limit=1000").await;
     assert!((10..=11).contains(&history.len()), "kept {}", history.len());
     assert_eq!(history[0]["data"], "s99");
 }

@@ -5,7 +5,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use hmac::Mac;
 use protocol::{Action, Format};
-use tests::{basic_auth, http, texts, TestBroker};
+use tests::{basic_auth, history, http, texts, TestBroker};
 
 async fn publish(broker: &TestBroker, channel: &str, body: serde_json::Value) -> reqwest::Response {
     http()
@@ -107,15 +107,7 @@ async fn idempotent_ids_publish_once() {
         .unwrap();
     let second: serde_json::Value = publish(&broker, "idem", body).await.json().await.unwrap();
     assert_eq!(first["serials"], second["serials"]);
-    let history: Vec<serde_json::Value> = http()
-        .get(broker.url("/channels/idem/messages"))
-        .header("authorization", basic_auth())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history = history(&broker, "idem", "").await;
     assert_eq!(history.len(), 1);
 }
 
@@ -158,15 +150,7 @@ async fn msgpack_bodies_and_binary_data_round_trip() {
             9, 8, 7
         ])))
     );
-    let json: Vec<serde_json::Value> = http()
-        .get(broker.url("/channels/bin/messages"))
-        .header("authorization", basic_auth())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let json = history(&broker, "bin", "").await;
     assert_eq!(
         (json[0]["data"].as_str(), json[0]["encoding"].as_str()),
         (Some("CQgH"), Some("base64"))

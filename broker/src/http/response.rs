@@ -54,71 +54,56 @@ impl Negotiated {
         body: &T,
         headers: Vec<(HeaderName, String)>,
     ) -> HttpResponse {
-        if let Some(format) = self.envelope {
-            let mut map = serde_json::Map::new();
-            for (name, value) in &headers {
-                map.insert(name.as_str().to_owned(), value.clone().into());
-            }
-            let wrapped = Envelope {
-                status_code: status.as_u16(),
-                response: body,
-                headers: map,
-            };
-            return self.finish(
-                StatusCode::OK,
-                format,
-                encode_value(format, &wrapped),
-                Vec::new(),
-            );
-        }
-        self.finish(
-            status,
-            self.format,
-            encode_value(self.format, body),
-            headers,
-        )
+        self.respond(status, body, headers)
     }
 
     /// An Ably error response (§9.1): `{"error":{message,code,statusCode}}` plus headers.
     pub fn error(&self, error: &ErrorInfo) -> HttpResponse {
         let status =
             StatusCode::from_u16(error.status_code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let message: String = error
+            .message
+            .chars()
+            .filter(|c| c.is_ascii_graphic() || *c == ' ')
+            .collect();
         let headers = vec![
             (
                 HeaderName::from_static("x-ably-errorcode"),
                 error.code.to_string(),
             ),
-            (
-                HeaderName::from_static("x-ably-errormessage"),
-                error
-                    .message
-                    .chars()
-                    .filter(|c| c.is_ascii_graphic() || *c == ' ')
-                    .collect(),
-            ),
+            (HeaderName::from_static("x-ably-errormessage"), message),
         ];
-        let body = ErrorBody { error };
-        if let Some(format) = self.envelope {
-            let mut map = serde_json::Map::new();
-            for (name, value) in &headers {
-                map.insert(name.as_str().to_owned(), value.clone().into());
-            }
-            let wrapped = Envelope {
-                status_code: status.as_u16(),
-                response: &body,
-                headers: map,
-            };
+        self.respond(status, &ErrorBody { error }, headers)
+    }
+
+    /// Encodes `body` in the negotiated format, or wrapped in an envelope (status, headers
+    /// and body inside a 200) when the client asked for one.
+    fn respond<T: Serialize + ?Sized>(
+        &self,
+        status: StatusCode,
+        body: &T,
+        headers: Vec<(HeaderName, String)>,
+    ) -> HttpResponse {
+        let Some(format) = self.envelope else {
             return self.finish(
-                StatusCode::OK,
-                format,
-                encode_value(format, &wrapped),
+                status,
+                self.format,
+                encode_value(self.format, body),
                 headers,
             );
-        }
+        };
+        let wrapped = Envelope {
+            status_code: status.as_u16(),
+            response: body,
+            headers: headers
+                .iter()
+                .map(|(name, value)| (name.as_str().to_owned(), value.clone().into()))
+                .collect(),
+        };
         self.finish(
-            status,
-            self.format,
-            encode_value(self.format, &body),
+            StatusCode::OK,
+            format,
+            encode_value(format, &wrapped),
             headers,
         )
     }
