@@ -132,3 +132,25 @@ async fn a_flood_of_publishes_is_absorbed_with_every_one_acked() {
         assert_eq!(client.expect(Action::Ack).await.msg_serial, Some(i));
     }
 }
+
+/// A client that opens a socket and never finishes its HTTP request is dropped once the
+/// handshake timeout passes, without holding anything else up.
+#[tokio::test]
+async fn a_handshake_that_never_completes_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let broker = TestBroker::start_with(|c| c.limits.handshake_timeout_ms = 200).await;
+    let mut slow = tokio::net::TcpStream::connect(broker.addr).await.unwrap();
+    slow.write_all(b"GET /?format=json HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (_client, connected) = broker.connect_key("json").await;
+    assert!(
+        connected.connection_id.is_some(),
+        "others connect meanwhile"
+    );
+    let mut rest = Vec::new();
+    tokio::time::timeout(tests::SAFETY, slow.read_to_end(&mut rest))
+        .await
+        .expect("the broker closes the half-open handshake")
+        .ok();
+}
