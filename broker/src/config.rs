@@ -27,6 +27,8 @@ pub struct Config {
     pub connection: ConnectionSettings,
     /// Durability of the channel log.
     pub storage: Storage,
+    /// Presence behaviour.
+    pub presence: PresenceSettings,
     /// Name of this node in `connectionDetails.serverId`. Default `broker-1`.
     pub server_id: String,
 }
@@ -41,6 +43,7 @@ impl Default for Config {
             retention: Retention::default(),
             connection: ConnectionSettings::default(),
             storage: Storage::default(),
+            presence: PresenceSettings::default(),
             server_id: "broker-1".to_owned(),
         }
     }
@@ -179,6 +182,29 @@ impl Default for ConnectionSettings {
     }
 }
 
+/// Presence (§6).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceSettings {
+    /// How long the members of an abruptly dropped connection stay present, waiting for it to
+    /// resume, before they leave, in ms. Default 15000 (Ably's).
+    pub leave_grace_ms: u64,
+    /// Members per SYNC page sent on attach. Default 100.
+    pub sync_page_size: usize,
+    /// Most members one channel may hold; more enters are refused with 91003. Default 20000.
+    pub max_members_per_channel: usize,
+}
+
+impl Default for PresenceSettings {
+    fn default() -> Self {
+        PresenceSettings {
+            leave_grace_ms: 15_000,
+            sync_page_size: 100,
+            max_members_per_channel: 20_000,
+        }
+    }
+}
+
 /// Durability of the channel log.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -257,6 +283,17 @@ impl Config {
         if self.connection.max_idle_interval_ms == 0 || self.connection.connection_state_ttl_ms == 0
         {
             return Err("connection: intervals must be > 0".to_owned());
+        }
+        let p = &self.presence;
+        if p.sync_page_size == 0 || p.max_members_per_channel == 0 {
+            return Err(
+                "presence: sync_page_size and max_members_per_channel must be > 0".to_owned(),
+            );
+        }
+        if p.leave_grace_ms > self.connection.connection_state_ttl_ms {
+            return Err(
+                "presence: leave_grace_ms must not exceed connection_state_ttl_ms".to_owned(),
+            );
         }
         Ok(())
     }

@@ -35,6 +35,12 @@ pub struct Metrics {
     pub resumes: IntCounterVec,
     /// Publishes refused, by error code.
     pub nacks: IntCounterVec,
+    /// Presence members across all channels.
+    pub presence_members: IntGauge,
+    /// Presence events broadcast, by action (`enter`, `update`, `leave`).
+    pub presence_events: IntCounterVec,
+    /// Presence SYNC pages sent.
+    pub sync_pages: IntCounter,
 }
 
 impl Metrics {
@@ -116,6 +122,19 @@ impl Metrics {
                 "broker_nacks_total",
                 "Publishes refused, by error code",
                 "code",
+            ),
+            presence_members: gauge(
+                "broker_presence_members",
+                "Presence members across all channels",
+            ),
+            presence_events: counter_vec(
+                "broker_presence_events_total",
+                "Presence events broadcast, by action",
+                "action",
+            ),
+            sync_pages: counter(
+                "broker_presence_sync_pages_total",
+                "Presence SYNC pages sent",
             ),
             registry,
         }

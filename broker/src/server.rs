@@ -36,8 +36,10 @@ pub struct Broker {
     pub channels: Arc<Channels>,
     /// Live and resumable connections.
     pub sessions: Arc<Sessions>,
-    /// The channel log.
+    /// The message log.
     pub log: Arc<dyn ChannelLog>,
+    /// The presence history log.
+    pub presence_log: Arc<dyn ChannelLog>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Becomes true when the broker shuts down.
@@ -71,8 +73,9 @@ pub async fn run(
 ) -> Result<(), Error> {
     config.validate().map_err(Error::Config)?;
     std::fs::create_dir_all(&config.data_dir)?;
-    let log: Arc<dyn ChannelLog> =
-        Arc::new(SledLog::open(&config.data_dir, config.storage.cache_bytes)?);
+    let (messages, presence) = SledLog::open_logs(&config.data_dir, config.storage.cache_bytes)?;
+    let log: Arc<dyn ChannelLog> = Arc::new(messages);
+    let presence_log: Arc<dyn ChannelLog> = Arc::new(presence);
     let metrics = Arc::new(Metrics::new());
     let (committer, committer_task) =
         Committer::start(log.clone(), config.storage.fsync, metrics.clone());
@@ -81,11 +84,14 @@ pub async fn run(
     let keys = Arc::new(KeyAuthenticator::new(&config.keys).map_err(Error::Config)?);
     let channels = Channels::new(ChannelContext {
         log: log.clone(),
+        presence_log: presence_log.clone(),
         committer,
         metrics: metrics.clone(),
         max_messages: config.retention.max_messages_per_channel,
         max_rewind: config.limits.max_rewind,
         max_resume_replay: config.limits.max_resume_replay,
+        max_presence_members: config.presence.max_members_per_channel,
+        presence_sync_page_size: config.presence.sync_page_size,
         shutdown: stop_rx.clone(),
         tasks: tasks.clone(),
     });
@@ -95,6 +101,7 @@ pub async fn run(
         channels,
         sessions: Arc::new(Sessions::default()),
         log: log.clone(),
+        presence_log,
         metrics,
         shutdown: stop_rx,
         next_socket: AtomicU64::new(1),
@@ -168,7 +175,7 @@ async fn sync(log: Arc<dyn ChannelLog>) -> Result<(), Error> {
 fn spawn_retention_sweeper(broker: Arc<Broker>) {
     let every = Duration::from_secs(broker.config.retention.sweep_interval_secs.max(1));
     let max_age_ms = broker.config.retention.max_age_secs.saturating_mul(1000) as i64;
-    let log = broker.log.clone();
+    let logs = [broker.log.clone(), broker.presence_log.clone()];
     let mut stop = broker.shutdown.clone();
     let guard = broker.track_task();
     drop(broker);
@@ -180,13 +187,15 @@ fn spawn_retention_sweeper(broker: Arc<Broker>) {
                 _ = interval.tick() => {}
                 _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
             }
-            let log = log.clone();
-            let cutoff = now_ms() - max_age_ms;
-            match tokio::task::spawn_blocking(move || log.expire_before(cutoff)).await {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => tracing::info!(removed = n, "expired old messages"),
-                Ok(Err(e)) => tracing::warn!(error = %e, "retention sweep failed"),
-                Err(e) => tracing::warn!(error = %e, "retention sweep panicked"),
+            for log in &logs {
+                let log = log.clone();
+                let cutoff = now_ms() - max_age_ms;
+                match tokio::task::spawn_blocking(move || log.expire_before(cutoff)).await {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => tracing::info!(removed = n, "expired old messages"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "retention sweep failed"),
+                    Err(e) => tracing::warn!(error = %e, "retention sweep panicked"),
+                }
             }
         }
     });

@@ -112,6 +112,10 @@ pub mod codes {
     pub const CHANNEL_STATE: u32 = 90001;
     /// Channel continuity not guaranteed.
     pub const CONTINUITY_LOST: u32 = 90003;
+    /// Presence needs a clientId.
+    pub const PRESENCE_NEEDS_CLIENT_ID: u32 = 91000;
+    /// The channel has the maximum number of presence members.
+    pub const PRESENCE_LIMIT: u32 = 91003;
 
     /// The HTTP status that usually goes with `code`: the code's first three digits, with the
     /// few exceptions Ably makes.

@@ -1,5 +1,6 @@
-//! DETACH (§5.3): stop delivering the channel to this socket and reply DETACHED. The reply goes
-//! through the channel's sequencer so no MESSAGE follows it.
+//! DETACH (§5.3): stop delivering the channel to this socket, remove the connection's presence
+//! members there at once (§6.6), and reply DETACHED. The reply goes through the channel's
+//! sequencer so no MESSAGE follows it.
 
 use protocol::{Action, ProtocolMessage};
 
@@ -19,6 +20,7 @@ pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
         connection_id: conn.connection_id.clone(),
         socket_id: conn.socket_id,
         reply: Some(conn.outbox.clone()),
+        leave_presence: true,
     };
     if conn.broker.channels.send(&channel, command).await.is_err() {
         conn.send(&ProtocolMessage::for_channel(Action::Detached, channel));

@@ -9,6 +9,7 @@ mod close;
 mod detach;
 mod heartbeat;
 mod message;
+mod presence;
 
 pub use message::stamp;
 
@@ -32,17 +33,7 @@ pub async fn dispatch(conn: &mut Connection, message: ProtocolMessage) {
             conn.outbox.close(None);
             conn.ending = Some(Ending::Resumable);
         }
-        Action::Presence => match message.msg_serial {
-            Some(msg_serial) => message::refuse(
-                conn,
-                msg_serial,
-                ErrorInfo::new(
-                    codes::BAD_REQUEST,
-                    "presence is not supported by this broker yet",
-                ),
-            ),
-            None => tracing::debug!("PRESENCE without msgSerial ignored"),
-        },
+        Action::Presence => presence::apply(conn, message).await,
         // A client SYNC may be ignored (§6.4); ACTIVATE is ignored by design.
         Action::Sync | Action::Activate => {}
         other => unsupported(conn, &message, other),
@@ -88,6 +79,7 @@ pub fn channel_error(conn: &mut Connection, channel: &str, error: ErrorInfo) {
             connection_id: conn.connection_id.clone(),
             socket_id: conn.socket_id,
             reply: None,
+            leave_presence: true,
         };
         let channels = conn.broker.channels.clone();
         let name = channel.to_owned();

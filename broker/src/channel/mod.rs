@@ -5,6 +5,7 @@
 //! retirement wait for it to finish and go to its successor, so there is never more than one
 //! sequencer per channel.
 
+pub mod presence;
 mod sequencer;
 
 use std::collections::BTreeMap;
@@ -29,8 +30,10 @@ const QUEUE_DEPTH: usize = 1024;
 
 /// What a sequencer needs from the broker.
 pub struct ChannelContext {
-    /// The log.
+    /// The message log.
     pub log: Arc<dyn ChannelLog>,
+    /// The presence history log.
+    pub presence_log: Arc<dyn ChannelLog>,
     /// Group commit.
     pub committer: Committer,
     /// Metrics.
@@ -41,6 +44,10 @@ pub struct ChannelContext {
     pub max_rewind: usize,
     /// Most messages replayed on a resumed attach.
     pub max_resume_replay: usize,
+    /// Most presence members per channel.
+    pub max_presence_members: usize,
+    /// Members per SYNC page.
+    pub presence_sync_page_size: usize,
     /// Becomes true when the broker shuts down; sequencers then finish and stop.
     pub shutdown: watch::Receiver<bool>,
     /// Shutdown waits for every sequencer.
@@ -124,7 +131,67 @@ pub enum Command {
         socket_id: u64,
         /// Send DETACHED here afterwards (a client DETACH), or nothing (socket gone).
         reply: Option<Outbox>,
+        /// Also remove the connection's presence members at once (DETACH, CLOSE), rather
+        /// than after the grace period of an abrupt drop.
+        leave_presence: bool,
     },
+    /// Enter, update or leave presence.
+    Presence(PresenceOp),
+    /// A connection is gone for good: its members leave (§6.6).
+    LeaveConnection {
+        /// The connectionId.
+        connection_id: Arc<str>,
+    },
+    /// List presence members (REST).
+    ListPresence(ListPresence),
+    /// Report occupancy (REST channel status).
+    Occupancy {
+        /// Where the answer goes.
+        reply: oneshot::Sender<Occupancy>,
+    },
+}
+
+/// A client's presence operations on one channel, already validated and stamped with
+/// clientId, connectionId, id and timestamp.
+pub struct PresenceOp {
+    /// The items, in order.
+    pub items: Vec<protocol::PresenceMessage>,
+    /// Who sent them.
+    pub origin: Origin,
+    /// ACK or NACK.
+    pub reply: oneshot::Sender<PublishOutcome>,
+}
+
+/// A page request over the presence set.
+pub struct ListPresence {
+    /// Start after this (clientId, connectionId).
+    pub after: Option<(String, String)>,
+    /// Only this clientId.
+    pub client_id: Option<String>,
+    /// Only this connectionId.
+    pub connection_id: Option<String>,
+    /// Page size.
+    pub limit: usize,
+    /// Where the page goes.
+    pub reply: oneshot::Sender<Vec<protocol::PresenceMessage>>,
+}
+
+/// Who is on a channel, in the shape of Ably's occupancy metrics (§9.2).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Occupancy {
+    /// Attached connections.
+    pub connections: usize,
+    /// Attached connections that may enter presence.
+    pub presence_connections: usize,
+    /// Presence members.
+    pub presence_members: usize,
+    /// Attached connections receiving presence.
+    pub presence_subscribers: usize,
+    /// Attached connections that may publish.
+    pub publishers: usize,
+    /// Attached connections receiving messages.
+    pub subscribers: usize,
 }
 
 #[derive(Clone)]

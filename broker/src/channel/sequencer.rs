@@ -11,19 +11,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::error::codes;
-use protocol::{flags, Action, ErrorInfo, Format, Message, ProtocolMessage};
+use protocol::{flags, Action, ErrorInfo, Format, Message, PresenceMessage, ProtocolMessage};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use super::{Attach, ChannelContext, Channels, Command, Publish, StartFrom, Subscriber};
+use super::presence::{self, PresenceSet};
+use super::{
+    Attach, ChannelContext, Channels, Command, Occupancy, PresenceOp, Publish, StartFrom,
+    Subscriber,
+};
 use crate::auth::now_ms;
 use crate::connection::outbox::{encode_frame, PushError};
 use crate::lifecycle::TaskGuard;
-use crate::store::{format_serial, parse_serial, Direction, Query, StoreError};
+use crate::store::{format_serial, parse_serial, ChannelLog, Direction, Query, StoreError};
 
 /// Publishes taken into one log append and one commit at most.
 const MAX_BATCH: usize = 256;
-/// How long a sequencer with no subscribers waits for work before it retires.
+/// How long a sequencer with no attachers waits for work before it retires.
 const IDLE_RETIRE: Duration = Duration::from_secs(30);
 /// How long app-set message ids are remembered for idempotent publishing (Ably: 2 min).
 const IDEMPOTENCY_WINDOW_MS: i64 = 120_000;
@@ -38,7 +42,11 @@ pub(super) struct Sequencer {
     first: u64,
     last: u64,
     last_timestamp: i64,
-    subscribers: HashMap<Arc<str>, Subscriber>,
+    attachers: HashMap<Arc<str>, Subscriber>,
+    presence: PresenceSet,
+    presence_first: u64,
+    presence_last: u64,
+    syncs: u64,
     recent_ids: HashMap<String, String>,
     recent_order: VecDeque<(i64, String)>,
 }
@@ -47,6 +55,7 @@ impl Sequencer {
     /// Reads the channel's position from the log.
     pub(super) fn load(name: &str, context: Arc<ChannelContext>) -> Result<Sequencer, StoreError> {
         let bounds = context.log.bounds(name)?;
+        let presence_bounds = context.presence_log.bounds(name)?;
         let epoch = context.log.epoch().to_owned();
         let mut seq = Sequencer {
             name: name.to_owned(),
@@ -54,7 +63,11 @@ impl Sequencer {
             first: bounds.map_or(1, |b| b.first),
             last: bounds.map_or(0, |b| b.last),
             last_timestamp: bounds.map_or(0, |b| b.last_timestamp),
-            subscribers: HashMap::new(),
+            attachers: HashMap::new(),
+            presence: PresenceSet::default(),
+            presence_first: presence_bounds.map_or(1, |b| b.first),
+            presence_last: presence_bounds.map_or(0, |b| b.last),
+            syncs: 0,
             recent_ids: HashMap::new(),
             recent_order: VecDeque::new(),
             context,
@@ -91,7 +104,7 @@ impl Sequencer {
         let mut shutdown = self.context.shutdown.clone();
         let mut leftover_attaches = Vec::new();
         loop {
-            let idle = self.subscribers.is_empty();
+            let idle = self.attachers.is_empty() && self.presence.is_empty();
             let first = tokio::select! {
                 command = commands.recv() => command,
                 _ = tokio::time::sleep(IDLE_RETIRE), if idle => None,
@@ -162,20 +175,167 @@ impl Sequencer {
                 connection_id,
                 socket_id,
                 reply,
+                leave_presence,
             } => {
                 if self
-                    .subscribers
+                    .attachers
                     .get(&connection_id)
                     .is_some_and(|s| s.socket_id == socket_id)
                 {
-                    self.subscribers.remove(&connection_id);
+                    self.attachers.remove(&connection_id);
+                }
+                if leave_presence {
+                    self.leave_connection(&connection_id);
                 }
                 if let Some(outbox) = reply {
                     let _ =
                         outbox.push(&ProtocolMessage::for_channel(Action::Detached, &self.name));
                 }
             }
+            Command::Presence(op) => self.presence(op),
+            Command::LeaveConnection { connection_id } => self.leave_connection(&connection_id),
+            Command::ListPresence(list) => {
+                let members = self.presence.list(
+                    list.after.as_ref(),
+                    list.client_id.as_deref(),
+                    list.connection_id.as_deref(),
+                    list.limit,
+                );
+                let _ = list.reply.send(members);
+            }
+            Command::Occupancy { reply } => {
+                let count = |mode: u64| {
+                    self.attachers
+                        .values()
+                        .filter(|a| a.modes & mode != 0)
+                        .count()
+                };
+                let _ = reply.send(Occupancy {
+                    connections: self.attachers.len(),
+                    presence_connections: count(flags::MODE_PRESENCE),
+                    presence_members: self.presence.len(),
+                    presence_subscribers: count(flags::MODE_PRESENCE_SUBSCRIBE),
+                    publishers: count(flags::MODE_PUBLISH),
+                    subscribers: count(flags::MODE_SUBSCRIBE),
+                });
+            }
         }
+    }
+
+    /// Applies a client's presence operations (§6.3), records the resulting events in the
+    /// presence history, and broadcasts them to presence subscribers and always to the
+    /// originator (RTP17a), which fills its own-member map only from that echo.
+    fn presence(&mut self, op: PresenceOp) {
+        let PresenceOp {
+            items,
+            origin,
+            reply,
+        } = op;
+        let count = items.len();
+        let joining = items
+            .iter()
+            .filter(|i| i.action != presence::action::LEAVE)
+            .filter(|i| {
+                !self.presence.contains(
+                    i.client_id.as_deref().unwrap_or(""),
+                    i.connection_id.as_deref().unwrap_or(""),
+                )
+            })
+            .count();
+        if self.presence.len() + joining > self.context.max_presence_members {
+            let _ = reply.send(Err(ErrorInfo::new(
+                codes::PRESENCE_LIMIT,
+                format!(
+                    "channel {} already has the maximum of {} presence members",
+                    self.name, self.context.max_presence_members
+                ),
+            )));
+            return;
+        }
+        let before = self.presence.len();
+        let events: Vec<PresenceMessage> = items
+            .into_iter()
+            .filter_map(|item| self.presence.apply(item))
+            .collect();
+        self.track_members(before);
+        let _ = reply.send(Ok(vec![None; count]));
+        if events.is_empty() {
+            return;
+        }
+        let timestamp = events.iter().filter_map(|e| e.timestamp).max();
+        let message = ProtocolMessage {
+            id: Some(origin.pm_id),
+            connection_id: Some(origin.connection_id.to_string()),
+            timestamp,
+            presence: Some(events),
+            ..ProtocolMessage::for_channel(Action::Presence, &self.name)
+        };
+        self.announce_presence(&message, Some(&origin.connection_id));
+    }
+
+    /// Removes a connection's members and broadcasts server-made leaves (§6.5, §6.6).
+    fn leave_connection(&mut self, connection_id: &str) {
+        let before = self.presence.len();
+        let leaves = self.presence.leave_connection(connection_id, now_ms());
+        if leaves.is_empty() {
+            return;
+        }
+        self.track_members(before);
+        // No `id` on the ProtocolMessage either, or ably-js would derive one from it (§6.5).
+        let message = ProtocolMessage {
+            timestamp: leaves.first().and_then(|l| l.timestamp),
+            presence: Some(leaves),
+            ..ProtocolMessage::for_channel(Action::Presence, &self.name)
+        };
+        self.announce_presence(&message, None);
+    }
+
+    fn track_members(&self, before: usize) {
+        let after = self.presence.len();
+        self.context
+            .metrics
+            .presence_members
+            .add(after as i64 - before as i64);
+    }
+
+    /// Records presence events in the channel's presence history and broadcasts them.
+    fn announce_presence(&mut self, message: &ProtocolMessage, origin: Option<&str>) {
+        let events = message.presence.as_deref().unwrap_or_default();
+        for event in events {
+            let name = match event.action {
+                presence::action::ENTER => "enter",
+                presence::action::LEAVE => "leave",
+                _ => "update",
+            };
+            self.context
+                .metrics
+                .presence_events
+                .with_label_values(&[name])
+                .inc();
+        }
+        let records: Vec<Message> = events.iter().map(presence::to_record).collect();
+        let numbered: Vec<(u64, &Message)> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (self.presence_last + 1 + i as u64, r))
+            .collect();
+        // Presence history is not waited for: the next group commit or sled's periodic flush
+        // makes it durable; presence itself lives in memory.
+        match self.context.presence_log.append(&self.name, &numbered) {
+            Ok(()) => {
+                self.presence_last += records.len() as u64;
+                let (first, last) = (self.presence_first, self.presence_last);
+                let log = self.context.presence_log.clone();
+                self.presence_first = self.trim(log.as_ref(), first, last);
+            }
+            Err(e) => {
+                tracing::warn!(channel = %self.name, error = %e, "presence history append failed")
+            }
+        }
+        self.broadcast(message, |a| {
+            a.modes & flags::MODE_PRESENCE_SUBSCRIBE != 0
+                || origin == Some(a.connection_id.as_ref())
+        });
     }
 
     fn remember_id(&mut self, id: String, serial: String, timestamp: i64) {
@@ -278,7 +438,11 @@ impl Sequencer {
                     ..ProtocolMessage::for_channel(Action::Message, &self.name)
                 };
                 let origin = p.origin.as_ref().map(|o| o.connection_id.clone());
-                self.fan_out(&message, origin.as_deref());
+                let delivered = self.broadcast(&message, |a| {
+                    a.modes & flags::MODE_SUBSCRIBE != 0
+                        && (a.echo || origin.as_deref() != Some(a.connection_id.as_ref()))
+                });
+                self.context.metrics.messages_out.inc_by(delivered);
             }
             self.context
                 .metrics
@@ -290,27 +454,28 @@ impl Sequencer {
             .metrics
             .fanout_latency
             .observe(fanout_start.elapsed().as_secs_f64());
-        self.enforce_count_retention();
+        let log = self.context.log.clone();
+        self.first = self.trim(log.as_ref(), self.first, self.last);
     }
 
-    /// Hands one message to every subscriber, encoding it at most once per wire format.
-    fn fan_out(&mut self, message: &ProtocolMessage, origin: Option<&str>) {
+    /// Hands one message to every attacher `wants` picks, encoding it at most once per wire
+    /// format. Returns how many got it.
+    fn broadcast(&mut self, message: &ProtocolMessage, wants: impl Fn(&Subscriber) -> bool) -> u64 {
         let mut json: Option<WsMessage> = None;
         let mut msgpack: Option<WsMessage> = None;
         let mut gone = Vec::new();
         let mut delivered = 0;
-        for (id, sub) in &self.subscribers {
-            if sub.modes & flags::MODE_SUBSCRIBE == 0 || (!sub.echo && origin == Some(id.as_ref()))
-            {
+        for (id, attacher) in &self.attachers {
+            if !wants(attacher) {
                 continue;
             }
-            let frame = match sub.outbox.format() {
+            let frame = match attacher.outbox.format() {
                 Format::Json => json.get_or_insert_with(|| encode_frame(Format::Json, message)),
                 Format::Msgpack => {
                     msgpack.get_or_insert_with(|| encode_frame(Format::Msgpack, message))
                 }
             };
-            match sub.outbox.try_push(frame.clone()) {
+            match attacher.outbox.try_push(frame.clone()) {
                 Ok(()) => delivered += 1,
                 Err(PushError::Overflow) => {
                     self.context.metrics.slow_consumer_disconnects.inc();
@@ -319,21 +484,26 @@ impl Sequencer {
                 Err(PushError::Closed) => gone.push(id.clone()),
             }
         }
-        self.context.metrics.messages_out.inc_by(delivered);
         for id in gone {
-            self.subscribers.remove(&id);
+            self.attachers.remove(&id);
         }
+        delivered
     }
 
-    fn enforce_count_retention(&mut self) {
+    /// Trims `log` to the retained count; returns the new first serial.
+    fn trim(&self, log: &dyn ChannelLog, first: u64, last: u64) -> u64 {
         let max = self.context.max_messages;
-        let held = (self.last + 1).saturating_sub(self.first);
+        let held = (last + 1).saturating_sub(first);
         // Trim in steps of a few percent so the delete is amortised over many appends.
-        if held > max + (max / 32).max(1) - 1 {
-            let first_kept = self.last + 1 - max;
-            match self.context.log.trim_before(&self.name, first_kept) {
-                Ok(()) => self.first = first_kept,
-                Err(e) => tracing::warn!(channel = %self.name, error = %e, "trim failed"),
+        if held <= max + (max / 32).max(1) - 1 {
+            return first;
+        }
+        let first_kept = last + 1 - max;
+        match log.trim_before(&self.name, first_kept) {
+            Ok(()) => first_kept,
+            Err(e) => {
+                tracing::warn!(channel = %self.name, error = %e, "trim failed");
+                first
             }
         }
     }
@@ -427,6 +597,11 @@ impl Sequencer {
         if !backlog.is_empty() && !matches!(from, StartFrom::Serial(_)) {
             flags |= flags::HAS_BACKLOG;
         }
+        let syncs_presence =
+            subscriber.modes & flags::MODE_PRESENCE_SUBSCRIBE != 0 && !self.presence.is_empty();
+        if syncs_presence {
+            flags |= flags::HAS_PRESENCE;
+        }
         let attached = ProtocolMessage {
             flags: Some(flags),
             channel_serial: Some(channel_serial),
@@ -434,8 +609,12 @@ impl Sequencer {
             error,
             ..ProtocolMessage::for_channel(Action::Attached, &self.name)
         };
-        // §5.5: ATTACHED first, then backlog, then live — all through the one outbox.
+        // §5.5: ATTACHED first, then the presence SYNC, then backlog, then live — all through
+        // the one outbox, so nothing can overtake.
         if subscriber.outbox.push(&attached).is_err() {
+            return;
+        }
+        if syncs_presence && self.sync_presence(&subscriber).is_err() {
             return;
         }
         for m in backlog {
@@ -450,11 +629,33 @@ impl Sequencer {
                 return;
             }
         }
-        if subscribes {
-            self.subscribers
-                .insert(subscriber.connection_id.clone(), subscriber);
-        } else {
-            self.subscribers.remove(&subscriber.connection_id);
+        self.attachers
+            .insert(subscriber.connection_id.clone(), subscriber);
+    }
+
+    /// Sends the whole presence set as SYNC pages (§6.4): members as `present` with their
+    /// original ids, `channelSerial` `<syncId>:<cursor>`, the last page with an empty cursor.
+    fn sync_presence(&mut self, subscriber: &Subscriber) -> Result<(), PushError> {
+        self.syncs += 1;
+        let sync_id = format!("s{}", self.syncs);
+        let page_size = self.context.presence_sync_page_size.max(1);
+        let members: Vec<PresenceMessage> = self.presence.all().cloned().collect();
+        let pages = members.len().div_ceil(page_size).max(1);
+        let mut chunks = members.chunks(page_size);
+        for page in 1..=pages {
+            let cursor = if page == pages {
+                String::new()
+            } else {
+                page.to_string()
+            };
+            let message = ProtocolMessage {
+                channel_serial: Some(format!("{sync_id}:{cursor}")),
+                presence: Some(chunks.next().unwrap_or_default().to_vec()),
+                ..ProtocolMessage::for_channel(Action::Sync, &self.name)
+            };
+            subscriber.outbox.push(&message)?;
+            self.context.metrics.sync_pages.inc();
         }
+        Ok(())
     }
 }

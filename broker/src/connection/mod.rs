@@ -413,6 +413,7 @@ async fn finish(conn: Connection, writer: Option<tokio::task::JoinHandle<outbox:
                     connection_id: connection_id.clone(),
                     socket_id,
                     reply: None,
+                    leave_presence: ending == Some(Ending::Closed),
                 },
             )
             .await;
@@ -423,6 +424,12 @@ async fn finish(conn: Connection, writer: Option<tokio::task::JoinHandle<outbox:
         broker.sessions.remove(&session.id);
     }
     if let Some(generation) = session.unbind(socket_id) {
+        leave_presence_later(
+            &broker,
+            &session,
+            generation,
+            attached.into_keys().collect(),
+        );
         broker
             .sessions
             .expire_later(session, generation, broker.config.connection_state_ttl());
@@ -431,6 +438,39 @@ async fn finish(conn: Connection, writer: Option<tokio::task::JoinHandle<outbox:
         let _ = writer.await;
     }
     broker.metrics.connections.dec();
+}
+
+/// §6.6: the members of an abruptly dropped connection leave after the grace period unless it
+/// has resumed by then; a resume within it causes no presence event at all.
+fn leave_presence_later(
+    broker: &Arc<Broker>,
+    session: &Arc<Session>,
+    generation: u64,
+    channels: Vec<String>,
+) {
+    let Some(guard) = broker.track_task() else {
+        return;
+    };
+    let grace = std::time::Duration::from_millis(broker.config.presence.leave_grace_ms);
+    let (broker, session) = (broker.clone(), session.clone());
+    let mut shutdown = broker.shutdown.clone();
+    tokio::spawn(async move {
+        let _guard = guard;
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => {}
+            _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => return,
+        }
+        if !session.unbound_since(generation) {
+            return;
+        }
+        let connection_id: Arc<str> = Arc::from(session.id.as_str());
+        for channel in channels {
+            let command = Command::LeaveConnection {
+                connection_id: connection_id.clone(),
+            };
+            let _ = broker.channels.send(&channel, command).await;
+        }
+    });
 }
 
 /// Turns a channel's publish reply into the value a pending ACK awaits.

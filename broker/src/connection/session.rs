@@ -119,7 +119,7 @@ impl Session {
     }
 
     /// True while unbound since binding `generation`.
-    fn unbound_since(&self, generation: u64) -> bool {
+    pub fn unbound_since(&self, generation: u64) -> bool {
         let state = self.state.lock().expect("session lock");
         state.socket.is_none() && state.generation == generation
     }

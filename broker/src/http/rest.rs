@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use super::response::{HttpResponse, Negotiated};
 use crate::actions::stamp;
 use crate::auth::{now_ms, Credential, Grant, Identity, TokenRequest};
-use crate::channel::{validate_name, Command, Publish};
+use crate::channel::presence::from_record;
+use crate::channel::{validate_name, Command, ListPresence, Publish};
 use crate::connection::await_outcome;
 use crate::server::Broker;
 use crate::store::{parse_serial, Direction, Query};
@@ -58,18 +59,29 @@ pub async fn route(
         (&Method::POST, ["keys", key_name, "requestToken"]) => {
             request_token(broker, parts, key_name, &body, negotiated).await
         }
-        (method, ["channels", name, "messages"]) => {
+        (method, ["channels", name, rest @ ..]) => {
             match percent_encoding::percent_decode_str(name).decode_utf8() {
                 Err(_) => Err(ErrorInfo::new(
                     codes::INVALID_CHANNEL_NAME,
                     "channel name is not UTF-8",
                 )),
-                Ok(channel) => match *method {
-                    Method::POST => publish(broker, parts, &channel, &body, negotiated).await,
-                    Method::GET => history(broker, parts, &channel, query, negotiated).await,
+                Ok(channel) => match (method, rest) {
+                    (&Method::GET, []) => status(broker, parts, &channel, negotiated).await,
+                    (&Method::POST, ["messages"]) => {
+                        publish(broker, parts, &channel, &body, negotiated).await
+                    }
+                    (&Method::GET, ["messages"]) => {
+                        history(broker, parts, &channel, query, negotiated, Log::Messages).await
+                    }
+                    (&Method::GET, ["presence"]) => {
+                        presence(broker, parts, &channel, query, negotiated).await
+                    }
+                    (&Method::GET, ["presence", "history"]) => {
+                        history(broker, parts, &channel, query, negotiated, Log::Presence).await
+                    }
                     _ => Err(ErrorInfo::new(
-                        codes::METHOD_NOT_ALLOWED,
-                        "method not allowed",
+                        codes::NOT_FOUND,
+                        format!("no route for {} {path}", parts.method),
                     )),
                 },
             }
@@ -283,7 +295,7 @@ impl HistoryParams {
 
     /// The query of the next page's link: every parameter, so ably-js (which re-requests the
     /// original path with exactly the link's query) gets the same filter (§9.1).
-    fn next_link(&self, cursor: u64) -> String {
+    fn next_link(&self, word: &str, cursor: u64) -> String {
         let mut q = form_urlencoded::Serializer::new(String::new());
         if let Some(s) = self.start {
             q.append_pair("start", &s.to_string());
@@ -304,8 +316,36 @@ impl HistoryParams {
             q.append_pair("from_serial", f);
         }
         q.append_pair("cursor", &cursor.to_string());
-        format!("<./messages?{}>; rel=\"next\"", q.finish())
+        format!("<./{word}?{}>; rel=\"next\"", q.finish())
     }
+}
+
+/// Which log a history request reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Log {
+    /// `GET /channels/{name}/messages`.
+    Messages,
+    /// `GET /channels/{name}/presence/history`.
+    Presence,
+}
+
+/// Checks credentials, the channel name and one capability operation.
+async fn authorize(
+    broker: &Broker,
+    parts: &Parts,
+    channel: &str,
+    operation: Operation,
+    what: &str,
+) -> Result<(), ErrorInfo> {
+    let (grant, _) = authenticate(broker, parts).await?;
+    validate_name(channel, broker.config.limits.max_channel_name_length)?;
+    if !grant.capability.allows(channel, operation) {
+        return Err(ErrorInfo::new(
+            codes::CAPABILITY_DENIED,
+            format!("no {what} capability on channel {channel}"),
+        ));
+    }
+    Ok(())
 }
 
 async fn history(
@@ -314,21 +354,18 @@ async fn history(
     channel: &str,
     query: &[(String, String)],
     negotiated: &Negotiated,
+    which: Log,
 ) -> Result<HttpResponse, ErrorInfo> {
-    let (grant, _) = authenticate(broker, parts).await?;
-    validate_name(channel, broker.config.limits.max_channel_name_length)?;
-    if !grant.capability.allows(channel, Operation::History) {
-        return Err(ErrorInfo::new(
-            codes::CAPABILITY_DENIED,
-            format!("no history capability on channel {channel}"),
-        ));
-    }
+    authorize(broker, parts, channel, Operation::History, "history").await?;
     let params = HistoryParams::parse(query)?;
-    let epoch = broker.log.epoch();
+    let log = match which {
+        Log::Messages => broker.log.clone(),
+        Log::Presence => broker.presence_log.clone(),
+    };
     let mut to = u64::MAX;
     if let Some((e, serial)) = params.from_serial.as_deref().and_then(parse_serial) {
         // `untilAttach`: only messages up to the attach point.
-        if e == epoch {
+        if e == log.epoch() && which == Log::Messages {
             to = serial;
         }
     }
@@ -346,7 +383,6 @@ async fn history(
         direction: params.direction,
         limit: params.limit + 1,
     };
-    let log = broker.log.clone();
     let name = channel.to_owned();
     let mut rows = tokio::task::spawn_blocking(move || log.read(&name, &read))
         .await
@@ -360,20 +396,157 @@ async fn history(
             Direction::Backwards => last.saturating_sub(1),
             Direction::Forwards => last + 1,
         };
-        headers.push((HeaderName::from_static("link"), params.next_link(next)));
+        let word = if which == Log::Messages {
+            "messages"
+        } else {
+            "history"
+        };
+        headers.push((
+            HeaderName::from_static("link"),
+            params.next_link(word, next),
+        ));
     }
-    let mut messages: Vec<Message> = rows.into_iter().map(|(_, m)| m).collect();
-    if negotiated.format == Format::Json || negotiated.envelope == Some(Format::Json) {
-        json_safe(&mut messages);
-    }
-    Ok(negotiated.ok(StatusCode::OK, &messages, headers))
+    let records: Vec<Message> = rows.into_iter().map(|(_, m)| m).collect();
+    let page = match which {
+        Log::Messages => protocol::ProtocolMessage {
+            messages: Some(records),
+            ..Default::default()
+        },
+        Log::Presence => protocol::ProtocolMessage {
+            presence: Some(records.into_iter().map(from_record).collect()),
+            ..Default::default()
+        },
+    };
+    respond_page(negotiated, page, headers)
 }
 
-/// Base64s binary data for JSON readers (§7.5), reusing the wire type's own rule.
-fn json_safe(messages: &mut Vec<Message>) {
-    let wrapper = protocol::ProtocolMessage {
-        messages: Some(std::mem::take(messages)),
+/// Sends the messages or presence items of `page` as a JSON or msgpack array, binary data
+/// base64'd for JSON readers (§7.5).
+fn respond_page(
+    negotiated: &Negotiated,
+    page: protocol::ProtocolMessage,
+    headers: Vec<(HeaderName, String)>,
+) -> Result<HttpResponse, ErrorInfo> {
+    let page = if negotiated.envelope.unwrap_or(negotiated.format) == Format::Json {
+        page.for_json().into_owned()
+    } else {
+        page
+    };
+    Ok(match (page.messages, page.presence) {
+        (Some(messages), _) => negotiated.ok(StatusCode::OK, &messages, headers),
+        (None, presence) => negotiated.ok(StatusCode::OK, &presence.unwrap_or_default(), headers),
+    })
+}
+
+/// `GET /channels/{name}/presence` (§9.2): the current members as `present` items, filtered by
+/// `clientId` and `connectionId`, paginated in (clientId, connectionId) order.
+async fn presence(
+    broker: &Broker,
+    parts: &Parts,
+    channel: &str,
+    query: &[(String, String)],
+    negotiated: &Negotiated,
+) -> Result<HttpResponse, ErrorInfo> {
+    authorize(broker, parts, channel, Operation::Subscribe, "subscribe").await?;
+    let get = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let limit = match get("limit").map(|l| l.parse::<usize>()) {
+        None => DEFAULT_LIMIT,
+        Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
+        Some(_) => {
+            return Err(ErrorInfo::new(
+                codes::INVALID_PARAMETER,
+                "invalid limit: it must be between 1 and 1000",
+            ))
+        }
+    };
+    // The cursor is the last member's `<connectionId>:<clientId>`; connectionIds have no ':'.
+    let after = get("cursor").and_then(|c| {
+        c.split_once(':')
+            .map(|(conn, client)| (client.to_owned(), conn.to_owned()))
+    });
+    let (client_id, connection_id) = (get("clientId"), get("connectionId"));
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let list = ListPresence {
+        after,
+        client_id: client_id.clone(),
+        connection_id: connection_id.clone(),
+        limit: limit + 1,
+        reply,
+    };
+    broker
+        .channels
+        .send(channel, Command::ListPresence(list))
+        .await?;
+    let mut members = answer
+        .await
+        .map_err(|_| ErrorInfo::new(codes::INTERNAL_CHANNEL, "channel stopped"))?;
+    let mut headers = Vec::new();
+    if members.len() > limit {
+        members.truncate(limit);
+        let last = members.last().expect("a page over the limit is not empty");
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        q.append_pair("limit", &limit.to_string());
+        if let Some(c) = &client_id {
+            q.append_pair("clientId", c);
+        }
+        if let Some(c) = &connection_id {
+            q.append_pair("connectionId", c);
+        }
+        q.append_pair(
+            "cursor",
+            &format!(
+                "{}:{}",
+                last.connection_id.as_deref().unwrap_or(""),
+                last.client_id.as_deref().unwrap_or("")
+            ),
+        );
+        headers.push((
+            HeaderName::from_static("link"),
+            format!("<./presence?{}>; rel=\"next\"", q.finish()),
+        ));
+    }
+    let page = protocol::ProtocolMessage {
+        presence: Some(members),
         ..Default::default()
     };
-    *messages = wrapper.for_json().into_owned().messages.unwrap_or_default();
+    respond_page(negotiated, page, headers)
+}
+
+/// `GET /channels/{name}` (§9.2): ChannelDetails with occupancy.
+async fn status(
+    broker: &Broker,
+    parts: &Parts,
+    channel: &str,
+    negotiated: &Negotiated,
+) -> Result<HttpResponse, ErrorInfo> {
+    authorize(
+        broker,
+        parts,
+        channel,
+        Operation::ChannelMetadata,
+        "channel-metadata",
+    )
+    .await?;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    broker
+        .channels
+        .send(channel, Command::Occupancy { reply })
+        .await?;
+    let occupancy = answer
+        .await
+        .map_err(|_| ErrorInfo::new(codes::INTERNAL_CHANNEL, "channel stopped"))?;
+    let details = serde_json::json!({
+        "channelId": channel,
+        "name": channel,
+        "status": {
+            "isActive": occupancy.connections > 0 || occupancy.presence_members > 0,
+            "occupancy": { "metrics": occupancy },
+        },
+    });
+    Ok(negotiated.ok(StatusCode::OK, &details, Vec::new()))
 }

@@ -12,7 +12,7 @@ use super::{Bounds, ChannelLog, Direction, Query, StoreError};
 
 const SEPARATOR: u8 = 0xFF;
 
-/// The sled-backed channel log.
+/// A sled-backed channel log: one tree of one database.
 pub struct SledLog {
     db: sled::Db,
     messages: sled::Tree,
@@ -26,8 +26,14 @@ impl From<sled::Error> for StoreError {
 }
 
 impl SledLog {
-    /// Opens (or creates) the log in `dir` with a page cache of `cache_bytes`.
+    /// Opens (or creates) the message log in `dir` with a page cache of `cache_bytes`.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<SledLog, StoreError> {
+        Ok(SledLog::open_logs(dir, cache_bytes)?.0)
+    }
+
+    /// Opens the message log and the presence history log, two trees of one database that
+    /// share its epoch and its fsync.
+    pub fn open_logs(dir: &Path, cache_bytes: u64) -> Result<(SledLog, SledLog), StoreError> {
         let db = sled::Config::new()
             .path(dir.join("log"))
             .cache_capacity(cache_bytes)
@@ -44,11 +50,19 @@ impl SledLog {
             }
         };
         let messages = db.open_tree("messages")?;
-        Ok(SledLog {
-            db,
-            messages,
-            epoch,
-        })
+        let presence = db.open_tree("presence")?;
+        Ok((
+            SledLog {
+                db: db.clone(),
+                messages,
+                epoch: epoch.clone(),
+            },
+            SledLog {
+                db,
+                messages: presence,
+                epoch,
+            },
+        ))
     }
 }
 

@@ -1,0 +1,165 @@
+//! PRESENCE from a client (§6.2, §6.3): enter, update and leave, including `enterClient` and
+//! friends on wildcard or key connections. Checks the `presence` capability, that the channel
+//! is attached, the clientId rules and the size limit; stamps each item with its clientId,
+//! connectionId, id (`<connId>:<msgSerial>:<index>`, or the client's own on an automatic
+//! re-enter) and timestamp; and lets the channel's sequencer apply and broadcast it. The ACK
+//! or NACK goes out in msgSerial order with publishes.
+
+use std::time::Instant;
+
+use futures_util::FutureExt;
+use protocol::error::codes;
+use protocol::{ErrorInfo, Operation, PresenceMessage, ProtocolMessage};
+use tokio::sync::oneshot;
+
+use super::message::refuse;
+use crate::auth::now_ms;
+use crate::channel::presence::action;
+use crate::channel::{Command, Origin, PresenceOp};
+use crate::connection::session::Seen;
+use crate::connection::{await_outcome, Connection};
+
+pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
+    let Some(msg_serial) = message.msg_serial else {
+        conn.fail(ErrorInfo::new(
+            codes::BAD_REQUEST,
+            "PRESENCE without msgSerial",
+        ));
+        return;
+    };
+    match conn.session.seen(msg_serial) {
+        Seen::New => {}
+        Seen::Again(outcome) => {
+            conn.pending
+                .push_back(Box::pin(async move { (msg_serial, outcome.await) }));
+            return;
+        }
+        Seen::Forgotten => {
+            let count = message.presence.as_ref().map_or(0, Vec::len);
+            conn.answer(msg_serial, Ok(vec![None; count]));
+            return;
+        }
+    }
+    let (channel, items) = match prepare(conn, message, msg_serial) {
+        Ok(prepared) => prepared,
+        Err(e) => return refuse(conn, msg_serial, e),
+    };
+    let started = Instant::now();
+    let (reply, outcome) = oneshot::channel();
+    let outcome = await_outcome(outcome).shared();
+    conn.session.record(msg_serial, outcome.clone());
+    let op = PresenceOp {
+        items,
+        origin: Origin {
+            connection_id: conn.connection_id.clone(),
+            pm_id: format!("{}:{msg_serial}", conn.connection_id),
+        },
+        reply,
+    };
+    let _ = conn
+        .broker
+        .channels
+        .send(&channel, Command::Presence(op))
+        .await;
+    let metrics = conn.broker.metrics.clone();
+    conn.pending.push_back(Box::pin(async move {
+        let outcome = outcome.await;
+        metrics
+            .publish_ack_latency
+            .observe(started.elapsed().as_secs_f64());
+        (msg_serial, outcome)
+    }));
+}
+
+fn prepare(
+    conn: &Connection,
+    message: ProtocolMessage,
+    msg_serial: u64,
+) -> Result<(String, Vec<PresenceMessage>), ErrorInfo> {
+    let channel = message
+        .channel
+        .ok_or_else(|| ErrorInfo::new(codes::BAD_REQUEST, "PRESENCE without a channel"))?;
+    if !conn
+        .authority
+        .capability
+        .allows(&channel, Operation::Presence)
+    {
+        return Err(ErrorInfo::new(
+            codes::CAPABILITY_DENIED,
+            format!("Unable to enter presence: no presence capability on channel {channel}"),
+        ));
+    }
+    if !conn.attached.contains_key(&channel) {
+        return Err(ErrorInfo::new(
+            codes::CHANNEL_STATE,
+            format!("attach channel {channel} before using presence on it"),
+        ));
+    }
+    let mut items = message.presence.unwrap_or_default();
+    if items.is_empty() {
+        return Err(ErrorInfo::new(
+            codes::BAD_REQUEST,
+            "PRESENCE without presence items",
+        ));
+    }
+    let identity = &conn.authority.identity;
+    let now = now_ms();
+    let mut size = 0;
+    for (index, item) in items.iter_mut().enumerate() {
+        if !matches!(item.action, action::ENTER | action::UPDATE | action::LEAVE) {
+            return Err(ErrorInfo::new(
+                codes::BAD_REQUEST,
+                format!("presence action {} cannot be sent by a client", item.action),
+            ));
+        }
+        let client_id = identity
+            .message_client_id(item.client_id.as_deref())?
+            .filter(|c| c != "*")
+            .ok_or_else(|| {
+                ErrorInfo::new(
+                    codes::PRESENCE_NEEDS_CLIENT_ID,
+                    "Cannot enter presence without a clientId",
+                )
+            })?;
+        normalise(item)?;
+        size += client_id.len()
+            + item.data.as_ref().map_or(0, protocol::Data::len)
+            + item
+                .extras
+                .as_ref()
+                .map_or(0, |e| serde_json::to_vec(e).map_or(0, |v| v.len()));
+        // An automatic re-enter after a resume carries its old id (§6.7); keep it when it is
+        // one of this connection's, so the client sees the member as not newer.
+        let own_id = item
+            .id
+            .as_deref()
+            .is_some_and(|id| id.starts_with(&format!("{}:", conn.connection_id)));
+        if !own_id {
+            item.id = Some(format!("{}:{msg_serial}:{index}", conn.connection_id));
+        }
+        item.client_id = Some(client_id);
+        item.connection_id = Some(conn.connection_id.to_string());
+        item.timestamp = Some(now);
+    }
+    let max = conn.broker.config.limits.max_message_size;
+    if size > max {
+        return Err(ErrorInfo::new(
+            codes::MESSAGE_TOO_LARGE,
+            format!("presence data size {size} exceeds maxMessageSize {max}"),
+        ));
+    }
+    Ok((channel, items))
+}
+
+/// Presence data follows the same encoding rules as message data (§7.5).
+fn normalise(item: &mut PresenceMessage) -> Result<(), ErrorInfo> {
+    let mut carrier = protocol::Message {
+        data: item.data.take(),
+        encoding: item.encoding.take(),
+        ..Default::default()
+    };
+    carrier.normalise_data()?;
+    item.data = carrier.data;
+    item.encoding = carrier.encoding;
+    Ok(())
+}
