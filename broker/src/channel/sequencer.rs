@@ -495,7 +495,7 @@ impl Sequencer {
         let max = self.context.max_messages;
         let held = (last + 1).saturating_sub(first);
         // Trim in steps of a few percent so the delete is amortised over many appends.
-        if held <= max + (max / 32).max(1) - 1 {
+        if held < max + (max / 32).max(1) {
             return first;
         }
         let first_kept = last + 1 - max;
