@@ -328,8 +328,8 @@ impl KeyAuthenticator {
             .map_err(|_| invalid_jwt("signature does not verify"))?;
         let claims: AblyClaims =
             serde_json::from_slice(&decode(parts[1])?).map_err(|_| invalid_jwt("bad claims"))?;
-        let expires_at = claims.exp.map(|s| (s * 1000.0) as i64);
-        if expires_at.is_some_and(|e| e <= now_ms()) {
+        let expires_at = (claims.exp.ok_or_else(|| invalid_jwt("no exp"))? * 1000.0) as i64;
+        if expires_at <= now_ms() {
             return Err(ErrorInfo::new(codes::TOKEN_EXPIRED, "Token expired"));
         }
         let capability = match claims.capability {
@@ -347,7 +347,7 @@ impl KeyAuthenticator {
             key_name: kid,
             client_id,
             capability,
-            expires_at,
+            expires_at: Some(expires_at),
         })
     }
 

@@ -86,5 +86,10 @@ pub fn development_key(data_dir: &Path) -> Result<String, String> {
         .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
     std::fs::write(&path, format!("{key}\n"))
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
     Ok(key)
 }

@@ -17,7 +17,8 @@ pub struct Metrics {
     pub active_channels: IntGauge,
     /// Messages accepted from publishers (realtime and REST).
     pub messages_in: IntCounter,
-    /// Message deliveries to subscribers (one per message per subscriber).
+    /// Live MESSAGE frames delivered to subscribers (one per published ProtocolMessage per
+    /// subscriber; replays not counted).
     pub messages_out: IntCounter,
     /// Bytes of frames received.
     pub bytes_in: IntCounter,

@@ -275,3 +275,52 @@ async fn in_band_auth_swaps_the_capability() {
         Some("amy")
     );
 }
+
+/// §4.7: a new token that keeps `publish` but drops `subscribe` on an attached channel stops
+/// delivery there: the client's next publish is ACKed without its echo.
+#[tokio::test]
+async fn in_band_auth_narrows_the_modes_of_channels_still_allowed() {
+    let broker = TestBroker::start().await;
+    let token = |cap: &str| {
+        ably_jwt(
+            KEY,
+            serde_json::json!({"exp": now_secs() + 600, "x-ably-clientId": "nia", "x-ably-capability": cap}),
+        )
+    };
+    let mut client = broker
+        .connect(&format!(
+            "access_token={}&format=json",
+            token(r#"{"n":["subscribe","publish"]}"#)
+        ))
+        .await;
+    client.expect(Action::Connected).await;
+    client.attach("n").await;
+    client.publish("n", 0, "seen").await;
+    assert_eq!(texts(&client.expect(Action::Message).await), ["seen"]);
+    client.expect(Action::Ack).await;
+    client
+        .send(&ProtocolMessage {
+            auth: Some(protocol::AuthDetails {
+                access_token: token(r#"{"n":["publish"]}"#),
+            }),
+            ..ProtocolMessage::new(Action::Auth)
+        })
+        .await;
+    client.expect(Action::Connected).await;
+    client.publish("n", 1, "unseen").await;
+    assert_eq!(client.expect(Action::Ack).await.msg_serial, Some(1));
+}
+
+/// §8.2: an Ably JWT without `exp` is refused.
+#[tokio::test]
+async fn a_jwt_without_expiry_is_refused() {
+    let broker = TestBroker::start().await;
+    let token = ably_jwt(KEY, serde_json::json!({"iat": now_secs()}));
+    let mut client = broker
+        .connect(&format!("access_token={token}&format=json"))
+        .await;
+    assert_eq!(
+        client.expect(Action::Error).await.error.unwrap().code,
+        40144
+    );
+}

@@ -159,3 +159,66 @@ async fn a_subscriber_that_stops_reading_is_cut_off_and_others_are_not() {
     assert_eq!(last.action, Action::Disconnected);
     assert_eq!(last.error.unwrap().code, 80003);
 }
+
+/// A replay that would not fit the subscriber's outbox is not attempted: the attach reports
+/// lost continuity instead of overflowing the client into a resume loop (§5.6 case 2).
+#[tokio::test]
+async fn a_backlog_larger_than_the_outbox_attaches_without_resumed() {
+    let broker = TestBroker::start_with(|c| {
+        c.limits.max_message_size = 16 * 1024;
+        c.limits.max_frame_size = 16 * 1024;
+        c.limits.outbox_bytes = 64 * 1024;
+    })
+    .await;
+    let (mut sub, _) = broker.connect_key("json").await;
+    let attached = sub.attach("bulk").await;
+    sub.drop_abruptly();
+    let (mut publisher, _) = broker.connect_key("json").await;
+    let payload = "y".repeat(10 * 1024);
+    for i in 0..10 {
+        publisher.publish("bulk", i, &payload).await;
+        publisher.expect(Action::Ack).await;
+    }
+    let (mut again, _) = broker.connect_key("json").await;
+    let mut attach = ProtocolMessage::for_channel(Action::Attach, "bulk");
+    attach.channel_serial = attached.channel_serial;
+    again.send(&attach).await;
+    let reply = again.expect(Action::Attached).await;
+    assert!(!reply.has_flag(flags::RESUMED));
+    assert_eq!(reply.error.unwrap().code, 90003);
+}
+
+/// A peer that stops answering pings is dropped; its presence members then leave.
+#[tokio::test]
+async fn a_silent_peer_is_dropped_and_its_members_leave() {
+    let broker = TestBroker::start_with(|c| {
+        c.connection.max_idle_interval_ms = 200;
+        c.presence.leave_grace_ms = 100;
+    })
+    .await;
+    let (mut watcher, _) = broker.connect_key("json").await;
+    watcher.attach("quiet").await;
+    let (mut silent, _) = broker.connect_key("json").await;
+    silent.attach("quiet").await;
+    let enter = ProtocolMessage {
+        msg_serial: Some(0),
+        presence: Some(vec![protocol::PresenceMessage {
+            action: 2,
+            client_id: Some("mute".into()),
+            ..Default::default()
+        }]),
+        ..ProtocolMessage::for_channel(Action::Presence, "quiet")
+    };
+    silent.send(&enter).await;
+    silent.expect(Action::Presence).await;
+    silent.expect(Action::Ack).await;
+    // From here on `silent` is never read, so it answers no ping.
+    loop {
+        let m = watcher.next().await.expect("watcher stays connected");
+        if m.action == Action::Presence && m.presence.as_ref().unwrap()[0].action == 3 {
+            assert_eq!(m.presence.unwrap()[0].client_id.as_deref(), Some("mute"));
+            break;
+        }
+    }
+    drop(silent);
+}

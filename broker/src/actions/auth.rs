@@ -1,5 +1,6 @@
 //! AUTH from the client (§4.7): a new token on a live connection. Verify it, keep the clientId,
-//! swap the capability, fail the channels it no longer allows (ERROR with channel, 40160), and
+//! swap the capability, narrow the modes of channels it still allows, fail the channels it no
+//! longer allows (ERROR with channel, 40160), and
 //! reply CONNECTED with the same connectionId — ably-js waits for that reply with no timeout.
 
 use protocol::error::codes;
@@ -7,6 +8,7 @@ use protocol::{Action, ErrorInfo, ProtocolMessage};
 
 use super::channel_error;
 use crate::auth::{Credential, Identity};
+use crate::channel::Command;
 use crate::connection::session::Authority;
 use crate::connection::{Connection, Ending};
 
@@ -59,12 +61,25 @@ pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
     };
     conn.renewal_requested = false;
     conn.session.set_authority(conn.authority.clone());
-    let lost: Vec<String> = conn
-        .attached
-        .keys()
-        .filter(|c| conn.authority.capability.operations(c).is_empty())
-        .cloned()
-        .collect();
+    let mut lost = Vec::new();
+    let mut narrowed = Vec::new();
+    for (channel, modes) in &conn.attached {
+        let permitted = conn.authority.capability.operations(channel);
+        if permitted.is_empty() {
+            lost.push(channel.clone());
+        } else if *modes & !permitted.modes() != 0 {
+            narrowed.push((channel.clone(), *modes & permitted.modes()));
+        }
+    }
+    for (channel, modes) in narrowed {
+        conn.attached.insert(channel.clone(), modes);
+        let command = Command::UpdateModes {
+            connection_id: conn.connection_id.clone(),
+            socket_id: conn.socket_id,
+            modes,
+        };
+        let _ = conn.broker.channels.send(&channel, command).await;
+    }
     for channel in lost {
         let error = ErrorInfo::new(
             codes::CAPABILITY_DENIED,

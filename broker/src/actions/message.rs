@@ -127,8 +127,9 @@ pub fn stamp(
     let mut app_ids = false;
     for (index, m) in messages.iter_mut().enumerate() {
         m.normalise_data()?;
-        m.client_id = identity.message_client_id(m.client_id.as_deref())?;
+        // §7.5 counts what the client sent; the clientId the broker fills in is not counted.
         size += m.size();
+        m.client_id = identity.message_client_id(m.client_id.as_deref())?;
         match &m.id {
             Some(id) if !id.is_empty() => app_ids = true,
             _ => m.id = Some(format!("{id_base}:{index}")),

@@ -137,6 +137,15 @@ pub enum Command {
     },
     /// Enter, update or leave presence.
     Presence(PresenceOp),
+    /// The connection's capability changed (in-band AUTH): deliver by these modes from now on.
+    UpdateModes {
+        /// The connectionId.
+        connection_id: Arc<str>,
+        /// The socket whose attachment changes.
+        socket_id: u64,
+        /// The newly granted modes.
+        modes: u64,
+    },
     /// A connection is gone for good: its members leave (§6.6).
     LeaveConnection {
         /// The connectionId.

@@ -34,6 +34,22 @@ const IDEMPOTENCY_WINDOW_MS: i64 = 120_000;
 /// Most app-set ids remembered per channel.
 const IDEMPOTENCY_MAX_IDS: usize = 10_000;
 
+/// What an attach sends between ATTACHED and live traffic.
+enum Backlog {
+    /// Continuity holds: ATTACHED with RESUMED and this serial, then these messages.
+    Resumed {
+        serial: String,
+        frames: Vec<WsMessage>,
+    },
+    /// A rewind: ATTACHED with HAS_BACKLOG, then these messages.
+    Rewound {
+        frames: Vec<WsMessage>,
+        truncated: Option<ErrorInfo>,
+    },
+    /// Nothing to replay; `lost` says when continuity could not be kept.
+    None { lost: Option<ErrorInfo> },
+}
+
 pub(super) struct Sequencer {
     name: String,
     context: Arc<ChannelContext>,
@@ -80,11 +96,11 @@ impl Sequencer {
                 to: u64::MAX,
                 start_ms: Some(now_ms() - IDEMPOTENCY_WINDOW_MS),
                 end_ms: None,
-                direction: Direction::Forwards,
+                direction: Direction::Backwards,
                 limit: IDEMPOTENCY_MAX_IDS,
             },
         )?;
-        for (_, m) in recent {
+        for (_, m) in recent.into_iter().rev() {
             if let (Some(id), Some(serial)) = (m.id, m.serial) {
                 seq.remember_id(id, serial, m.timestamp.unwrap_or(0));
             }
@@ -193,6 +209,17 @@ impl Sequencer {
                 }
             }
             Command::Presence(op) => self.presence(op),
+            Command::UpdateModes {
+                connection_id,
+                socket_id,
+                modes,
+            } => {
+                if let Some(attacher) = self.attachers.get_mut(&connection_id) {
+                    if attacher.socket_id == socket_id {
+                        attacher.modes = modes;
+                    }
+                }
+            }
             Command::LeaveConnection { connection_id } => self.leave_connection(&connection_id),
             Command::ListPresence(list) => {
                 let members = self.presence.list(
@@ -368,6 +395,7 @@ impl Sequencer {
         // For each publish: (messages newly appended, serials for the ACK).
         let mut prepared: Vec<(Vec<Message>, Vec<Option<String>>)> =
             Vec::with_capacity(batch.len());
+        let mut remembered = Vec::new();
         for p in &batch {
             let mut fresh = Vec::with_capacity(p.messages.len());
             let mut serials = Vec::with_capacity(p.messages.len());
@@ -387,6 +415,7 @@ impl Sequencer {
                 if p.app_ids {
                     if let Some(id) = &m.id {
                         self.remember_id(id.clone(), serial.clone(), timestamp);
+                        remembered.push(id.clone());
                     }
                 }
                 serials.push(Some(serial));
@@ -410,11 +439,15 @@ impl Sequencer {
         };
         if let Err(e) = stored {
             tracing::error!(channel = %self.name, error = %e, "append failed");
-            // The serials were not (reliably) written: read the position back from the log.
-            match self.context.log.bounds(&self.name) {
-                Ok(b) => self.last = b.map_or(self.first.saturating_sub(1), |b| b.last),
-                Err(_) => self.last = before,
+            // Nothing of this batch was acknowledged: take it back out of the log and forget
+            // its ids, so a retry is stored afresh rather than answered with phantom serials.
+            for id in remembered {
+                self.recent_ids.remove(&id);
             }
+            if let Err(e) = self.context.log.truncate_after(&self.name, before) {
+                tracing::error!(channel = %self.name, error = %e, "cannot undo failed append");
+            }
+            self.last = before;
             let error = ErrorInfo::new(codes::INTERNAL_CHANNEL, "message could not be stored");
             for p in batch {
                 let _ = p.reply.send(Err(error.clone()));
@@ -477,11 +510,7 @@ impl Sequencer {
             };
             match attacher.outbox.try_push(frame.clone()) {
                 Ok(()) => delivered += 1,
-                Err(PushError::Overflow) => {
-                    self.context.metrics.slow_consumer_disconnects.inc();
-                    gone.push(id.clone());
-                }
-                Err(PushError::Closed) => gone.push(id.clone()),
+                Err(PushError::Overflow | PushError::Closed) => gone.push(id.clone()),
             }
         }
         for id in gone {
@@ -514,89 +543,39 @@ impl Sequencer {
             from,
             params,
         } = attach;
-        let current = format_serial(&self.epoch, self.last);
         let mut flags = subscriber.modes;
         let mut error = None;
-        let mut channel_serial = current;
-        let mut backlog: Vec<Message> = Vec::new();
-        let subscribes = subscriber.modes & flags::MODE_SUBSCRIBE != 0;
-        let read = |query: Query| self.context.log.read(&self.name, &query);
-        let result: Result<(), StoreError> = (|| {
-            match &from {
-                StartFrom::Live => {}
-                StartFrom::Serial(serial) => match parse_serial(serial) {
-                    Some((epoch, seq))
-                        if epoch == self.epoch
-                            && seq <= self.last
-                            && seq + 1 >= self.first
-                            && (self.last - seq) as usize <= self.context.max_resume_replay =>
-                    {
-                        flags |= flags::RESUMED;
-                        channel_serial = serial.clone();
-                        if subscribes {
-                            backlog = read(Query {
-                                from: seq + 1,
-                                to: self.last,
-                                start_ms: None,
-                                end_ms: None,
-                                direction: Direction::Forwards,
-                                limit: usize::MAX,
-                            })?
-                            .into_iter()
-                            .map(|(_, m)| m)
-                            .collect();
-                        }
-                    }
-                    _ => {
-                        error = Some(ErrorInfo::new(
-                            codes::CONTINUITY_LOST,
-                            "Channel continuity not guaranteed: messages since the last attach may be missing; use history to fill the gap",
-                        ))
-                    }
-                },
-                StartFrom::Rewind(_) | StartFrom::RewindFor(_) if subscribes => {
-                    let (limit, start_ms) = match from {
-                        StartFrom::Rewind(n) => (n, None),
-                        StartFrom::RewindFor(ms) => (usize::MAX, Some(now_ms() - ms)),
-                        _ => unreachable!("matched above"),
-                    };
-                    let cap = self.context.max_rewind;
-                    let mut rows = read(Query {
-                        from: 0,
-                        to: self.last,
-                        start_ms,
-                        end_ms: None,
-                        direction: Direction::Backwards,
-                        limit: limit.min(cap + 1),
-                    })?;
-                    if rows.len() > cap {
-                        rows.truncate(cap);
-                        error = Some(ErrorInfo::new(
-                            codes::INVALID_PARAMETER,
-                            format!("rewind truncated to the last {cap} messages"),
-                        ));
-                    }
-                    backlog = rows.into_iter().rev().map(|(_, m)| m).collect();
-                }
-                StartFrom::Rewind(_) | StartFrom::RewindFor(_) => {}
+        let mut channel_serial = format_serial(&self.epoch, self.last);
+        let backlog = match self.backlog(&subscriber, &from) {
+            Ok(Backlog::Resumed { serial, frames }) => {
+                flags |= flags::RESUMED;
+                channel_serial = serial;
+                frames
             }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            tracing::error!(channel = %self.name, error = %e, "attach read failed");
-            // §5.3: DETACHED with an error is transient; the client retries the attach.
-            let _ = subscriber.outbox.push(&ProtocolMessage {
-                error: Some(ErrorInfo::new(
-                    codes::INTERNAL_CHANNEL,
-                    "channel log unavailable",
-                )),
-                ..ProtocolMessage::for_channel(Action::Detached, &self.name)
-            });
-            return;
-        }
-        if !backlog.is_empty() && !matches!(from, StartFrom::Serial(_)) {
-            flags |= flags::HAS_BACKLOG;
-        }
+            Ok(Backlog::Rewound { frames, truncated }) => {
+                if !frames.is_empty() {
+                    flags |= flags::HAS_BACKLOG;
+                }
+                error = truncated;
+                frames
+            }
+            Ok(Backlog::None { lost }) => {
+                error = lost;
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::error!(channel = %self.name, error = %e, "attach read failed");
+                // §5.3: DETACHED with an error is transient; the client retries the attach.
+                let _ = subscriber.outbox.push(&ProtocolMessage {
+                    error: Some(ErrorInfo::new(
+                        codes::INTERNAL_CHANNEL,
+                        "channel log unavailable",
+                    )),
+                    ..ProtocolMessage::for_channel(Action::Detached, &self.name)
+                });
+                return;
+            }
+        };
         let syncs_presence =
             subscriber.modes & flags::MODE_PRESENCE_SUBSCRIBE != 0 && !self.presence.is_empty();
         if syncs_presence {
@@ -617,20 +596,141 @@ impl Sequencer {
         if syncs_presence && self.sync_presence(&subscriber).is_err() {
             return;
         }
-        for m in backlog {
-            let replay = ProtocolMessage {
-                connection_id: m.connection_id.clone(),
-                timestamp: m.timestamp,
-                channel_serial: m.serial.clone(),
-                messages: Some(vec![m]),
-                ..ProtocolMessage::for_channel(Action::Message, &self.name)
-            };
-            if subscriber.outbox.push(&replay).is_err() {
+        for frame in backlog {
+            if subscriber.outbox.try_push(frame).is_err() {
                 return;
             }
         }
         self.attachers
             .insert(subscriber.connection_id.clone(), subscriber);
+    }
+
+    /// Works out what an attach replays (§5.4, §5.6), already encoded for the subscriber and
+    /// within half its outbox, so a replay can never overflow it and loop through resumes.
+    fn backlog(
+        &mut self,
+        subscriber: &Subscriber,
+        from: &StartFrom,
+    ) -> Result<Backlog, StoreError> {
+        let subscribes = subscriber.modes & flags::MODE_SUBSCRIBE != 0;
+        let budget = subscriber.outbox.limit() / 2;
+        let lost = || {
+            Some(ErrorInfo::new(
+                codes::CONTINUITY_LOST,
+                "Channel continuity not guaranteed: messages since the last attach may be missing; use history to fill the gap",
+            ))
+        };
+        let (rows, resume_from) = match from {
+            StartFrom::Live => return Ok(Backlog::None { lost: None }),
+            StartFrom::Serial(serial) => {
+                // Retention may have removed messages since this sequencer loaded its bounds.
+                if let Some(bounds) = self.context.log.bounds(&self.name)? {
+                    self.first = bounds.first;
+                }
+                let Some((epoch, seq)) = parse_serial(serial) else {
+                    return Ok(Backlog::None { lost: lost() });
+                };
+                let resumable = epoch == self.epoch
+                    && seq <= self.last
+                    && seq + 1 >= self.first
+                    && (self.last - seq) as usize <= self.context.max_resume_replay;
+                if !resumable {
+                    return Ok(Backlog::None { lost: lost() });
+                }
+                if !subscribes {
+                    return Ok(Backlog::Resumed {
+                        serial: serial.clone(),
+                        frames: Vec::new(),
+                    });
+                }
+                let rows = self.context.log.read(
+                    &self.name,
+                    &Query {
+                        from: seq + 1,
+                        to: self.last,
+                        start_ms: None,
+                        end_ms: None,
+                        direction: Direction::Forwards,
+                        limit: usize::MAX,
+                    },
+                )?;
+                (rows, Some(serial.clone()))
+            }
+            StartFrom::Rewind(_) | StartFrom::RewindFor(_) if !subscribes => {
+                return Ok(Backlog::None { lost: None })
+            }
+            StartFrom::Rewind(_) | StartFrom::RewindFor(_) => {
+                let (limit, start_ms) = match from {
+                    StartFrom::Rewind(n) => (*n, None),
+                    StartFrom::RewindFor(ms) => (usize::MAX, Some(now_ms() - ms)),
+                    _ => unreachable!("matched above"),
+                };
+                let mut rows = self.context.log.read(
+                    &self.name,
+                    &Query {
+                        from: 0,
+                        to: self.last,
+                        start_ms,
+                        end_ms: None,
+                        direction: Direction::Backwards,
+                        limit: limit.min(self.context.max_rewind + 1),
+                    },
+                )?;
+                rows.reverse();
+                (rows, None)
+            }
+        };
+        let mut frames = Vec::with_capacity(rows.len());
+        let mut bytes = 0;
+        let mut skipped = 0;
+        let wanted = rows.len();
+        // A rewind keeps the newest messages that fit, so encode from the end.
+        let ordered: Box<dyn Iterator<Item = (u64, Message)>> = if resume_from.is_some() {
+            Box::new(rows.into_iter())
+        } else {
+            Box::new(rows.into_iter().rev())
+        };
+        for (_, m) in ordered {
+            if !subscriber.echo
+                && m.connection_id.as_deref() == Some(subscriber.connection_id.as_ref())
+            {
+                skipped += 1;
+                continue;
+            }
+            let frame = encode_frame(
+                subscriber.outbox.format(),
+                &ProtocolMessage {
+                    connection_id: m.connection_id.clone(),
+                    timestamp: m.timestamp,
+                    channel_serial: m.serial.clone(),
+                    messages: Some(vec![m]),
+                    ..ProtocolMessage::for_channel(Action::Message, &self.name)
+                },
+            );
+            bytes += frame.len();
+            if bytes > budget || (resume_from.is_none() && frames.len() >= self.context.max_rewind)
+            {
+                if resume_from.is_some() {
+                    // Too much to replay safely: attach without continuity; history fills in.
+                    return Ok(Backlog::None { lost: lost() });
+                }
+                break;
+            }
+            frames.push(frame);
+        }
+        Ok(match resume_from {
+            Some(serial) => Backlog::Resumed { serial, frames },
+            None => {
+                let truncated = (frames.len() + skipped < wanted).then(|| {
+                    ErrorInfo::new(
+                        codes::INVALID_PARAMETER,
+                        format!("rewind truncated to the last {} messages", frames.len()),
+                    )
+                });
+                frames.reverse();
+                Backlog::Rewound { frames, truncated }
+            }
+        })
     }
 
     /// Sends the whole presence set as SYNC pages (§6.4): members as `present` with their

@@ -177,7 +177,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (sink, mut stream) = ws.split();
-    let (outbox, receiver) = Outbox::new(params.format, broker.config.limits.outbox_bytes);
+    let (outbox, receiver) = Outbox::new(
+        params.format,
+        broker.config.limits.outbox_bytes,
+        broker.metrics.clone(),
+    );
     let mut writer = tokio::spawn(outbox::write_loop(
         sink,
         receiver,
@@ -193,6 +197,10 @@ where
     let mut shutdown = broker.shutdown.clone();
     let mut writer_running = true;
     let max_pending = broker.config.limits.max_pending_publishes;
+    // The writer pings every maxIdleInterval; a peer that answers nothing for three of them
+    // is gone (a half-open TCP connection), and its connection becomes resumable state.
+    let read_idle = broker.config.max_idle_interval() * 3;
+    let mut heard = Instant::now();
     while conn.ending.is_none() {
         let renewal = renewal_deadline(&conn);
         tokio::select! {
@@ -217,8 +225,16 @@ where
             _ = sleep_until(renewal.unwrap_or_else(Instant::now)), if renewal.is_some() => {
                 token_timer(&mut conn);
             }
+            _ = sleep_until(heard + read_idle) => {
+                tracing::debug!(connection = %conn.connection_id, "peer silent; dropping socket");
+                conn.outbox.close(None);
+                conn.ending = Some(Ending::Resumable);
+            }
             frame = stream.next(), if conn.pending.len() < max_pending => match frame {
-                Some(Ok(frame)) => on_frame(&mut conn, frame).await,
+                Some(Ok(frame)) => {
+                    heard = Instant::now();
+                    on_frame(&mut conn, frame).await
+                }
                 Some(Err(e)) => {
                     use tokio_tungstenite::tungstenite::Error as WsError;
                     if let WsError::Capacity(_) = e {

@@ -36,6 +36,7 @@ struct Inner {
     queued_bytes: AtomicUsize,
     limit: usize,
     format: Format,
+    metrics: Arc<Metrics>,
     closing: AtomicBool,
     farewell: Mutex<Option<ProtocolMessage>>,
     close_now: Notify,
@@ -60,13 +61,14 @@ pub fn encode_frame(format: Format, message: &ProtocolMessage) -> WsMessage {
 
 impl Outbox {
     /// A new outbox for a client of `format`, holding at most `limit` bytes.
-    pub fn new(format: Format, limit: usize) -> (Outbox, OutboxReceiver) {
+    pub fn new(format: Format, limit: usize, metrics: Arc<Metrics>) -> (Outbox, OutboxReceiver) {
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             tx,
             queued_bytes: AtomicUsize::new(0),
             limit,
             format,
+            metrics,
             closing: AtomicBool::new(false),
             farewell: Mutex::new(None),
             close_now: Notify::new(),
@@ -77,6 +79,11 @@ impl Outbox {
             },
             OutboxReceiver { rx, inner },
         )
+    }
+
+    /// The byte bound of this outbox.
+    pub fn limit(&self) -> usize {
+        self.inner.limit
     }
 
     /// The wire format of this connection.
@@ -99,6 +106,7 @@ impl Outbox {
         let queued = self.inner.queued_bytes.fetch_add(len, Ordering::AcqRel) + len;
         if queued > self.inner.limit {
             self.inner.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            self.inner.metrics.slow_consumer_disconnects.inc();
             self.close(Some(ProtocolMessage {
                 error: Some(ErrorInfo::new(
                     codes::DISCONNECTED,
@@ -148,8 +156,10 @@ pub enum WriterEnd {
 }
 
 /// Drains the outbox into the socket until it is closed. Sends a HEARTBEAT after `idle` of
-/// silence so clients keep the connection alive (§4.4), and batches writes: it flushes only
-/// when the queue is momentarily empty.
+/// silence, for browsers that cannot see ping frames (§4.4), and a WebSocket ping every `idle`
+/// whatever the traffic, so the read side can tell a dead peer by its missing pongs. Writes
+/// are batched (flushed only when the queue is momentarily empty), bounded in time, and
+/// abandoned when the outbox is closed, so a peer that stops reading cannot pin this task.
 pub async fn write_loop<S>(
     mut sink: S,
     mut receiver: OutboxReceiver,
@@ -161,42 +171,68 @@ where
 {
     let inner = receiver.inner.clone();
     let heartbeat = encode_frame(inner.format, &ProtocolMessage::new(Action::Heartbeat));
+    let write_timeout = idle * 2;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next = tokio::select! {
             biased;
-            _ = inner.close_now.notified() => {
-                let farewell = inner.farewell.lock().expect("farewell lock").take();
-                if let Some(message) = farewell {
-                    let _ = sink.send(encode_frame(inner.format, &message)).await;
-                }
-                let _ = sink.send(WsMessage::Close(None)).await;
-                let _ = sink.close().await;
-                return WriterEnd::Closed;
-            }
-            next = tokio::time::timeout(idle, receiver.rx.recv()) => next,
+            _ = inner.close_now.notified() => return farewell(&mut sink, &inner).await,
+            _ = ping.tick() => Some((WsMessage::Ping(Default::default()), false)),
+            next = tokio::time::timeout(idle, receiver.rx.recv()) => match next {
+                Ok(Some(frame)) => Some((frame, true)),
+                Ok(None) => None,
+                Err(_) => Some((heartbeat.clone(), false)),
+            },
         };
-        let (frame, counted) = match next {
-            Ok(Some(frame)) => (frame, true),
-            Ok(None) => return WriterEnd::Closed,
-            Err(_) => (heartbeat.clone(), false),
+        let Some((frame, counted)) = next else {
+            return WriterEnd::Closed;
         };
         let len = frame.len();
-        let is_close = matches!(frame, WsMessage::Close(_));
         if counted {
             inner.queued_bytes.fetch_sub(len, Ordering::AcqRel);
         }
         metrics.bytes_out.inc_by(len as u64);
-        if sink.feed(frame).await.is_err() {
-            return WriterEnd::SocketError;
-        }
-        if is_close {
-            let _ = sink.close().await;
-            return WriterEnd::Closed;
-        }
-        if receiver.rx.is_empty() && sink.flush().await.is_err() {
-            return WriterEnd::SocketError;
+        let is_close = matches!(frame, WsMessage::Close(_));
+        let flush = is_close || receiver.rx.is_empty();
+        let write = async {
+            sink.feed(frame).await?;
+            if flush {
+                sink.flush().await?;
+            }
+            Ok::<(), S::Error>(())
+        };
+        tokio::select! {
+            biased;
+            written = tokio::time::timeout(write_timeout, write) => match written {
+                Ok(Ok(())) if is_close => {
+                    let _ = sink.close().await;
+                    return WriterEnd::Closed;
+                }
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return WriterEnd::SocketError,
+            },
+            _ = inner.close_now.notified() => return farewell(&mut sink, &inner).await,
         }
     }
+}
+
+/// Sends the farewell frame ahead of anything still queued and closes, giving up quickly on a
+/// socket that does not take it.
+async fn farewell<S>(sink: &mut S, inner: &Inner) -> WriterEnd
+where
+    S: Sink<WsMessage> + Unpin,
+{
+    let message = inner.farewell.lock().expect("farewell lock").take();
+    let goodbye = async {
+        if let Some(message) = message {
+            let _ = sink.send(encode_frame(inner.format, &message)).await;
+        }
+        let _ = sink.send(WsMessage::Close(None)).await;
+        let _ = sink.close().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
+    WriterEnd::Closed
 }
 
 #[cfg(test)]
@@ -205,7 +241,7 @@ mod tests {
 
     #[test]
     fn a_full_outbox_refuses_and_closes() {
-        let (outbox, _rx) = Outbox::new(Format::Json, 100);
+        let (outbox, _rx) = Outbox::new(Format::Json, 100, Arc::new(Metrics::new()));
         let frame = WsMessage::Text("x".repeat(60).into());
         assert_eq!(outbox.try_push(frame.clone()), Ok(()));
         assert_eq!(outbox.try_push(frame.clone()), Err(PushError::Overflow));

@@ -67,7 +67,8 @@ pub trait ChannelLog: Send + Sync + 'static {
     /// The log's identity. Serials from another epoch (a wiped data directory) are never
     /// taken as positions in this one (§5.5).
     fn epoch(&self) -> &str;
-    /// The retained range of `channel`, or `None` when it holds nothing.
+    /// The retained range of `channel`, or `None` when nothing was ever appended. When every
+    /// message has been removed by retention, `first` is `last + 1`: serials are never reused.
     fn bounds(&self, channel: &str) -> Result<Option<Bounds>, StoreError>;
     /// Appends messages that already carry their serials (in ascending order) and timestamps.
     fn append(&self, channel: &str, messages: &[(u64, &Message)]) -> Result<(), StoreError>;
@@ -77,6 +78,9 @@ pub trait ChannelLog: Send + Sync + 'static {
     fn read(&self, channel: &str, query: &Query) -> Result<Vec<(u64, Message)>, StoreError>;
     /// Removes every message of `channel` with a serial below `first_kept`.
     fn trim_before(&self, channel: &str, first_kept: u64) -> Result<(), StoreError>;
+    /// Removes every message of `channel` with a serial above `last_kept` (undoing an append
+    /// that could not be made durable), and sets the channel's head back to it.
+    fn truncate_after(&self, channel: &str, last_kept: u64) -> Result<(), StoreError>;
     /// Removes messages older than `cutoff_ms` from every channel; returns how many.
     fn expire_before(&self, cutoff_ms: i64) -> Result<u64, StoreError>;
 }

@@ -1,7 +1,9 @@
 //! [`ChannelLog`] on sled. One tree holds every channel: the key is the channel name, a 0xFF
 //! byte (never part of UTF-8) and the serial big-endian, so each channel is one contiguous,
 //! serial-ordered key range. The value is the timestamp big-endian followed by the message in
-//! msgpack, so time filters and expiry read eight bytes instead of decoding.
+//! msgpack, so time filters and expiry read eight bytes instead of decoding. A second tree
+//! keeps each channel's head (its newest serial ever), so serials are never reused after
+//! retention has emptied a channel.
 
 use std::ops::Bound;
 use std::path::Path;
@@ -16,6 +18,7 @@ const SEPARATOR: u8 = 0xFF;
 pub struct SledLog {
     db: sled::Db,
     messages: sled::Tree,
+    heads: sled::Tree,
     epoch: String,
 }
 
@@ -49,17 +52,17 @@ impl SledLog {
                 epoch
             }
         };
-        let messages = db.open_tree("messages")?;
-        let presence = db.open_tree("presence")?;
         Ok((
             SledLog {
                 db: db.clone(),
-                messages,
+                messages: db.open_tree("messages")?,
+                heads: db.open_tree("messages-heads")?,
                 epoch: epoch.clone(),
             },
             SledLog {
+                messages: db.open_tree("presence")?,
+                heads: db.open_tree("presence-heads")?,
                 db,
-                messages: presence,
                 epoch,
             },
         ))
@@ -99,19 +102,26 @@ impl ChannelLog for SledLog {
 
     fn bounds(&self, channel: &str) -> Result<Option<Bounds>, StoreError> {
         let range = key(channel, 0)..=key(channel, u64::MAX);
-        let Some((first_key, _)) = self.messages.range(range.clone()).next().transpose()? else {
-            return Ok(None);
-        };
-        let Some((last_key, last_value)) = self.messages.range(range).next_back().transpose()?
-        else {
-            return Ok(None);
-        };
+        let head = self
+            .heads
+            .get(channel)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes));
+        let first = self.messages.range(range.clone()).next().transpose()?;
+        let last = self.messages.range(range).next_back().transpose()?;
         let serial = |k: &[u8]| split_key(k).map_or(0, |(_, s)| s);
-        Ok(Some(Bounds {
-            first: serial(&first_key),
-            last: serial(&last_key),
-            last_timestamp: timestamp_of(&last_value),
-        }))
+        Ok(match (first, last, head) {
+            (Some((first_key, _)), Some((last_key, last_value)), head) => Some(Bounds {
+                first: serial(&first_key),
+                last: serial(&last_key).max(head.unwrap_or(0)),
+                last_timestamp: timestamp_of(&last_value),
+            }),
+            (_, _, Some(head)) => Some(Bounds {
+                first: head + 1,
+                last: head,
+                last_timestamp: 0,
+            }),
+            _ => None,
+        })
     }
 
     fn append(&self, channel: &str, messages: &[(u64, &Message)]) -> Result<(), StoreError> {
@@ -125,6 +135,9 @@ impl ChannelLog for SledLog {
             batch.insert(key(channel, *serial), value);
         }
         self.messages.apply_batch(batch)?;
+        if let Some((last, _)) = messages.last() {
+            self.heads.insert(channel, &last.to_be_bytes())?;
+        }
         Ok(())
     }
 
@@ -188,6 +201,19 @@ impl ChannelLog for SledLog {
             batch.remove(item?.0);
         }
         self.messages.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn truncate_after(&self, channel: &str, last_kept: u64) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for item in self
+            .messages
+            .range(key(channel, last_kept.saturating_add(1))..=key(channel, u64::MAX))
+        {
+            batch.remove(item?.0);
+        }
+        self.messages.apply_batch(batch)?;
+        self.heads.insert(channel, &last_kept.to_be_bytes())?;
         Ok(())
     }
 
@@ -326,5 +352,21 @@ mod tests {
         assert_eq!(log.expire_before(400).unwrap(), 2);
         assert_eq!(log.bounds("c").unwrap().unwrap().first, 4);
         assert_eq!(log.bounds("d").unwrap().unwrap().first, 2);
+        // Once retention empties a channel, its head still says where serials continue.
+        assert_eq!(log.expire_before(10_000).unwrap(), 3);
+        let empty = log.bounds("c").unwrap().unwrap();
+        assert_eq!((empty.first, empty.last), (6, 5));
+    }
+
+    #[test]
+    fn truncate_after_undoes_an_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SledLog::open(dir.path(), 1 << 20).unwrap();
+        let (a, b, c) = (message(1, "a"), message(2, "b"), message(3, "c"));
+        log.append("t", &[(1, &a), (2, &b), (3, &c)]).unwrap();
+        log.truncate_after("t", 1).unwrap();
+        let left = log.read("t", &query(Direction::Forwards, 10)).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(log.bounds("t").unwrap().unwrap().last, 1);
     }
 }
