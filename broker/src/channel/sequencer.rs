@@ -285,8 +285,8 @@ impl Sequencer {
             .filter_map(|item| self.presence.apply(item))
             .collect();
         self.track_members(before);
-        let _ = reply.send(Ok(vec![None; count]));
         if events.is_empty() {
+            let _ = reply.send(Ok(vec![None; count]));
             return;
         }
         let timestamp = events.iter().filter_map(|e| e.timestamp).max();
@@ -298,6 +298,9 @@ impl Sequencer {
             ..ProtocolMessage::for_channel(Action::Presence, &self.name)
         };
         self.announce_presence(&message, Some(&origin.connection_id));
+        // Only now the ACK: ably-js records its own members from the echo, so the echo must
+        // reach the originator's outbox before the ACK does.
+        let _ = reply.send(Ok(vec![None; count]));
     }
 
     /// Removes a connection's members and broadcasts server-made leaves (§6.5, §6.6).

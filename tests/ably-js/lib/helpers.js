@@ -121,8 +121,15 @@ export function collector(label = 'messages') {
   const waiters = [];
   const hooks = [];
   const nameWaiters = [];
+  const matchWaiters = [];
   const listener = (msg) => {
     messages.push(msg);
+    for (let i = matchWaiters.length - 1; i >= 0; i--) {
+      if (matchWaiters[i].pred(msg)) {
+        matchWaiters[i].resolve(msg);
+        matchWaiters.splice(i, 1);
+      }
+    }
     for (let i = nameWaiters.length - 1; i >= 0; i--) {
       if (msg.name === nameWaiters[i].name) {
         nameWaiters[i].resolve(messages);
@@ -163,7 +170,28 @@ export function collector(label = 'messages') {
       throw e;
     });
   };
-  return { messages, listener, waitFor, waitForName, onCount };
+  /**
+   * Resolves with the first message (already received or still to come) for which
+   * `pred(msg)` is true, e.g. a presence event with a given action and clientId.
+   */
+  const waitForMatch = (pred, what = 'a matching message', ms = T.event) => {
+    const found = messages.find(pred);
+    if (found) return Promise.resolve(found);
+    const d = deferred();
+    matchWaiters.push({ pred, resolve: d.resolve });
+    return withTimeout(d.promise, ms, what).catch((e) => {
+      e.message = `safety timeout waiting for ${what}; got ${messages.length} ${label}: ${describeEvents(messages)}`;
+      throw e;
+    });
+  };
+  return { messages, listener, waitFor, waitForName, waitForMatch, onCount };
+}
+
+/** Short text for the last few presence events / messages, for failure messages. */
+export function describeEvents(items, k = 12) {
+  return JSON.stringify(
+    items.slice(-k).map((m) => (m.action !== undefined ? `${m.action}:${m.clientId}` : m.name)),
+  );
 }
 
 function lastNames(messages, k = 8) {
@@ -543,20 +571,26 @@ export class Ctx {
     this.notes = [];
   }
 
-  _logOptions(label) {
+  _logOptions(label, onLog) {
     const lines = [];
     const handler = (msg) => {
+      onLog?.(msg);
       lines.push(`${new Date().toISOString().slice(11, 23)} ${msg}`);
       if (lines.length > 120) lines.shift();
       if (CLIENT_LOG_ECHO) process.stderr.write(`[${label}] ${msg}\n`);
     };
-    return { lines, opts: { logLevel: CLIENT_LOG_LEVEL, logHandler: handler } };
+    // A tap needs the frame log (level 4) whatever ABLY_LOG_LEVEL says.
+    const logLevel = onLog ? Math.max(CLIENT_LOG_LEVEL, 4) : CLIENT_LOG_LEVEL;
+    return { lines, opts: { logLevel, logHandler: handler } };
   }
 
-  /** An Ably.Realtime client; `port` defaults to the context's broker. */
-  realtime(format, extra = {}, { label, port } = {}) {
+  /**
+   * An Ably.Realtime client; `port` defaults to the context's broker. `onLog(line)`
+   * sees every ably-js log line (the client then logs at level 4, every frame).
+   */
+  realtime(format, extra = {}, { label, port, onLog } = {}) {
     label = label ?? `rt${this.clients.length}-${format.name}`;
-    const { lines, opts } = this._logOptions(label);
+    const { lines, opts } = this._logOptions(label, onLog);
     const client = new Ably.Realtime(
       brokerOptions(port ?? this.broker.port, format, { ...opts, ...extra }),
     );
@@ -695,6 +729,20 @@ export async function publishAll(channel, entries, window = 100) {
   };
   await Promise.all(Array.from({ length: Math.min(window, entries.length) }, worker));
   return results;
+}
+
+/**
+ * Await a promise that should reject; resolves with the error. Fails (assertion-style
+ * Error) if it resolves or if nothing happens within the safety timeout.
+ */
+export async function rejectionOf(promise, what, ms = T.event) {
+  try {
+    await withTimeout(promise, ms, what);
+  } catch (e) {
+    if (String(e?.message).startsWith('safety timeout')) throw e;
+    return e;
+  }
+  throw new Error(`${what}: expected a rejection, but it succeeded`);
 }
 
 /** Extract an ErrorInfo-like code from a rejection or state change. */
