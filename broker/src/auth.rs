@@ -436,6 +436,30 @@ impl KeyAuthenticator {
         ))
     }
 
+    /// Mints a token with key `key_name` for `client_id` with `capability` (JSON text),
+    /// valid for `ttl_ms` (the `/api/auth/token` route for Auth0 users).
+    pub fn mint(
+        &self,
+        key_name: &str,
+        capability: &str,
+        client_id: Option<&str>,
+        ttl_ms: i64,
+    ) -> Result<TokenDetails, ErrorInfo> {
+        let key = self
+            .keys
+            .get(key_name)
+            .ok_or_else(|| ErrorInfo::new(codes::INTERNAL, "token signing key missing"))?;
+        let capability = Capability::parse(capability)?;
+        Ok(self.issue(
+            key_name,
+            &key.secret,
+            &capability,
+            client_id,
+            now_ms(),
+            ttl_ms.max(1000),
+        ))
+    }
+
     fn use_nonce(&self, key_name: &str, nonce: &str, now: i64) -> Result<(), ErrorInfo> {
         if nonce.len() < 16 {
             return Err(ErrorInfo::new(

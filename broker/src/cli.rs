@@ -28,6 +28,24 @@ pub struct Args {
     /// TOML file with keys and their capabilities, limits, retention (see docs/configuration.md)
     #[arg(long, env = "BROKER_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Auth0 tenant domain; turns on Auth0 logins (see docs/auth.md)
+    #[arg(long, env = "AUTH0_DOMAIN")]
+    pub auth0_domain: Option<String>,
+    /// Auth0 application (SPA) client id
+    #[arg(long = "auth0-client-id", env = "AUTH0_CLIENTID")]
+    pub auth0_client_id: Option<String>,
+    /// Where Auth0 returns the browser after login
+    #[arg(long, env = "AUTH0_REDIRECT_URI")]
+    pub auth0_redirect_uri: Option<String>,
+    /// The API identifier access tokens carry in `aud`
+    #[arg(long, env = "AUTH0_AUDIENCE")]
+    pub auth0_audience: Option<String>,
+    /// Exact token issuer [default: https://<domain>/]
+    #[arg(long, env = "AUTH0_ISSUER")]
+    pub auth0_issuer: Option<String>,
+    /// JWKS URL [default: <issuer>.well-known/jwks.json]
+    #[arg(long, env = "AUTH0_JWKS_URL")]
+    pub auth0_jwks_url: Option<String>,
 }
 
 /// What `main` needs to start: the configuration and, on a fresh setup, the development key.
@@ -51,6 +69,24 @@ impl Args {
         if let Some(dir) = self.data_dir {
             config.data_dir = dir;
         }
+        let auth0 = &mut config.auth0;
+        let overrides = [
+            (self.auth0_domain, &mut auth0.domain),
+            (self.auth0_client_id, &mut auth0.client_id),
+            (self.auth0_redirect_uri, &mut auth0.redirect_uri),
+            (self.auth0_audience, &mut auth0.audience),
+        ];
+        for (value, field) in overrides {
+            if let Some(value) = value {
+                *field = value;
+            }
+        }
+        if self.auth0_issuer.is_some() {
+            auth0.issuer = self.auth0_issuer;
+        }
+        if self.auth0_jwks_url.is_some() {
+            auth0.jwks_url = self.auth0_jwks_url;
+        }
         for key in self.keys.iter().filter(|k| !k.is_empty()) {
             config.keys.push(KeyConfig::parse(key)?);
         }
@@ -67,7 +103,12 @@ impl Args {
 
 /// Reads the development key from `<data_dir>/dev-api-key`, creating it on first start.
 pub fn development_key(data_dir: &Path) -> Result<String, String> {
-    let path = data_dir.join("dev-api-key");
+    stored_key(data_dir, "dev-api-key", "dev")
+}
+
+/// Reads or creates the key in `<data_dir>/<file>` named `<prefix>.<random>`.
+pub fn stored_key(data_dir: &Path, file: &str, prefix: &str) -> Result<String, String> {
+    let path = data_dir.join(file);
     if let Ok(text) = std::fs::read_to_string(&path) {
         let key = text.trim().to_owned();
         if KeyConfig::parse(&key).is_ok() {
@@ -81,7 +122,7 @@ pub fn development_key(data_dir: &Path) -> Result<String, String> {
             .map(char::from)
             .collect()
     };
-    let key = format!("dev.{}:{}", random(6), random(32));
+    let key = format!("{prefix}.{}:{}", random(6), random(32));
     std::fs::create_dir_all(data_dir)
         .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
     std::fs::write(&path, format!("{key}\n"))

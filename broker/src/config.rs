@@ -29,6 +29,8 @@ pub struct Config {
     pub storage: Storage,
     /// Presence behaviour.
     pub presence: PresenceSettings,
+    /// Auth0 / OIDC logins (the auth plugin); off unless `domain` is set.
+    pub auth0: auth_plugin::Auth0Config,
     /// Name of this node in `connectionDetails.serverId`. Default `broker-1`.
     pub server_id: String,
 }
@@ -44,6 +46,7 @@ impl Default for Config {
             connection: ConnectionSettings::default(),
             storage: Storage::default(),
             presence: PresenceSettings::default(),
+            auth0: auth_plugin::Auth0Config::default(),
             server_id: "broker-1".to_owned(),
         }
     }
@@ -284,6 +287,7 @@ impl Config {
         {
             return Err("connection: intervals must be > 0".to_owned());
         }
+        self.auth0.validate()?;
         let p = &self.presence;
         if p.sync_page_size == 0 || p.max_members_per_channel == 0 {
             return Err(

@@ -4,6 +4,7 @@
 
 pub mod actions;
 pub mod auth;
+pub mod auth0;
 pub mod channel;
 pub mod cli;
 pub mod config;

@@ -14,8 +14,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::auth::{now_ms, Authenticator, KeyAuthenticator};
+use crate::auth0::{ChainAuthenticator, TOKEN_KEY_PREFIX};
 use crate::channel::{ChannelContext, Channels};
 use crate::config::Config;
+use crate::config::KeyConfig;
 use crate::connection::session::Sessions;
 use crate::error::Error;
 use crate::lifecycle::{TaskGuard, Tasks};
@@ -23,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::store::commit::Committer;
 use crate::store::sled_log::SledLog;
 use crate::store::ChannelLog;
+use auth_plugin::AuthPlugin;
 
 /// Everything a connection or request handler needs, shared behind one `Arc`.
 pub struct Broker {
@@ -30,8 +33,12 @@ pub struct Broker {
     pub config: Config,
     /// Verifies credentials.
     pub authenticator: Arc<dyn Authenticator>,
-    /// API keys, for `requestToken`.
+    /// API keys, for `requestToken` and minting tokens.
     pub keys: Arc<KeyAuthenticator>,
+    /// The name of the key that signs tokens minted for Auth0 users.
+    pub token_key: String,
+    /// The Auth0 plugin, when configured.
+    pub auth0: Option<Arc<auth_plugin::AuthPlugin>>,
     /// Running channel sequencers.
     pub channels: Arc<Channels>,
     /// Live and resumable connections.
@@ -74,6 +81,21 @@ pub async fn run(
     config.validate().map_err(Error::Config)?;
     std::fs::create_dir_all(&config.data_dir)?;
     let (messages, presence) = SledLog::open_logs(&config.data_dir, config.storage.cache_bytes)?;
+    // Tokens minted for Auth0 users are Ably JWTs signed by a key of the broker's own, kept
+    // in the data directory so they stay valid across restarts.
+    let token_key = crate::cli::stored_key(&config.data_dir, "token-signing-key", TOKEN_KEY_PREFIX)
+        .map_err(Error::Config)?;
+    let mut all_keys = config.keys.clone();
+    let mut internal = KeyConfig::parse(&token_key).map_err(Error::Config)?;
+    internal.capability = r#"{"[*]*":["*"]}"#.to_owned();
+    let token_key_name = internal.name.clone();
+    all_keys.push(internal);
+    let keys = Arc::new(KeyAuthenticator::new(&all_keys).map_err(Error::Config)?);
+    let auth0 = if config.auth0.enabled() {
+        Some(AuthPlugin::start(config.auth0.clone(), messages.db()).map_err(Error::Config)?)
+    } else {
+        None
+    };
     let log: Arc<dyn ChannelLog> = Arc::new(messages);
     let presence_log: Arc<dyn ChannelLog> = Arc::new(presence);
     let metrics = Arc::new(Metrics::new());
@@ -81,7 +103,6 @@ pub async fn run(
         Committer::start(log.clone(), config.storage.fsync, metrics.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (tasks, tasks_done) = Tasks::new();
-    let keys = Arc::new(KeyAuthenticator::new(&config.keys).map_err(Error::Config)?);
     let channels = Channels::new(ChannelContext {
         log: log.clone(),
         presence_log: presence_log.clone(),
@@ -96,8 +117,13 @@ pub async fn run(
         tasks: tasks.clone(),
     });
     let broker = Arc::new(Broker {
-        authenticator: keys.clone(),
+        authenticator: Arc::new(ChainAuthenticator {
+            keys: keys.clone(),
+            plugin: auth0.clone(),
+        }),
         keys,
+        token_key: token_key_name,
+        auth0,
         channels,
         sessions: Arc::new(Sessions::default()),
         log: log.clone(),

@@ -124,6 +124,16 @@ impl Session {
         state.socket.is_none() && state.generation == generation
     }
 
+    /// Ends the connection from the server side: sends `farewell` on its socket (if one is
+    /// bound) and makes it unresumable. Used when the user behind it is deleted.
+    pub fn evict(&self, farewell: protocol::ProtocolMessage) {
+        let mut state = self.state.lock().expect("session lock");
+        state.closed = true;
+        if let Some((_, outbox)) = &state.socket {
+            outbox.close(Some(farewell));
+        }
+    }
+
     /// Marks the connection closed by the client: it can no longer be resumed.
     pub fn close(&self) {
         self.state.lock().expect("session lock").closed = true;
@@ -231,6 +241,15 @@ impl Sessions {
                 Arc::ptr_eq(s, &session) && s.unbound_since(generation)
             });
         });
+    }
+
+    /// Connections whose reported clientId is `client_id`.
+    pub fn of_client(&self, client_id: &str) -> Vec<Arc<Session>> {
+        self.map
+            .iter()
+            .filter(|s| s.authority().identity.reported.as_deref() == Some(client_id))
+            .map(|s| s.value().clone())
+            .collect()
     }
 
     /// Connections known (bound or awaiting resume).

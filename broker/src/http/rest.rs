@@ -56,6 +56,7 @@ pub async fn route(
             &serde_json::json!({"service": "broker", "protocol": 6}),
             Vec::new(),
         )),
+        (_, ["api", ..]) => api(broker, parts, query, body, negotiated).await,
         (&Method::POST, ["keys", key_name, "requestToken"]) => {
             request_token(broker, parts, key_name, &body, negotiated).await
         }
@@ -549,4 +550,111 @@ async fn status(
         },
     });
     Ok(negotiated.ok(StatusCode::OK, &details, Vec::new()))
+}
+
+/// The raw token of `Authorization: Bearer …`: a JWT as is, or base64-decoded (ably-js
+/// base64-encodes tokens, §8.2).
+fn bearer(parts: &Parts) -> Option<String> {
+    let header = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, value) = header.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let value = value.trim();
+    if value.matches('.').count() == 2 {
+        return Some(value.to_owned());
+    }
+    STANDARD
+        .decode(value)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .or_else(|| Some(value.to_owned()))
+}
+
+/// `/api/…`: the auth plugin's routes, and `/api/auth/token`, which turns an Auth0 token into
+/// a broker token (TokenDetails JSON, usable as ably-js `authUrl` with `authHeaders`).
+async fn api(
+    broker: &Broker,
+    parts: &Parts,
+    query: &[(String, String)],
+    body: Bytes,
+    negotiated: &Negotiated,
+) -> Result<HttpResponse, ErrorInfo> {
+    let json = Negotiated {
+        format: Format::Json,
+        ..negotiated.clone()
+    };
+    let Some(plugin) = &broker.auth0 else {
+        return Err(ErrorInfo::new(
+            codes::NOT_FOUND,
+            "Auth0 logins are not configured on this broker (set AUTH0_DOMAIN)",
+        ));
+    };
+    let path = parts.uri.path();
+    if path.trim_end_matches('/') == "/api/auth/token" {
+        if !matches!(parts.method, Method::GET | Method::POST) {
+            return Err(ErrorInfo::new(codes::METHOD_NOT_ALLOWED, "use GET or POST"));
+        }
+        let token = bearer(parts).ok_or_else(|| {
+            ErrorInfo::new(
+                codes::UNAUTHORIZED,
+                "send the Auth0 token as Authorization: Bearer",
+            )
+        })?;
+        let principal = plugin.authenticate(&token).await?;
+        let ttl = (principal.expires_at - now_ms()).min(3_600_000);
+        if ttl <= 0 {
+            return Err(ErrorInfo::new(codes::TOKEN_EXPIRED, "Token expired"));
+        }
+        let details = broker.keys.mint(
+            &broker.token_key,
+            &principal.capability,
+            Some(&principal.client_id),
+            ttl,
+        )?;
+        return Ok(json.ok(StatusCode::OK, &details, Vec::new()));
+    }
+    let api_key = match parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(h) if h.len() > 6 && h[..6].eq_ignore_ascii_case("basic ") => {
+            authenticate(broker, parts).await?;
+            true
+        }
+        _ => false,
+    };
+    let request = auth_plugin::ApiRequest {
+        method: parts.method.as_str().to_owned(),
+        path: path.to_owned(),
+        query: query.to_vec(),
+        bearer: bearer(parts),
+        api_key,
+        body,
+    };
+    let response = plugin.handle(request).await.ok_or_else(|| {
+        ErrorInfo::new(
+            codes::NOT_FOUND,
+            format!("no route for {} {path}", parts.method),
+        )
+    })?;
+    if let Some(user) = &response.disconnect {
+        for session in broker.sessions.of_client(user) {
+            session.evict(protocol::ProtocolMessage {
+                error: Some(ErrorInfo::new(
+                    codes::INVALID_CREDENTIALS,
+                    "the user was deleted",
+                )),
+                ..protocol::ProtocolMessage::new(protocol::Action::Error)
+            });
+        }
+    }
+    if response.status >= 400 {
+        let error: ErrorInfo = serde_json::from_value(response.body["error"].clone())
+            .unwrap_or_else(|_| ErrorInfo::new(codes::INTERNAL, "auth plugin error"));
+        return Err(error);
+    }
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::OK);
+    Ok(json.ok(status, &response.body, Vec::new()))
 }

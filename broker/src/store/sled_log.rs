@@ -29,6 +29,11 @@ impl From<sled::Error> for StoreError {
 }
 
 impl SledLog {
+    /// The database, for other trees that share its fsync (the auth plugin's user table).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// Opens (or creates) the message log in `dir` with a page cache of `cache_bytes`.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<SledLog, StoreError> {
         Ok(SledLog::open_logs(dir, cache_bytes)?.0)

@@ -1,0 +1,63 @@
+//! The authenticator the broker runs with: API keys and Ably JWTs through
+//! [`KeyAuthenticator`], and — when Auth0 is configured — any other JWT through the auth
+//! plugin, whose [`auth_plugin::Principal`] becomes a [`Grant`]: the user's id as an exact
+//! clientId, the mapped capability, and the token's expiry (so §4.7 renewal applies).
+
+use std::sync::Arc;
+
+use auth_plugin::AuthPlugin;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use protocol::{Capability, ErrorInfo};
+
+use crate::auth::{Authenticator, BoxFuture, ClientIdClaim, Credential, Grant, KeyAuthenticator};
+
+/// Name of the internal key that signs tokens minted for plugin users.
+pub const TOKEN_KEY_PREFIX: &str = "broker-tokens";
+
+/// API keys first; Auth0 for tokens that are not Ably JWTs.
+pub struct ChainAuthenticator {
+    /// Keys and Ably JWTs.
+    pub keys: Arc<KeyAuthenticator>,
+    /// The Auth0 plugin, when configured.
+    pub plugin: Option<Arc<AuthPlugin>>,
+}
+
+/// True when `token` is a JWT whose header says HS256: an Ably JWT (§8.2).
+fn is_ably_jwt(token: &str) -> bool {
+    let Some(header) = token.split('.').next() else {
+        return false;
+    };
+    URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .is_some_and(|h| h.get("alg").and_then(|a| a.as_str()) == Some("HS256"))
+}
+
+impl ChainAuthenticator {
+    /// Verifies an Auth0 token and maps it to a grant.
+    pub async fn authenticate_plugin(plugin: &AuthPlugin, token: &str) -> Result<Grant, ErrorInfo> {
+        let principal = plugin.authenticate(token).await?;
+        Ok(Grant {
+            key_name: "auth0".to_owned(),
+            client_id: ClientIdClaim::Exactly(principal.client_id),
+            capability: Capability::parse(&principal.capability)?,
+            expires_at: Some(principal.expires_at),
+        })
+    }
+}
+
+impl Authenticator for ChainAuthenticator {
+    fn authenticate<'a>(
+        &'a self,
+        credential: Credential<'a>,
+    ) -> BoxFuture<'a, Result<Grant, ErrorInfo>> {
+        match (credential, &self.plugin) {
+            (Credential::Token(token), Some(plugin)) if !is_ably_jwt(token) => {
+                Box::pin(Self::authenticate_plugin(plugin, token))
+            }
+            _ => self.keys.authenticate(credential),
+        }
+    }
+}
