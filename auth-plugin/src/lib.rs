@@ -116,6 +116,9 @@ impl AuthPlugin {
             &self.config.roles,
             &self.config.default_capability,
         );
+        if !grants.ignored.is_empty() {
+            tracing::debug!(sub = %verified.sub, ignored = ?grants.ignored, "permissions that do not parse");
+        }
         let now = now_ms();
         let client_id = if verified.machine {
             verified.sub.clone()
