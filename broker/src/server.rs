@@ -185,7 +185,7 @@ pub async fn run(
     }
     // Every sequencer is gone, so the committer's last handle is too.
     if let Some(task) = committer_task {
-        let _ = task.await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
     }
     sync(log).await
 }

@@ -158,11 +158,29 @@ impl Client {
     /// The next ProtocolMessage, skipping HEARTBEATs without an id; `None` when the socket
     /// closed.
     pub async fn next(&mut self) -> Option<ProtocolMessage> {
+        // One deadline for the whole wait: keep-alive heartbeats must not extend it.
+        let deadline = tokio::time::Instant::now() + SAFETY;
         loop {
-            let frame = tokio::time::timeout(SAFETY, self.ws.next())
+            let message = self.next_any_before(deadline).await?;
+            if message.action == Action::Heartbeat && message.id.is_none() {
+                continue;
+            }
+            return Some(message);
+        }
+    }
+
+    /// The next ProtocolMessage of any kind, keep-alive HEARTBEATs included.
+    pub async fn next_any(&mut self) -> Option<ProtocolMessage> {
+        self.next_any_before(tokio::time::Instant::now() + SAFETY)
+            .await
+    }
+
+    async fn next_any_before(&mut self, deadline: tokio::time::Instant) -> Option<ProtocolMessage> {
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .expect("a frame arrives in time")?;
-            let message = match frame.ok()? {
+            return Some(match frame.ok()? {
                 WsMessage::Text(t) => {
                     protocol::decode(Format::Json, t.as_bytes()).expect("server JSON decodes")
                 }
@@ -171,11 +189,7 @@ impl Client {
                 }
                 WsMessage::Close(_) => return None,
                 _ => continue,
-            };
-            if message.action == Action::Heartbeat && message.id.is_none() {
-                continue;
-            }
-            return Some(message);
+            });
         }
     }
 

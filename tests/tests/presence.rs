@@ -413,3 +413,45 @@ async fn presence_refusals_have_precise_codes() {
     }
     assert_eq!(codes, [0, 0, 91003]);
 }
+
+/// A member entered on one socket leaves when the connection closes on a later socket that
+/// never re-attached that channel.
+#[tokio::test]
+async fn members_leave_even_when_the_last_socket_never_reattached_their_channel() {
+    let broker = TestBroker::start().await;
+    let (mut watcher, _) = user(&broker, "watcher").await;
+    watcher.attach("hall").await;
+    let (mut gus, connected) = user(&broker, "gus").await;
+    gus.attach("hall").await;
+    enter(&mut gus, "hall", 0, "").await;
+    assert_eq!(
+        next_presence(&mut watcher).await.presence.unwrap()[0]
+            .client_id
+            .as_deref(),
+        Some("gus")
+    );
+    gus.drop_abruptly();
+    let key = connected.connection_details.unwrap().connection_key;
+    let token = ably_jwt(
+        KEY,
+        serde_json::json!({"exp": now_secs() + 600, "x-ably-clientId": "gus"}),
+    );
+    let mut back = broker
+        .connect(&format!(
+            "access_token={token}&format=json&resume={}",
+            urlencode(&key)
+        ))
+        .await;
+    back.expect(Action::Connected).await;
+    back.send(&ProtocolMessage::new(Action::Close)).await;
+    back.expect(Action::Closed).await;
+    let leave = next_presence(&mut watcher)
+        .await
+        .presence
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        (leave.action, leave.client_id.as_deref()),
+        (LEAVE, Some("gus"))
+    );
+}

@@ -324,3 +324,47 @@ async fn a_jwt_without_expiry_is_refused() {
         40144
     );
 }
+
+/// §4.4: after maxIdleInterval of silence the broker sends a protocol HEARTBEAT (browsers
+/// cannot see ping frames, so pings alone would let them time out).
+#[tokio::test]
+async fn an_idle_connection_gets_protocol_heartbeats() {
+    let broker = TestBroker::start_with(|c| c.connection.max_idle_interval_ms = 100).await;
+    let (mut client, connected) = broker.connect_key("json").await;
+    assert_eq!(
+        connected.connection_details.unwrap().max_idle_interval,
+        Some(100)
+    );
+    for _ in 0..3 {
+        let message = client.next_any().await.expect("still open");
+        assert_eq!((message.action, message.id), (Action::Heartbeat, None));
+    }
+}
+
+/// §4.7: the broker asks for a new token before expiry; a renewal that does not extend the
+/// expiry is accepted but not asked for again in a loop, and at expiry the client gets
+/// DISCONNECTED 40142.
+#[tokio::test]
+async fn token_expiry_asks_once_then_disconnects_with_40142() {
+    let broker = TestBroker::start().await;
+    let token = ably_jwt(
+        KEY,
+        serde_json::json!({"exp": now_secs() + 2, "x-ably-clientId": "tim"}),
+    );
+    let mut client = broker
+        .connect(&format!("access_token={token}&format=json"))
+        .await;
+    client.expect(Action::Connected).await;
+    client.expect(Action::Auth).await;
+    client
+        .send(&ProtocolMessage {
+            auth: Some(protocol::AuthDetails {
+                access_token: token.clone(),
+            }),
+            ..ProtocolMessage::new(Action::Auth)
+        })
+        .await;
+    client.expect(Action::Connected).await;
+    let last = client.expect(Action::Disconnected).await;
+    assert_eq!(last.error.unwrap().code, 40142);
+}

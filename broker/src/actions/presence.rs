@@ -56,6 +56,7 @@ pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
         },
         reply,
     };
+    conn.session.used_presence(&channel);
     let _ = conn
         .broker
         .channels
@@ -122,7 +123,8 @@ fn prepare(
                 )
             })?;
         normalise(item)?;
-        size += client_id.len()
+        // As for messages (§7.5), only a clientId the client sent counts.
+        size += item.client_id.as_ref().map_or(0, String::len)
             + item.data.as_ref().map_or(0, protocol::Data::len)
             + item
                 .extras

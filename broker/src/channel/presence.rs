@@ -139,14 +139,6 @@ impl PresenceSet {
     pub fn all(&self) -> impl Iterator<Item = &PresenceMessage> {
         self.members.values()
     }
-
-    /// Distinct connections with members.
-    pub fn connections(&self) -> usize {
-        let mut conns: Vec<&str> = self.members.keys().map(|(_, c)| c.as_str()).collect();
-        conns.sort_unstable();
-        conns.dedup();
-        conns.len()
-    }
 }
 
 /// The form a presence event takes in the channel's presence history: a [`Message`] whose
@@ -239,7 +231,6 @@ mod tests {
         set.apply(item(action::ENTER, "a", "c1", ""));
         set.apply(item(action::ENTER, "b", "c1", ""));
         set.apply(item(action::ENTER, "a", "c2", ""));
-        assert_eq!(set.connections(), 2);
         let leaves = set.leave_connection("c1", 42);
         assert_eq!(leaves.len(), 2);
         assert!(leaves

@@ -202,6 +202,10 @@ where
     let read_idle = broker.config.max_idle_interval() * 3;
     let mut heard = Instant::now();
     while conn.ending.is_none() {
+        if conn.pending.len() >= max_pending {
+            // Not reading on purpose (backpressure): that is not the peer's silence.
+            heard = Instant::now();
+        }
         let renewal = renewal_deadline(&conn);
         tokio::select! {
             biased;
@@ -435,17 +439,23 @@ async fn finish(conn: Connection, writer: Option<tokio::task::JoinHandle<outbox:
             .await;
     }
     broker.metrics.attached_channels.sub(attached.len() as i64);
+    // Members may sit on channels this socket never re-attached after a resume.
+    let mut presence_channels = session.presence_channels();
+    presence_channels.retain(|c| !attached.contains_key(c));
     if ending == Some(Ending::Closed) {
         session.close();
         broker.sessions.remove(&session.id);
+        for channel in &presence_channels {
+            let command = Command::LeaveConnection {
+                connection_id: connection_id.clone(),
+            };
+            let _ = broker.channels.send(channel, command).await;
+        }
     }
     if let Some(generation) = session.unbind(socket_id) {
-        leave_presence_later(
-            &broker,
-            &session,
-            generation,
-            attached.into_keys().collect(),
-        );
+        let mut channels: Vec<String> = attached.into_keys().collect();
+        channels.extend(presence_channels);
+        leave_presence_later(&broker, &session, generation, channels);
         broker
             .sessions
             .expire_later(session, generation, broker.config.connection_state_ttl());

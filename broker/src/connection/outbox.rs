@@ -174,21 +174,23 @@ where
     let write_timeout = idle * 2;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Browsers see only protocol messages, so silence is measured without the pings.
+    let mut last_message = tokio::time::Instant::now();
     loop {
         let next = tokio::select! {
             biased;
             _ = inner.close_now.notified() => return farewell(&mut sink, &inner).await,
             _ = ping.tick() => Some((WsMessage::Ping(Default::default()), false)),
-            next = tokio::time::timeout(idle, receiver.rx.recv()) => match next {
-                Ok(Some(frame)) => Some((frame, true)),
-                Ok(None) => None,
-                Err(_) => Some((heartbeat.clone(), false)),
-            },
+            _ = tokio::time::sleep_until(last_message + idle) => Some((heartbeat.clone(), false)),
+            next = receiver.rx.recv() => next.map(|frame| (frame, true)),
         };
         let Some((frame, counted)) = next else {
             return WriterEnd::Closed;
         };
         let len = frame.len();
+        if !matches!(frame, WsMessage::Ping(_)) {
+            last_message = tokio::time::Instant::now();
+        }
         if counted {
             inner.queued_bytes.fetch_sub(len, Ordering::AcqRel);
         }

@@ -53,6 +53,7 @@ struct State {
     socket: Option<(u64, Outbox)>,
     generation: u64,
     highest_msg_serial: Option<u64>,
+    presence_channels: std::collections::BTreeSet<String>,
     ledger: VecDeque<(u64, SharedOutcome)>,
     closed: bool,
 }
@@ -134,6 +135,21 @@ impl Session {
         }
     }
 
+    /// Remembers that the connection used presence on `channel`, so its members there leave
+    /// when it ends even if its last socket never re-attached the channel.
+    pub fn used_presence(&self, channel: &str) {
+        let mut state = self.state.lock().expect("session lock");
+        if !state.presence_channels.contains(channel) {
+            state.presence_channels.insert(channel.to_owned());
+        }
+    }
+
+    /// Channels where the connection used presence.
+    pub fn presence_channels(&self) -> Vec<String> {
+        let state = self.state.lock().expect("session lock");
+        state.presence_channels.iter().cloned().collect()
+    }
+
     /// Marks the connection closed by the client: it can no longer be resumed.
     pub fn close(&self) {
         self.state.lock().expect("session lock").closed = true;
@@ -188,6 +204,7 @@ impl Sessions {
                     socket: None,
                     generation: 0,
                     highest_msg_serial: None,
+                    presence_channels: Default::default(),
                     ledger: VecDeque::new(),
                     closed: false,
                 }),

@@ -10,6 +10,7 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import net from 'node:net';
+import http from 'node:http';
 import crypto from 'node:crypto';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -300,6 +301,162 @@ export function mintJwt({
 }
 
 // ---------------------------------------------------------------------------
+// a local Auth0-like issuer (RS256 JWTs, JWKS over http on 127.0.0.1)
+
+/** A TOML basic string (JSON string escapes are valid TOML escapes for our values). */
+const tomlString = (s) => JSON.stringify(String(s));
+
+/**
+ * Start a stand-in for an Auth0 tenant: an RSA-2048 key pair and its JWKS served at
+ * `http://127.0.0.1:<port>/.well-known/jwks.json`. Tokens it mints are RS256 with header
+ * `kid`, claims iss (the issuer URL with trailing slash), aud, sub, iat, exp, `permissions`
+ * and optional profile claims (nickname, given_name, family_name, picture).
+ *   issuer.mint({ sub, permissions, ttlSeconds, iat, exp, aud, iss, profile, claims, kid })
+ *   issuer.config({ roles, defaultCapability, leewaySecs, connection }) → TOML text for --config
+ *   issuer.stats.jwksRequests   how often the broker fetched the key set
+ */
+export async function startAuth0Issuer({ audience = 'https://chat-broker', domain = 'tenant.test' } = {}) {
+  const { publicKey, privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const kid = `test-key-${rnd(4)}`;
+  const { kty, n, e } = publicKey.export({ format: 'jwk' });
+  const jwks = { keys: [{ kty, n, e, kid, alg: 'RS256', use: 'sig' }] };
+  const stats = { jwksRequests: 0 };
+  const server = http.createServer((req, res) => {
+    if (req.method === 'GET' && req.url.split('?')[0] === '/.well-known/jwks.json') {
+      stats.jwksRequests++;
+      res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+      res.end(JSON.stringify(jwks));
+      return;
+    }
+    res.writeHead(404, { 'content-type': 'text/plain' });
+    res.end('not found');
+  });
+  server.listen(0, '127.0.0.1');
+  await new Promise((resolve, reject) => {
+    server.once('listening', resolve);
+    server.once('error', reject);
+  });
+  const port = server.address().port;
+  const issuerUrl = `http://127.0.0.1:${port}/`;
+  const jwksUrl = `${issuerUrl}.well-known/jwks.json`;
+
+  const mint = ({
+    sub,
+    permissions,
+    ttlSeconds = 3600,
+    iat,
+    exp,
+    aud = audience,
+    iss = issuerUrl,
+    profile = {},
+    claims = {},
+    kid: headerKid = kid,
+  }) => {
+    const now = Math.floor(Date.now() / 1000);
+    const header = { alg: 'RS256', typ: 'JWT', kid: headerKid };
+    const body = {
+      iss,
+      sub,
+      aud,
+      iat: iat ?? now,
+      exp: exp ?? now + ttlSeconds,
+      ...(permissions !== undefined ? { permissions } : {}),
+      ...profile,
+      ...claims,
+    };
+    const input = `${b64url(header)}.${b64url(body)}`;
+    const sig = crypto.sign('sha256', Buffer.from(input), privateKey).toString('base64url');
+    return `${input}.${sig}`;
+  };
+
+  const config = ({ roles, defaultCapability, leewaySecs, rolesClaim, connection = {} } = {}) => {
+    const lines = [
+      '[auth0]',
+      `domain = ${tomlString(domain)}`,
+      'client_id = "spa"',
+      'redirect_uri = "http://127.0.0.1/auth0-landing"',
+      `audience = ${tomlString(audience)}`,
+      `issuer = ${tomlString(issuerUrl)}`,
+      `jwks_url = ${tomlString(jwksUrl)}`,
+    ];
+    if (rolesClaim !== undefined) lines.push(`roles_claim = ${tomlString(rolesClaim)}`);
+    if (defaultCapability !== undefined) {
+      lines.push(`default_capability = ${tomlString(JSON.stringify(defaultCapability))}`);
+    }
+    if (leewaySecs !== undefined) lines.push(`leeway_secs = ${Number(leewaySecs)}`);
+    if (roles) {
+      lines.push('', '[auth0.roles]');
+      for (const [role, cap] of Object.entries(roles)) {
+        lines.push(`${tomlString(role)} = ${tomlString(JSON.stringify(cap))}`);
+      }
+    }
+    const conn = Object.entries(connection);
+    if (conn.length) {
+      lines.push('', '[connection]');
+      for (const [k, v] of conn) lines.push(`${k} = ${Number(v)}`);
+    }
+    return lines.join('\n') + '\n';
+  };
+
+  return {
+    port,
+    issuer: issuerUrl,
+    jwksUrl,
+    audience,
+    kid,
+    stats,
+    mint,
+    config,
+    async close() {
+      server.closeAllConnections?.();
+      await new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/**
+ * A tiny HTTP server on 127.0.0.1:<ephemeral>; `handler(req, res, body)` gets the request
+ * body as a Buffer. Used as an app's own authUrl endpoint in tests.
+ */
+export async function startHttpServer(handler) {
+  const server = http.createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      Promise.resolve(handler(req, res, Buffer.concat(chunks))).catch((e) => {
+        if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' });
+        res.end(String(e?.message ?? e));
+      });
+    });
+  });
+  server.listen(0, '127.0.0.1');
+  await new Promise((resolve, reject) => {
+    server.once('listening', resolve);
+    server.once('error', reject);
+  });
+  return {
+    port: server.address().port,
+    async close() {
+      server.closeAllConnections?.();
+      await new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/** fetch() with a safety timeout; resolves with { status, headers, body (parsed JSON or text) }. */
+export async function httpJson(url, { method = 'GET', headers = {}, body, ms = T.event } = {}) {
+  const res = await withTimeout(fetch(url, { method, headers, body }), ms, `HTTP ${method} ${url}`);
+  const text = await res.text();
+  let parsed = text;
+  if ((res.headers.get('content-type') || '').includes('json')) {
+    try {
+      parsed = JSON.parse(text);
+    } catch {}
+  }
+  return { status: res.status, headers: res.headers, body: parsed };
+}
+
+// ---------------------------------------------------------------------------
 // broker process
 
 /** Drop broker logs older than a day so artifacts/ does not grow without bound. */
@@ -360,7 +517,12 @@ export async function startBroker({ keys = [], config, dataDir, label = 'broker'
 
   const child = spawn(BROKER_BIN, args, {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { NO_COLOR: '1', ...process.env },
+    // The shell's AUTH0_*/BROKER_* settings must not leak into a test's broker.
+    env: Object.fromEntries(
+      Object.entries({ NO_COLOR: '1', ...process.env }).filter(
+        ([name]) => !name.startsWith('AUTH0_') && !name.startsWith('BROKER_'),
+      ),
+    ),
   });
   liveChildren.add(child);
   const tail = [];
