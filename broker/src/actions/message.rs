@@ -9,40 +9,21 @@ use std::time::Instant;
 use futures_util::FutureExt;
 use protocol::error::codes;
 use protocol::{ErrorInfo, Message, Operation, ProtocolMessage};
-use tokio::sync::oneshot;
 
+use super::{new_msg_serial, track};
 use crate::channel::{validate_name, Command, Origin, Publish};
 use crate::connection::session::Seen;
-use crate::connection::{await_outcome, Connection};
+use crate::connection::Connection;
 
 pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
-    let Some(msg_serial) = message.msg_serial else {
-        conn.fail(ErrorInfo::new(
-            codes::BAD_REQUEST,
-            "MESSAGE without msgSerial",
-        ));
+    let items = message.messages.as_ref().map_or(0, Vec::len);
+    let Some(msg_serial) = new_msg_serial(conn, &message, items) else {
         return;
     };
-    match conn.session.seen(msg_serial) {
-        Seen::New => {}
-        Seen::Again(outcome) => {
-            conn.pending
-                .push_back(Box::pin(async move { (msg_serial, outcome.await) }));
-            return;
-        }
-        Seen::Forgotten => {
-            let count = message.messages.as_ref().map_or(0, Vec::len);
-            conn.answer(msg_serial, Ok(vec![None; count]));
-            return;
-        }
-    }
     let (channel, messages, app_ids) = match prepare(conn, message, msg_serial) {
         Ok(prepared) => prepared,
         Err(e) => return refuse(conn, msg_serial, e),
     };
-    let (reply, outcome) = oneshot::channel();
-    let outcome = await_outcome(outcome).shared();
-    conn.session.record(msg_serial, outcome.clone());
     let publish = Publish {
         messages,
         origin: Some(Origin {
@@ -51,16 +32,14 @@ pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
         }),
         app_ids,
         received: Instant::now(),
-        reply,
+        reply: track(conn, msg_serial),
     };
-    // A failed send drops `reply`, which resolves the outcome as an error.
+    // A failed send drops the reply sender, which NACKs the publish.
     let _ = conn
         .broker
         .channels
         .send(&channel, Command::Publish(publish))
         .await;
-    conn.pending
-        .push_back(Box::pin(async move { (msg_serial, outcome.await) }));
 }
 
 /// NACKs `msg_serial` with `error`, remembering it so a resend gets the same answer.

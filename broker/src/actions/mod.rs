@@ -16,8 +16,12 @@ pub use message::stamp;
 use protocol::error::codes;
 use protocol::{Action, DecodeError, ErrorInfo, Format, ProtocolMessage};
 
+use futures_util::FutureExt;
+use tokio::sync::oneshot;
+
 use crate::channel::Command;
-use crate::connection::{Connection, Ending};
+use crate::connection::session::{PublishOutcome, Seen};
+use crate::connection::{await_outcome, Connection, Ending};
 
 /// Applies one ProtocolMessage from the client.
 pub async fn dispatch(conn: &mut Connection, message: ProtocolMessage) {
@@ -68,6 +72,42 @@ pub fn undecodable(conn: &mut Connection, format: Format, bytes: &[u8], error: &
         (None, Some(channel)) => channel_error(conn, &channel, error),
         (None, None) => conn.fail(error),
     }
+}
+
+/// The msgSerial of a new MESSAGE or PRESENCE. `None` when the frame is already answered: one
+/// without a msgSerial fails the connection, and a msgSerial processed before gets the same
+/// answer again without being applied twice (§4.6).
+fn new_msg_serial(conn: &mut Connection, message: &ProtocolMessage, items: usize) -> Option<u64> {
+    let Some(msg_serial) = message.msg_serial else {
+        conn.fail(ErrorInfo::new(
+            codes::BAD_REQUEST,
+            format!("action {} without msgSerial", message.action.code()),
+        ));
+        return None;
+    };
+    match conn.session.seen(msg_serial) {
+        Seen::New => Some(msg_serial),
+        Seen::Again(outcome) => {
+            conn.pending
+                .push_back(Box::pin(async move { (msg_serial, outcome.await) }));
+            None
+        }
+        Seen::Forgotten => {
+            conn.answer(msg_serial, Ok(vec![None; items]));
+            None
+        }
+    }
+}
+
+/// Records a new msgSerial and queues its ACK/NACK in order; the returned sender is where the
+/// channel's sequencer reports the outcome (dropping it unsent NACKs with 50001).
+fn track(conn: &mut Connection, msg_serial: u64) -> oneshot::Sender<PublishOutcome> {
+    let (reply, outcome) = oneshot::channel();
+    let outcome = await_outcome(outcome).shared();
+    conn.session.record(msg_serial, outcome.clone());
+    conn.pending
+        .push_back(Box::pin(async move { (msg_serial, outcome.await) }));
+    reply
 }
 
 /// Fails one channel (§5.7): ERROR with `channel`. The connection stays up; the channel stops

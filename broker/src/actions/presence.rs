@@ -5,56 +5,32 @@
 //! re-enter) and timestamp; and lets the channel's sequencer apply and broadcast it. The ACK
 //! or NACK goes out in msgSerial order with publishes.
 
-use std::time::Instant;
-
-use futures_util::FutureExt;
 use protocol::error::codes;
 use protocol::{ErrorInfo, Operation, PresenceMessage, ProtocolMessage};
-use tokio::sync::oneshot;
 
 use super::message::refuse;
+use super::{new_msg_serial, track};
 use crate::auth::now_ms;
 use crate::channel::presence::action;
 use crate::channel::{Command, Origin, PresenceOp};
-use crate::connection::session::Seen;
-use crate::connection::{await_outcome, Connection};
+use crate::connection::Connection;
 
 pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
-    let Some(msg_serial) = message.msg_serial else {
-        conn.fail(ErrorInfo::new(
-            codes::BAD_REQUEST,
-            "PRESENCE without msgSerial",
-        ));
+    let items = message.presence.as_ref().map_or(0, Vec::len);
+    let Some(msg_serial) = new_msg_serial(conn, &message, items) else {
         return;
     };
-    match conn.session.seen(msg_serial) {
-        Seen::New => {}
-        Seen::Again(outcome) => {
-            conn.pending
-                .push_back(Box::pin(async move { (msg_serial, outcome.await) }));
-            return;
-        }
-        Seen::Forgotten => {
-            let count = message.presence.as_ref().map_or(0, Vec::len);
-            conn.answer(msg_serial, Ok(vec![None; count]));
-            return;
-        }
-    }
     let (channel, items) = match prepare(conn, message, msg_serial) {
         Ok(prepared) => prepared,
         Err(e) => return refuse(conn, msg_serial, e),
     };
-    let started = Instant::now();
-    let (reply, outcome) = oneshot::channel();
-    let outcome = await_outcome(outcome).shared();
-    conn.session.record(msg_serial, outcome.clone());
     let op = PresenceOp {
         items,
         origin: Origin {
             connection_id: conn.connection_id.clone(),
             pm_id: format!("{}:{msg_serial}", conn.connection_id),
         },
-        reply,
+        reply: track(conn, msg_serial),
     };
     conn.session.used_presence(&channel);
     let _ = conn
@@ -62,14 +38,6 @@ pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
         .channels
         .send(&channel, Command::Presence(op))
         .await;
-    let metrics = conn.broker.metrics.clone();
-    conn.pending.push_back(Box::pin(async move {
-        let outcome = outcome.await;
-        metrics
-            .publish_ack_latency
-            .observe(started.elapsed().as_secs_f64());
-        (msg_serial, outcome)
-    }));
 }
 
 fn prepare(
