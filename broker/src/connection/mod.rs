@@ -229,7 +229,7 @@ where
             _ = sleep_until(renewal.unwrap_or_else(Instant::now)), if renewal.is_some() => {
                 token_timer(&mut conn);
             }
-            _ = sleep_until(heard + read_idle) => {
+            _ = sleep_until(heard + read_idle), if conn.pending.len() < max_pending => {
                 tracing::debug!(connection = %conn.connection_id, "peer silent; dropping socket");
                 conn.outbox.close(None);
                 conn.ending = Some(Ending::Resumable);
@@ -298,6 +298,11 @@ async fn handshake(
         Ok(Err(e)) => return refuse(e),
         Err(_) => return refuse(ErrorInfo::new(codes::TIMEOUT, "authentication timed out")),
     };
+    // A token inside its issuer's clock leeway but past `exp` would be asked to renew and
+    // dropped at once; refuse it now so the client fetches a fresh one (§4.2).
+    if grant.expires_at.is_some_and(|e| e <= now_ms()) {
+        return refuse(ErrorInfo::new(codes::TOKEN_EXPIRED, "Token expired"));
+    }
     let identity = match Identity::resolve(&grant.client_id, params.client_id.as_deref()) {
         Ok(identity) => identity,
         Err(e) => return refuse(e),

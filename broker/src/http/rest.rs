@@ -648,6 +648,15 @@ async fn api(
                 )),
                 ..protocol::ProtocolMessage::new(protocol::Action::Error)
             });
+            // Gone for good: no resume, and their presence members leave now (§6.6).
+            broker.sessions.remove(&session.id);
+            let connection_id: std::sync::Arc<str> = std::sync::Arc::from(session.id.as_str());
+            for channel in session.presence_channels() {
+                let command = Command::LeaveConnection {
+                    connection_id: connection_id.clone(),
+                };
+                let _ = broker.channels.send(&channel, command).await;
+            }
         }
     }
     if response.status >= 400 {
