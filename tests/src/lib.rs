@@ -4,6 +4,7 @@
 //! broker fails a test instead of hanging it; none asserts on timing.
 
 pub mod issuer;
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
