@@ -146,6 +146,18 @@ impl Outbox {
     }
 }
 
+impl OutboxReceiver {
+    /// Takes the next queued frame without waiting (benchmarks and tests drain with this;
+    /// the writer task uses [`write_loop`]).
+    pub fn try_recv(&mut self) -> Option<WsMessage> {
+        let frame = self.rx.try_recv().ok()?;
+        self.inner
+            .queued_bytes
+            .fetch_sub(frame.len(), Ordering::AcqRel);
+        Some(frame)
+    }
+}
+
 /// Why the writer stopped.
 #[derive(Debug, PartialEq, Eq)]
 pub enum WriterEnd {
