@@ -581,11 +581,13 @@ impl Driver {
         self.publish(socket, frame, reply).await;
     }
 
-    fn complete(&mut self, up_to: u64, outcome: impl Fn(usize) -> Outcome) {
+    /// Completes every pending operation below `up_to` (an ACK for a later serial also
+    /// completes earlier ones, §7.3), giving each its outcome by msgSerial.
+    fn complete(&mut self, up_to: u64, outcome: impl Fn(u64) -> Outcome) {
         let done: Vec<u64> = self.pending.range(..up_to).map(|(s, _)| *s).collect();
-        for (i, serial) in done.into_iter().enumerate() {
+        for serial in done {
             if let Some(p) = self.pending.remove(&serial) {
-                let _ = p.reply.send(outcome(i));
+                let _ = p.reply.send(outcome(serial));
             }
         }
     }
@@ -595,12 +597,11 @@ impl Driver {
             Action::Ack | Action::Nack => {
                 let first = message.msg_serial.unwrap_or(0);
                 let count = message.count.unwrap_or(1);
-                let start = self.pending.keys().next().copied().unwrap_or(first);
                 let results = message.res.clone().unwrap_or_default();
                 let error = message.error.clone();
                 let nack = message.action == Action::Nack;
-                self.complete(first + count, |i| {
-                    if nack {
+                self.complete(first + count, |serial| {
+                    if nack && serial >= first {
                         Err(Error::Ably(error.clone().unwrap_or_else(|| {
                             ErrorInfo::new(
                                 protocol::error::codes::INTERNAL_CHANNEL,
@@ -608,7 +609,7 @@ impl Driver {
                             )
                         })))
                     } else {
-                        let index = (i as u64 + start).saturating_sub(first) as usize;
+                        let index = serial.saturating_sub(first) as usize;
                         Ok(results
                             .get(index)
                             .map(|r| r.serials.clone())
