@@ -19,6 +19,9 @@ cargo test --workspace --quiet
 step "release build of the broker (used by the ably-js suite)"
 cargo build --release -p broker --quiet
 
+step "release build of the Rust SDK examples (used by the ably-js suite)"
+cargo build --release -p client-sdk --example interop --example terminal_chat --quiet
+
 if [ -f tests/ably-js/package.json ]; then
   step "npm packages for the ably-js suite"
   if [ -f tests/ably-js/package-lock.json ]; then
@@ -27,5 +30,8 @@ if [ -f tests/ably-js/package.json ]; then
     npm install --prefix tests/ably-js --no-audit --no-fund --loglevel=error
   fi
   step "ably-js conformance suite"
-  BROKER_BIN="$PWD/target/release/broker" npm test --prefix tests/ably-js
+  BROKER_BIN="$PWD/target/release/broker" \
+    RUST_INTEROP_BIN="$PWD/target/release/examples/interop" \
+    TERMINAL_CHAT_BIN="$PWD/target/release/examples/terminal_chat" \
+    npm test --prefix tests/ably-js
 fi

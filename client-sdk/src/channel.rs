@@ -121,7 +121,8 @@ impl Channel {
         }
     }
 
-    /// Reads the channel's history over REST (§9.1).
+    /// Reads the channel's history over REST (§9.1): newest first by default, so "the last
+    /// 20, oldest first" is a backwards page of 20, reversed.
     pub async fn history(&self, query: HistoryQuery) -> Result<HistoryPage, Error> {
         let mut params = form_urlencoded::Serializer::new(String::new());
         params.append_pair(
@@ -320,17 +321,20 @@ impl Presence {
 
     /// Enters with the connection's clientId (attaching if needed); resolves on ACK.
     pub async fn enter(&self, data: impl Into<Payload>) -> Result<(), Error> {
-        self.act(2, None, data.into()).await
+        self.act(crate::presence_action::ENTER, None, data.into())
+            .await
     }
 
     /// Updates this client's data.
     pub async fn update(&self, data: impl Into<Payload>) -> Result<(), Error> {
-        self.act(4, None, data.into()).await
+        self.act(crate::presence_action::UPDATE, None, data.into())
+            .await
     }
 
     /// Leaves.
     pub async fn leave(&self, data: impl Into<Payload>) -> Result<(), Error> {
-        self.act(3, None, data.into()).await
+        self.act(crate::presence_action::LEAVE, None, data.into())
+            .await
     }
 
     /// Enters on behalf of `client_id` (key or wildcard connections).
@@ -339,7 +343,12 @@ impl Presence {
         client_id: impl Into<String>,
         data: impl Into<Payload>,
     ) -> Result<(), Error> {
-        self.act(2, Some(client_id.into()), data.into()).await
+        self.act(
+            crate::presence_action::ENTER,
+            Some(client_id.into()),
+            data.into(),
+        )
+        .await
     }
 
     /// Leaves on behalf of `client_id`.
@@ -348,7 +357,12 @@ impl Presence {
         client_id: impl Into<String>,
         data: impl Into<Payload>,
     ) -> Result<(), Error> {
-        self.act(3, Some(client_id.into()), data.into()).await
+        self.act(
+            crate::presence_action::LEAVE,
+            Some(client_id.into()),
+            data.into(),
+        )
+        .await
     }
 
     /// The current members, after the attach's SYNC has completed (§6.7).

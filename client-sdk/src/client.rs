@@ -21,6 +21,7 @@ pub(crate) struct Shared {
     pub(crate) commands: mpsc::UnboundedSender<Command>,
     pub(crate) state: watch::Receiver<ConnectionState>,
     pub(crate) connection: watch::Receiver<Option<(String, Option<String>)>>,
+    pub(crate) reason: watch::Receiver<Option<Error>>,
     next_id: AtomicU64,
 }
 
@@ -123,24 +124,28 @@ impl ClientBuilder {
         self
     }
 
-    /// Starts the connection and waits until it is connected (or fails).
+    /// Starts the connection and waits for the first attempt: connected, or the reason it
+    /// was refused (e.g. 40101 for a bad key) or could not be made. Use
+    /// [`ClientBuilder::start`] to keep retrying in the background instead.
     pub async fn connect(self) -> Result<Client, Error> {
         let client = self.start()?;
         let mut state = client.connection_state();
         let reached = state
             .wait_for(|s| {
-                matches!(
+                !matches!(
                     s,
-                    ConnectionState::Connected | ConnectionState::Failed | ConnectionState::Closed
+                    ConnectionState::Initialized | ConnectionState::Connecting
                 )
             })
             .await
             .map(|s| *s)
             .map_err(|_| Error::Closed)?;
-        match reached {
-            ConnectionState::Connected => Ok(client),
-            _ => Err(Error::Failed("could not connect".to_owned())),
+        if reached == ConnectionState::Connected {
+            return Ok(client);
         }
+        let reason = client.shared.reason.borrow().clone();
+        client.close().await;
+        Err(reason.unwrap_or_else(|| Error::Transport(format!("could not connect ({reached:?})"))))
     }
 
     /// Starts the connection without waiting; publishes queue until it is up.
@@ -157,12 +162,14 @@ impl ClientBuilder {
         let (commands, receiver) = mpsc::unbounded_channel();
         let (state_tx, state) = watch::channel(ConnectionState::Initialized);
         let (connection_tx, connection) = watch::channel(None);
+        let (reason_tx, reason) = watch::channel(None);
         let driver = Driver::new(
             options.clone(),
             credentials.clone(),
             receiver,
             state_tx,
             connection_tx,
+            reason_tx,
         );
         tokio::spawn(driver.run());
         Ok(Client {
@@ -173,6 +180,7 @@ impl ClientBuilder {
                 commands,
                 state,
                 connection,
+                reason,
                 next_id: AtomicU64::new(1),
             }),
         })

@@ -32,6 +32,23 @@ impl Payload {
     }
 }
 
+impl From<Data> for Payload {
+    /// Received data, to publish again as it came (decoded JSON stays JSON).
+    fn from(data: Data) -> Self {
+        match data {
+            Data::String(s) => Payload::Text(s),
+            Data::Binary(b) => Payload::Binary(b),
+            Data::Json(v) => Payload::Json(v),
+        }
+    }
+}
+
+impl From<Option<Data>> for Payload {
+    fn from(data: Option<Data>) -> Self {
+        data.map_or(Payload::None, Payload::from)
+    }
+}
+
 impl From<&str> for Payload {
     fn from(s: &str) -> Self {
         Payload::Text(s.to_owned())

@@ -127,6 +127,7 @@ pub(crate) struct Driver {
     commands: mpsc::UnboundedReceiver<Command>,
     state: watch::Sender<ConnectionState>,
     connection: watch::Sender<Option<(String, Option<String>)>>,
+    reason: watch::Sender<Option<Error>>,
     connection_id: Option<String>,
     connection_key: Option<String>,
     state_ttl: Duration,
@@ -153,6 +154,7 @@ impl Driver {
         commands: mpsc::UnboundedReceiver<Command>,
         state: watch::Sender<ConnectionState>,
         connection: watch::Sender<Option<(String, Option<String>)>>,
+        reason: watch::Sender<Option<Error>>,
     ) -> Driver {
         Driver {
             options,
@@ -160,6 +162,7 @@ impl Driver {
             commands,
             state,
             connection,
+            reason,
             connection_id: None,
             connection_key: None,
             state_ttl: Duration::from_secs(120),
@@ -191,12 +194,14 @@ impl Driver {
                         End::Dropped => {}
                         End::Closed => break ConnectionState::Closed,
                         End::Failed(e) => {
+                            self.reason.send_replace(Some(e.clone()));
                             self.fail_all(&e);
                             break ConnectionState::Failed;
                         }
                     }
                 }
                 Err(End::Failed(e)) => {
+                    self.reason.send_replace(Some(e.clone()));
                     self.fail_all(&e);
                     break ConnectionState::Failed;
                 }
@@ -304,6 +309,7 @@ impl Driver {
                 if let Some(ch) = self.channels.get_mut(&channel) {
                     ch.wanted = false;
                     ch.attached = false;
+                    ch.serial = None;
                     ch.own.clear();
                 }
                 let _ = reply.send(Ok(()));
@@ -533,7 +539,9 @@ impl Driver {
                     let _ = reply.send(Ok(()));
                     return None;
                 };
+                // A detach ends continuity: the next attach starts live, not from here (RTL15b2).
                 ch.wanted = false;
+                ch.serial = None;
                 ch.own.clear();
                 if ch.attached || ch.attach_sent {
                     ch.detach_waiters.push(reply);

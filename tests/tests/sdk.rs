@@ -103,7 +103,15 @@ async fn refusals_carry_the_ably_code() {
         .key("test.sub:wrong")
         .connect()
         .await;
-    assert!(bad.is_err());
+    assert_eq!(bad.err().and_then(|e| e.code()), Some(40101));
+    let unreachable = Client::builder("http://127.0.0.1:1")
+        .key(KEY)
+        .connect()
+        .await;
+    assert!(
+        unreachable.is_err(),
+        "connect reports a first failed attempt"
+    );
 }
 
 #[tokio::test]
@@ -287,4 +295,37 @@ async fn tokens_are_renewed_on_a_live_connection() {
     assert_eq!(client.connection_id(), id);
     assert_eq!(client.client_id().as_deref(), Some("rene"));
     assert!(client.channel("after").publish("x", "y").await.is_ok());
+}
+
+/// A detach ends continuity: attaching again starts live, without replaying what was
+/// published meanwhile (that is what history is for).
+#[tokio::test]
+async fn attaching_again_after_a_detach_starts_live() {
+    let broker = TestBroker::start().await;
+    let client = Client::builder(endpoint(broker.addr))
+        .key(KEY)
+        .connect()
+        .await
+        .unwrap();
+    let other = Client::builder(endpoint(broker.addr))
+        .key(KEY)
+        .connect()
+        .await
+        .unwrap();
+    let channel = client.channel("away");
+    let mut messages = channel.subscribe();
+    channel.attach().await.unwrap();
+    other.channel("away").publish("n", "before").await.unwrap();
+    assert_eq!(
+        next(&mut messages).await.data,
+        Some(Data::String("before".into()))
+    );
+    channel.detach().await.unwrap();
+    other.channel("away").publish("n", "missed").await.unwrap();
+    channel.attach().await.unwrap();
+    other.channel("away").publish("n", "live").await.unwrap();
+    assert_eq!(
+        next(&mut messages).await.data,
+        Some(Data::String("live".into()))
+    );
 }

@@ -23,6 +23,12 @@ export const REPO_ROOT = path.resolve(SUITE_DIR, '..', '..');
 export const BROKER_BIN =
   process.env.BROKER_BIN || path.join(REPO_ROOT, 'target', 'release', 'broker');
 export const ARTIFACTS_DIR = path.join(SUITE_DIR, 'artifacts');
+/** The Rust SDK's examples (`cargo build --release -p client-sdk --examples`). */
+export const RUST_INTEROP_BIN =
+  process.env.RUST_INTEROP_BIN || path.join(REPO_ROOT, 'target', 'release', 'examples', 'interop');
+export const TERMINAL_CHAT_BIN =
+  process.env.TERMINAL_CHAT_BIN ||
+  path.join(REPO_ROOT, 'target', 'release', 'examples', 'terminal_chat');
 
 /** Both wire formats; every test is run once per entry. */
 export const FORMATS = [
@@ -608,6 +614,111 @@ export async function startBroker({ keys = [], config, dataDir, label = 'broker'
 }
 
 // ---------------------------------------------------------------------------
+// other programs (the Rust SDK's examples)
+
+/** Whether a stdout line matches a RegExp, a substring or a predicate. */
+function lineMatches(line, match) {
+  if (match instanceof RegExp) return match.test(line);
+  if (typeof match === 'function') return match(line);
+  return line.includes(match);
+}
+
+/**
+ * Spawn a program with piped stdio (its CHAT_* settings from the shell are not passed on).
+ *   proc.lines                     every stdout line so far
+ *   proc.waitForLine(match, opts)  resolves with { line, index } for the first stdout line at
+ *                                  index >= opts.since (default 0) matching `match` (RegExp,
+ *                                  substring or predicate); rejects when the program exits
+ *                                  first or after the safety timeout
+ *   proc.send(line)                writes `line` and a newline to its stdin
+ *   proc.endInput()                closes its stdin
+ *   proc.signal(sig)               sends a signal; proc.exited resolves with { code, signal }
+ *   proc.tail(n)                   the last n lines of stdout and stderr, for diagnostics
+ */
+export function spawnProcess(bin, args = [], { label = path.basename(bin), env = {} } = {}) {
+  if (!fs.existsSync(bin)) {
+    throw new Error(
+      `${bin} not found; build it with \`cargo build --release -p client-sdk --examples\` ` +
+        'or set RUST_INTEROP_BIN / TERMINAL_CHAT_BIN',
+    );
+  }
+  const child = spawn(bin, args, {
+    stdio: ['pipe', 'pipe', 'pipe'],
+    env: {
+      ...Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('CHAT_'))),
+      NO_COLOR: '1',
+      ...env,
+    },
+  });
+  liveChildren.add(child);
+  child.stdin.on('error', () => {}); // EPIPE once it has exited
+  const lines = [];
+  const output = []; // stdout and stderr, interleaved, for diagnostics
+  const waiters = [];
+  const keep = (line) => {
+    output.push(line);
+    if (output.length > 400) output.shift();
+  };
+  let exit;
+  const exited = new Promise((resolve) => {
+    // 'close' comes after the exit and after the last output lines were read.
+    child.once('close', (code, signal) => {
+      liveChildren.delete(child);
+      exit = { code, signal };
+      for (const w of waiters.splice(0)) {
+        w.reject(new Error(`${label} exited (code ${code}, signal ${signal}) before ${w.what}`));
+      }
+      resolve(exit);
+    });
+  });
+  child.once('error', (e) => keep(`[spawn error] ${e.message}`));
+  readline.createInterface({ input: child.stdout }).on('line', (line) => {
+    lines.push(line);
+    keep(`[stdout] ${line}`);
+    for (let i = waiters.length - 1; i >= 0; i--) {
+      const w = waiters[i];
+      if (lines.length - 1 >= w.since && lineMatches(line, w.match)) {
+        waiters.splice(i, 1);
+        w.resolve({ line, index: lines.length - 1 });
+      }
+    }
+  });
+  readline.createInterface({ input: child.stderr }).on('line', (line) => keep(`[stderr] ${line}`));
+
+  return {
+    label,
+    child,
+    lines,
+    exited,
+    get running() {
+      return child.exitCode === null && child.signalCode === null;
+    },
+    waitForLine(match, { since = 0, what = `a stdout line matching ${match}`, ms = T.event } = {}) {
+      const index = lines.findIndex((line, i) => i >= since && lineMatches(line, match));
+      if (index >= 0) return Promise.resolve({ line: lines[index], index });
+      if (exit) {
+        return Promise.reject(new Error(`${label} exited (code ${exit.code}, signal ${exit.signal}) before ${what}`));
+      }
+      const d = deferred();
+      waiters.push({ match, since, what, resolve: d.resolve, reject: d.reject });
+      return withTimeout(d.promise, ms, `${what} from ${label}`);
+    },
+    send(line) {
+      child.stdin.write(`${line}\n`);
+    },
+    endInput() {
+      child.stdin.end();
+    },
+    signal(sig = 'SIGINT') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(sig);
+    },
+    tail(n = 40) {
+      return output.slice(-n).join('\n');
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
 // TCP proxy used to cut a client's connection from outside the client
 
 /**
@@ -730,6 +841,7 @@ export class Ctx {
     this.broker = broker;
     this.clients = [];
     this.proxies = [];
+    this.processes = [];
     this.notes = [];
   }
 
@@ -785,6 +897,13 @@ export class Ctx {
     return p;
   }
 
+  /** A program started with spawnProcess(); in diagnostics, and killed at cleanup. */
+  spawn(bin, args, opts) {
+    const proc = spawnProcess(bin, args, opts);
+    this.processes.push(proc);
+    return proc;
+  }
+
   note(s) {
     this.notes.push(s);
   }
@@ -804,6 +923,9 @@ export class Ctx {
         out.push(`--- client ${c.label} (rest)`);
       }
       out.push(...c.lines.slice(-25).map((l) => `    ${l.length > 400 ? l.slice(0, 400) + '…' : l}`));
+    }
+    for (const p of this.processes) {
+      out.push(`--- process ${p.label} (${p.running ? 'running' : 'exited'}) ---`, p.tail(40));
     }
     if (this.broker) {
       out.push(
@@ -834,6 +956,12 @@ export class Ctx {
       }),
     );
     await Promise.all(this.proxies.map((p) => p.close()));
+    await Promise.all(
+      this.processes.map(async (p) => {
+        p.signal('SIGKILL');
+        await p.exited;
+      }),
+    );
   }
 }
 
