@@ -1,0 +1,434 @@
+//! A lean raw client of the broker's realtime protocol (§4, §5, §7): one WebSocket, msgpack
+//! frames, a reader actor that records deliveries and settles ACKs and ATTACHes, and a writer
+//! actor fed by an unbounded queue. No SDK state machine: thousands of these fit in one
+//! process. State that must outlive a socket (channel serials, sequence tracking) lives in
+//! [`Session`], so a cut connection can resume (§4.6, §5.6) with the same bookkeeping.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use protocol::{codec, flags, Action, Data, Format, Message, PresenceMessage, ProtocolMessage};
+use tokio::net::TcpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::clock;
+use crate::recorder::Recorder;
+
+/// Where the broker listens and the key to present.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    /// The broker's address.
+    pub addr: SocketAddr,
+    /// `name:secret`.
+    pub key: String,
+}
+
+impl Endpoint {
+    /// Parses `ws://HOST:PORT` (or `http://`, or a bare `HOST:PORT`).
+    pub fn parse(url: &str, key: &str) -> Result<Endpoint, String> {
+        let hostport = url
+            .trim_start_matches("ws://")
+            .trim_start_matches("http://")
+            .trim_end_matches('/');
+        let addr = hostport
+            .parse()
+            .map_err(|e| format!("broker address {url:?}: {e}"))?;
+        Ok(Endpoint {
+            addr,
+            key: key.to_owned(),
+        })
+    }
+}
+
+/// The loopback source address of client number `index`: 127.0.0.1, .2, … one per 20,000
+/// connections, so the ~28k ephemeral ports of one address never run out past 64k clients.
+pub fn source_ip(index: usize) -> Ipv4Addr {
+    Ipv4Addr::from(0x7f00_0001u32 + (index / 20_000) as u32)
+}
+
+/// What a client remembers across sockets, and what its reader reports into.
+pub struct Session {
+    recorder: Arc<Recorder>,
+    /// Last channelSerial seen per channel (§5.5).
+    serials: Mutex<HashMap<String, String>>,
+    /// Highest sequence number seen per channel, when the scenario has one publisher per
+    /// channel and wants gaps and duplicates counted.
+    sequences: Option<Mutex<HashMap<String, u64>>>,
+    /// Messages missing from a channel's sequence.
+    pub lost: AtomicU64,
+    /// Messages delivered twice.
+    pub duplicates: AtomicU64,
+    /// PRESENCE and SYNC items received.
+    pub presence_events: AtomicU64,
+    acks: Mutex<HashMap<u64, oneshot::Sender<Result<(), String>>>>,
+    attaches: Mutex<HashMap<String, oneshot::Sender<ProtocolMessage>>>,
+    closing: AtomicBool,
+}
+
+impl Session {
+    /// A session reporting to `recorder`; `track_sequences` turns on gap counting.
+    pub fn new(recorder: Arc<Recorder>, track_sequences: bool) -> Arc<Session> {
+        Arc::new(Session {
+            recorder,
+            serials: Mutex::new(HashMap::new()),
+            sequences: track_sequences.then(|| Mutex::new(HashMap::new())),
+            lost: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            presence_events: AtomicU64::new(0),
+            acks: Mutex::new(HashMap::new()),
+            attaches: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
+        })
+    }
+
+    /// The highest sequence number seen on `channel`, if sequences are tracked.
+    pub fn last_sequence(&self, channel: &str) -> Option<u64> {
+        let seqs = self.sequences.as_ref()?.lock().expect("sequence lock");
+        seqs.get(channel).copied()
+    }
+
+    fn on_frame(&self, frame: ProtocolMessage) {
+        match frame.action {
+            Action::Message => self.on_message(frame),
+            Action::Ack | Action::Nack => {
+                let first = frame.msg_serial.unwrap_or(0);
+                let count = frame.count.unwrap_or(1);
+                let outcome = if frame.action == Action::Ack {
+                    Ok(())
+                } else {
+                    let why = frame.error.map_or("NACK".to_owned(), |e| e.message);
+                    self.recorder.error(format!("NACK: {why}"));
+                    Err(why)
+                };
+                let mut acks = self.acks.lock().expect("ack lock");
+                for serial in first..first + count {
+                    if let Some(waiter) = acks.remove(&serial) {
+                        let _ = waiter.send(outcome.clone());
+                    }
+                }
+            }
+            Action::Attached => {
+                let channel = frame.channel.clone().unwrap_or_default();
+                if let Some(serial) = &frame.channel_serial {
+                    self.serials
+                        .lock()
+                        .expect("serial lock")
+                        .insert(channel.clone(), serial.clone());
+                }
+                let waiter = self.attaches.lock().expect("attach lock").remove(&channel);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(frame);
+                }
+            }
+            Action::Presence | Action::Sync => {
+                let n = frame.presence.as_ref().map_or(0, Vec::len) as u64;
+                self.presence_events.fetch_add(n, Ordering::Relaxed);
+                self.recorder.delivered.fetch_add(n, Ordering::Relaxed);
+            }
+            Action::Error | Action::Detached | Action::Disconnected => {
+                let why = frame.error.map_or(String::new(), |e| e.message);
+                self.recorder
+                    .error(format!("{:?} {:?}: {why}", frame.action, frame.channel));
+            }
+            _ => {}
+        }
+    }
+
+    fn on_message(&self, frame: ProtocolMessage) {
+        let channel = frame.channel.unwrap_or_default();
+        for m in frame.messages.iter().flatten() {
+            let Some(Data::Binary(data)) = &m.data else {
+                continue;
+            };
+            let Some((scheduled, seq)) = clock::read_payload(data) else {
+                continue;
+            };
+            if let Some(seqs) = &self.sequences {
+                let mut seqs = seqs.lock().expect("sequence lock");
+                let last = seqs.entry(channel.clone()).or_insert(0);
+                if seq <= *last {
+                    self.duplicates.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                self.lost.fetch_add(seq - *last - 1, Ordering::Relaxed);
+                *last = seq;
+            }
+            self.recorder.delivery(scheduled);
+        }
+        if let Some(serial) = frame.channel_serial {
+            self.serials
+                .lock()
+                .expect("serial lock")
+                .insert(channel, serial);
+        }
+    }
+}
+
+/// One live connection to the broker.
+pub struct Connection {
+    session: Arc<Session>,
+    out: mpsc::UnboundedSender<WsMessage>,
+    next_serial: Mutex<u64>,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+    /// The connectionId from CONNECTED.
+    pub connection_id: String,
+    /// The key to resume with.
+    pub connection_key: String,
+}
+
+/// The socket buffers of one client: small, because most clients are idle subscribers.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+}
+
+impl Connection {
+    /// Connects client number `index` (which picks its source address), resuming
+    /// `resume_key` if given, and waits for CONNECTED.
+    pub async fn open(
+        endpoint: &Endpoint,
+        index: usize,
+        session: Arc<Session>,
+        resume_key: Option<&str>,
+    ) -> Result<Connection, String> {
+        let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+        socket
+            .bind(SocketAddr::from((source_ip(index), 0)))
+            .map_err(|e| format!("bind {}: {e}", source_ip(index)))?;
+        let stream = socket
+            .connect(endpoint.addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let key: String = endpoint
+            .key
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let mut url = format!(
+            "ws://{}/?key={key}&format=msgpack&v=6&heartbeats=true",
+            endpoint.addr
+        );
+        if let Some(resume) = resume_key {
+            url.push_str("&resume=");
+            url.push_str(resume);
+        }
+        let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
+            .await
+            .map_err(|e| format!("websocket handshake: {e}"))?;
+        let (mut sink, mut stream) = ws.split();
+        let connected = loop {
+            let frame = tokio::time::timeout(Duration::from_secs(30), stream.next())
+                .await
+                .map_err(|_| "no CONNECTED within 30 s".to_owned())?
+                .ok_or("closed before CONNECTED")?
+                .map_err(|e| format!("read: {e}"))?;
+            let WsMessage::Binary(bytes) = frame else {
+                continue;
+            };
+            let frame = codec::decode(Format::Msgpack, &bytes).map_err(|e| e.to_string())?;
+            match frame.action {
+                Action::Connected => break frame,
+                Action::Error | Action::Disconnected => {
+                    return Err(format!("refused: {:?}", frame.error.map(|e| e.message)))
+                }
+                _ => {}
+            }
+        };
+        let connection_key = connected
+            .connection_details
+            .as_ref()
+            .map(|d| d.connection_key.clone())
+            .or(connected.connection_key.clone())
+            .unwrap_or_default();
+        let connection_id = connected.connection_id.clone().unwrap_or_default();
+        session.closing.store(false, Ordering::Relaxed);
+
+        let (out, mut queue) = mpsc::unbounded_channel::<WsMessage>();
+        let writer = tokio::spawn(async move {
+            while let Some(first) = queue.recv().await {
+                if sink.feed(first).await.is_err() {
+                    return;
+                }
+                // Batch whatever else is queued into one flush: fewer syscalls under load.
+                while let Ok(more) = queue.try_recv() {
+                    if sink.feed(more).await.is_err() {
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        let reader_session = session.clone();
+        let reader = tokio::spawn(async move {
+            while let Some(frame) = stream.next().await {
+                match frame {
+                    Ok(WsMessage::Binary(bytes)) => match codec::decode(Format::Msgpack, &bytes) {
+                        Ok(frame) => reader_session.on_frame(frame),
+                        Err(e) => reader_session.recorder.error(format!("decode: {e}")),
+                    },
+                    Ok(WsMessage::Close(_)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            if !reader_session.closing.load(Ordering::Relaxed) {
+                reader_session
+                    .recorder
+                    .error("connection closed by the server");
+            }
+        });
+        Ok(Connection {
+            session,
+            out,
+            next_serial: Mutex::new(0),
+            reader,
+            writer,
+            connection_id,
+            connection_key,
+        })
+    }
+
+    /// The session this connection reports into.
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    fn send(&self, frame: &ProtocolMessage) -> Result<(), String> {
+        let bytes = codec::encode(Format::Msgpack, frame);
+        self.out
+            .send(WsMessage::Binary(bytes))
+            .map_err(|_| "connection is closed".to_owned())
+    }
+
+    /// Attaches `channel`, from its last channelSerial if one is known (§5.6), and returns
+    /// the ATTACHED frame.
+    pub async fn attach(&self, channel: &str) -> Result<ProtocolMessage, String> {
+        let (tx, rx) = oneshot::channel();
+        self.session
+            .attaches
+            .lock()
+            .expect("attach lock")
+            .insert(channel.to_owned(), tx);
+        let mut frame = ProtocolMessage::for_channel(Action::Attach, channel);
+        frame.channel_serial = self
+            .session
+            .serials
+            .lock()
+            .expect("serial lock")
+            .get(channel)
+            .cloned();
+        self.send(&frame)?;
+        tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .map_err(|_| format!("no ATTACHED for {channel} within 30 s"))?
+            .map_err(|_| "connection dropped during attach".to_owned())
+    }
+
+    /// Sends a frame with the next msgSerial; with `ack`, returns a receiver of its ACK.
+    fn send_serial(
+        &self,
+        mut frame: ProtocolMessage,
+        ack: bool,
+    ) -> Result<Option<oneshot::Receiver<Result<(), String>>>, String> {
+        // The lock spans allocation and enqueueing so serials reach the wire in order.
+        let mut next = self.next_serial.lock().expect("serial lock");
+        frame.msg_serial = Some(*next);
+        let receiver = ack.then(|| {
+            let (tx, rx) = oneshot::channel();
+            self.session
+                .acks
+                .lock()
+                .expect("ack lock")
+                .insert(*next, tx);
+            rx
+        });
+        *next += 1;
+        self.send(&frame)?;
+        Ok(receiver)
+    }
+
+    /// Publishes `data` on `channel` without waiting for the ACK.
+    pub fn publish(&self, channel: &str, data: Bytes) -> Result<(), String> {
+        self.send_serial(publish_frame(channel, data), false)
+            .map(|_| ())
+    }
+
+    /// Publishes `data` on `channel`; the receiver settles when the broker ACKs (after fsync).
+    pub fn publish_acked(
+        &self,
+        channel: &str,
+        data: Bytes,
+    ) -> Result<oneshot::Receiver<Result<(), String>>, String> {
+        self.send_serial(publish_frame(channel, data), true)
+            .map(|r| r.expect("asked for an ACK receiver"))
+    }
+
+    /// Sends a presence ENTER (2) or LEAVE (3) as `client_id`; settles on its ACK.
+    pub fn presence(
+        &self,
+        channel: &str,
+        action: u64,
+        client_id: &str,
+    ) -> Result<oneshot::Receiver<Result<(), String>>, String> {
+        let mut frame = ProtocolMessage::for_channel(Action::Presence, channel);
+        frame.presence = Some(vec![PresenceMessage {
+            action,
+            client_id: Some(client_id.to_owned()),
+            data: Some(Data::String("load".to_owned())),
+            ..Default::default()
+        }]);
+        self.send_serial(frame, true)
+            .map(|r| r.expect("asked for an ACK receiver"))
+    }
+
+    /// Drops the socket without a CLOSE, as a network failure would: the broker keeps the
+    /// connection's state for resume.
+    pub fn cut(self) -> Arc<Session> {
+        self.session.closing.store(true, Ordering::Relaxed);
+        self.reader.abort();
+        self.writer.abort();
+        self.session
+    }
+
+    /// Closes the connection cleanly (CLOSE, §4.5).
+    pub async fn close(self) {
+        self.session.closing.store(true, Ordering::Relaxed);
+        let _ = self.send(&ProtocolMessage::new(Action::Close));
+        drop(self.out);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.writer).await;
+        self.reader.abort();
+    }
+}
+
+/// True if an ATTACHED says continuity was preserved (§5.6).
+pub fn resumed(attached: &ProtocolMessage) -> bool {
+    attached.has_flag(flags::RESUMED)
+}
+
+fn publish_frame(channel: &str, data: Bytes) -> ProtocolMessage {
+    let mut frame = ProtocolMessage::for_channel(Action::Message, channel);
+    frame.messages = Some(vec![Message {
+        name: Some("load".to_owned()),
+        data: Some(Data::Binary(data)),
+        ..Default::default()
+    }]);
+    frame
+}
