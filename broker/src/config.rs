@@ -121,6 +121,9 @@ pub struct Limits {
     pub max_resume_replay: usize,
     /// Time allowed for the HTTP request of a connection. Default 10 s.
     pub handshake_timeout_ms: u64,
+    /// Read buffer of each WebSocket, allocated up front: the main per-connection memory cost
+    /// of an idle connection. Larger helps connections that receive a lot. Default 8192.
+    pub socket_read_buffer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -136,6 +139,7 @@ impl Default for Limits {
             max_rewind: 100,
             max_resume_replay: 10_000,
             handshake_timeout_ms: 10_000,
+            socket_read_buffer_bytes: 8192,
         }
     }
 }
@@ -271,6 +275,9 @@ impl Config {
         }
         if l.outbox_bytes < l.max_frame_size {
             return Err("limits: outbox_bytes must be at least max_frame_size".to_owned());
+        }
+        if l.socket_read_buffer_bytes < 1024 {
+            return Err("limits: socket_read_buffer_bytes must be at least 1024".to_owned());
         }
         if l.max_pending_publishes == 0 || l.max_channels_per_connection == 0 {
             return Err(

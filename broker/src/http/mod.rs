@@ -90,6 +90,7 @@ fn upgrade(
     let params = ConnectParams::parse(request.uri().query().unwrap_or(""));
     let limits = &broker.config.limits;
     let ws_config = WebSocketConfig::default()
+        .read_buffer_size(limits.socket_read_buffer_bytes)
         .max_message_size(Some(limits.max_frame_size))
         .max_frame_size(Some(limits.max_frame_size));
     let on_upgrade = hyper::upgrade::on(&mut request);
