@@ -46,6 +46,9 @@ pub struct Args {
     /// JWKS URL [default: <issuer>.well-known/jwks.json]
     #[arg(long, env = "AUTH0_JWKS_URL")]
     pub auth0_jwks_url: Option<String>,
+    /// Serve the static files of this directory (a built web app) at `/`
+    #[arg(long, env = "BROKER_WEB_ROOT")]
+    pub web_root: Option<PathBuf>,
 }
 
 /// What `main` needs to start: the configuration and, on a fresh setup, the development key.
@@ -90,11 +93,16 @@ impl Args {
         for key in self.keys.iter().filter(|k| !k.is_empty()) {
             config.keys.push(KeyConfig::parse(key)?);
         }
+        if self.web_root.is_some() {
+            config.web_root = self.web_root;
+        }
         let mut dev_key = None;
         if config.keys.is_empty() {
             let key = development_key(&config.data_dir)?;
             config.keys.push(KeyConfig::parse(&key)?);
             dev_key = Some(key);
+            // A fresh machine: let the app's development login work unless told otherwise.
+            config.dev_login.get_or_insert(true);
         }
         config.validate()?;
         Ok(Startup { config, dev_key })

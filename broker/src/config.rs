@@ -33,6 +33,12 @@ pub struct Config {
     pub auth0: auth_plugin::Auth0Config,
     /// Name of this node in `connectionDetails.serverId`. Default `broker-1`.
     pub server_id: String,
+    /// A directory of static files (a built web app) served at `/`. Default: none.
+    pub web_root: Option<PathBuf>,
+    /// Let anyone get a token for a username of their choice at `/api/dev/login`, for trying
+    /// the app on a fresh machine. Never on while Auth0 is configured. Default: on only when
+    /// the broker runs on its generated development key.
+    pub dev_login: Option<bool>,
 }
 
 impl Default for Config {
@@ -48,6 +54,8 @@ impl Default for Config {
             presence: PresenceSettings::default(),
             auth0: auth_plugin::Auth0Config::default(),
             server_id: "broker-1".to_owned(),
+            web_root: None,
+            dev_login: None,
         }
     }
 }
@@ -307,6 +315,12 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// Whether `/api/dev/login` is open: asked for (or implied by the development key) and
+    /// Auth0 off.
+    pub fn dev_login_enabled(&self) -> bool {
+        !self.auth0.enabled() && self.dev_login.unwrap_or(false)
     }
 
     /// `max_idle_interval_ms` as a duration.

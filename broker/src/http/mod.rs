@@ -3,6 +3,7 @@
 
 pub mod response;
 pub mod rest;
+pub mod web;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -35,6 +35,17 @@ pub async fn route(
 ) -> HttpResponse {
     let path = parts.uri.path();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if let (Some(root), &Method::GET) = (&broker.config.web_root, &parts.method) {
+        let first = segments.first().copied().unwrap_or("");
+        if !matches!(
+            first,
+            "api" | "channels" | "keys" | "time" | "health" | "metrics"
+        ) {
+            if let Some(response) = super::web::serve(root, path).await {
+                return response;
+            }
+        }
+    }
     let result = match (&parts.method, segments.as_slice()) {
         (&Method::GET, ["time"]) => Ok(negotiated.ok(StatusCode::OK, &[now_ms()], Vec::new())),
         (&Method::GET, ["health"]) => Ok(negotiated.text(
@@ -584,14 +595,22 @@ async fn api(
         format: Format::Json,
         ..negotiated.clone()
     };
+    let path = parts.uri.path().trim_end_matches('/');
+    if path == "/api/dev/login" {
+        return dev_login(broker, parts, query, &body, &json).await;
+    }
     let Some(plugin) = &broker.auth0 else {
+        if path == "/api/oauth/config" {
+            // No Auth0: the login page offers the development login when it is open.
+            let config = serde_json::json!({ "devLogin": broker.config.dev_login_enabled() });
+            return Ok(json.ok(StatusCode::OK, &config, Vec::new()));
+        }
         return Err(ErrorInfo::new(
             codes::NOT_FOUND,
             "Auth0 logins are not configured on this broker (set AUTH0_DOMAIN)",
         ));
     };
-    let path = parts.uri.path();
-    if path.trim_end_matches('/') == "/api/auth/token" {
+    if path == "/api/auth/token" {
         if !matches!(parts.method, Method::GET | Method::POST) {
             return Err(ErrorInfo::new(codes::METHOD_NOT_ALLOWED, "use GET or POST"));
         }
@@ -666,4 +685,46 @@ async fn api(
     }
     let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::OK);
     Ok(json.ok(status, &response.body, Vec::new()))
+}
+
+/// The capability of development logins: everything a chat user does, nothing more.
+const DEV_CAPABILITY: &str = r#"{"*":["subscribe","publish","presence","history"]}"#;
+
+/// `GET`/`POST /api/dev/login?username=…` (or `{"username":…}`): a token for that username,
+/// so the app runs on a fresh machine without Auth0. Open only while Auth0 is off and
+/// `dev_login` is on (the default when the broker runs on its development key).
+async fn dev_login(
+    broker: &Broker,
+    parts: &Parts,
+    query: &[(String, String)],
+    body: &[u8],
+    json: &Negotiated,
+) -> Result<HttpResponse, ErrorInfo> {
+    if !broker.config.dev_login_enabled() {
+        return Err(ErrorInfo::new(
+            codes::NOT_FOUND,
+            "the development login is off: Auth0 is configured, or dev_login is false",
+        ));
+    }
+    if !matches!(parts.method, Method::GET | Method::POST) {
+        return Err(ErrorInfo::new(codes::METHOD_NOT_ALLOWED, "use GET or POST"));
+    }
+    let from_body = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["username"].as_str().map(str::to_owned));
+    let wanted = query
+        .iter()
+        .find(|(k, _)| k == "username")
+        .map(|(_, v)| v.clone())
+        .or(from_body)
+        .ok_or_else(|| ErrorInfo::new(codes::BAD_REQUEST, "username is required"))?;
+    let username = auth_plugin::users::normalise_username(&wanted)
+        .map_err(|e| ErrorInfo::new(codes::INVALID_PARAMETER, e.to_string()))?;
+    let details = broker.keys.mint(
+        &broker.token_key,
+        DEV_CAPABILITY,
+        Some(&username),
+        3_600_000,
+    )?;
+    Ok(json.ok(StatusCode::OK, &details, Vec::new()))
 }
