@@ -543,7 +543,10 @@ impl Driver {
                 ch.wanted = false;
                 ch.serial = None;
                 ch.own.clear();
-                if ch.attached || ch.attach_sent {
+                let was_attached = std::mem::replace(&mut ch.attached, false);
+                // From here on nothing counts (messages already on the wire would otherwise
+                // set the serial again before DETACHED arrives).
+                if was_attached || ch.attach_sent {
                     ch.detach_waiters.push(reply);
                     let detach = ProtocolMessage::for_channel(Action::Detach, &channel);
                     let _ = send(socket, self.options.format, &detach).await;
