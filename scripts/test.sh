@@ -35,3 +35,18 @@ if [ -f tests/ably-js/package.json ]; then
     TERMINAL_CHAT_BIN="$PWD/target/release/examples/terminal_chat" \
     npm test --prefix tests/ably-js
 fi
+
+if [ -f examples/react-chat/package.json ]; then
+  step "Chromium for the react-chat browser test"
+  if [ ! -x /usr/bin/chromium ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+  fi
+  step "build of the react-chat example"
+  # npm install, not npm ci: npm 11 leaves rollup's optional platform packages out of the lock
+  # file, and npm ci then refuses it as out of sync.
+  npm install --prefix examples/react-chat --no-audit --no-fund --loglevel=error
+  npm run build --prefix examples/react-chat
+  step "react-chat browser end-to-end test"
+  BROKER_BIN="$PWD/target/release/broker" node --test examples/react-chat/e2e/
+fi
