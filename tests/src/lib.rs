@@ -250,6 +250,16 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// Sends `request`, failing the test when it cannot be sent.
+pub async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
+    request.send().await.expect("request is sent")
+}
+
+/// Sends `request` and reads its JSON body.
+pub async fn json(request: reqwest::RequestBuilder) -> serde_json::Value {
+    send(request).await.json().await.expect("a JSON body")
+}
+
 /// `GET /channels/{channel}/messages?{query}` with [`KEY`], as JSON.
 pub async fn history(broker: &TestBroker, channel: &str, query: &str) -> Vec<serde_json::Value> {
     http()

@@ -5,7 +5,7 @@
 use protocol::{Action, ProtocolMessage};
 use serde_json::json;
 use tests::issuer::{sign, Issuer, KEYS};
-use tests::{basic_auth, http, TestBroker};
+use tests::{basic_auth, http, json, send, TestBroker};
 
 async fn broker_with(issuer: &Issuer) -> TestBroker {
     let config = issuer.config();
@@ -30,15 +30,7 @@ async fn an_auth0_token_on_the_websocket_sets_client_id_and_capability() {
         .await;
     let connected = client.expect(Action::Connected).await;
     let client_id = connected.connection_details.unwrap().client_id.unwrap();
-    let me: serde_json::Value = http()
-        .get(broker.url("/api/users/me"))
-        .bearer_auth(&jwt)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me = json(http().get(broker.url("/api/users/me")).bearer_auth(&jwt)).await;
     assert_eq!(me["id"].as_str(), Some(client_id.as_str()));
     assert_eq!(me["username"], "ann");
     client.attach("chat:general").await;
@@ -67,12 +59,12 @@ async fn the_token_endpoint_exchanges_an_auth0_token_for_a_broker_token() {
     let broker = broker_with(&issuer).await;
     let jwt = token(&issuer, "auth0|ben", json!({"permissions": ["*:room"]}));
     for method in [reqwest::Method::GET, reqwest::Method::POST] {
-        let response = http()
-            .request(method, broker.url("/api/auth/token"))
-            .bearer_auth(&jwt)
-            .send()
-            .await
-            .unwrap();
+        let response = send(
+            http()
+                .request(method, broker.url("/api/auth/token"))
+                .bearer_auth(&jwt),
+        )
+        .await;
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "application/json");
         let details: serde_json::Value = response.json().await.unwrap();
@@ -89,19 +81,15 @@ async fn the_token_endpoint_exchanges_an_auth0_token_for_a_broker_token() {
             details["clientId"].as_str()
         );
     }
-    let refused = http()
-        .get(broker.url("/api/auth/token"))
-        .bearer_auth("not-a-token")
-        .send()
-        .await
-        .unwrap();
+    let refused = send(
+        http()
+            .get(broker.url("/api/auth/token"))
+            .bearer_auth("not-a-token"),
+    )
+    .await;
     assert_eq!(refused.status(), 401);
     assert_eq!(refused.headers()["x-ably-errorcode"], "40144");
-    let missing = http()
-        .get(broker.url("/api/auth/token"))
-        .send()
-        .await
-        .unwrap();
+    let missing = send(http().get(broker.url("/api/auth/token"))).await;
     assert_eq!(missing.status(), 401);
 }
 
@@ -109,14 +97,7 @@ async fn the_token_endpoint_exchanges_an_auth0_token_for_a_broker_token() {
 async fn the_login_page_config_holds_only_public_values() {
     let issuer = Issuer::start(&[&KEYS[0]]).await;
     let broker = broker_with(&issuer).await;
-    let config: serde_json::Value = http()
-        .get(broker.url("/api/oauth/config"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let config = json(http().get(broker.url("/api/oauth/config"))).await;
     assert_eq!(
         config,
         json!({"domain": "tenant.test", "clientID": "spa-client-id", "client_id": "spa-client-id",
@@ -124,14 +105,7 @@ async fn the_login_page_config_holds_only_public_values() {
                "audience": "https://chat-broker"})
     );
     let plain = TestBroker::start().await;
-    let off: serde_json::Value = http()
-        .get(plain.url("/api/oauth/config"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let off = json(http().get(plain.url("/api/oauth/config"))).await;
     assert_eq!(
         off,
         json!({"devLogin": false}),
@@ -148,48 +122,32 @@ async fn users_edit_themselves_and_admins_manage_everyone() {
         "auth0|cat",
         json!({"nickname": "cat", "given_name": "Cat"}),
     );
-    let patched: serde_json::Value = http()
-        .patch(broker.url("/api/users/me"))
-        .bearer_auth(&cat)
-        .json(&json!({"firstName": "Catherine", "username": "kitty"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let patched = json(
+        http()
+            .patch(broker.url("/api/users/me"))
+            .bearer_auth(&cat)
+            .json(&json!({"firstName": "Catherine", "username": "kitty"})),
+    )
+    .await;
     assert_eq!(
         (patched["firstName"].as_str(), patched["username"].as_str()),
         (Some("Catherine"), Some("kitty"))
     );
     // A later login does not undo what the user edited.
     let again = token(&issuer, "auth0|cat", json!({"given_name": "Cat", "n": 2}));
-    let me: serde_json::Value = http()
-        .get(broker.url("/api/users/me"))
-        .bearer_auth(&again)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me = json(http().get(broker.url("/api/users/me")).bearer_auth(&again)).await;
     assert_eq!(me["firstName"], "Catherine");
 
     let dog = token(&issuer, "auth0|dog", json!({"nickname": "dog"}));
-    let clash = http()
-        .patch(broker.url("/api/users/me"))
-        .bearer_auth(&dog)
-        .json(&json!({"username": "KITTY"}))
-        .send()
-        .await
-        .unwrap();
+    let clash = send(
+        http()
+            .patch(broker.url("/api/users/me"))
+            .bearer_auth(&dog)
+            .json(&json!({"username": "KITTY"})),
+    )
+    .await;
     assert_eq!(clash.status(), 409);
-    let forbidden = http()
-        .get(broker.url("/api/users"))
-        .bearer_auth(&dog)
-        .send()
-        .await
-        .unwrap();
+    let forbidden = send(http().get(broker.url("/api/users")).bearer_auth(&dog)).await;
     assert_eq!(forbidden.status(), 403);
     assert_eq!(forbidden.headers()["x-ably-errorcode"], "40160");
 
@@ -198,35 +156,25 @@ async fn users_edit_themselves_and_admins_manage_everyone() {
         "auth0|boss",
         json!({"permissions": ["admin:users"]}),
     );
-    let listed: serde_json::Value = http()
-        .get(broker.url("/api/users?query=kit"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = json(
+        http()
+            .get(broker.url("/api/users?query=kit"))
+            .bearer_auth(&admin),
+    )
+    .await;
     assert_eq!(listed["users"].as_array().unwrap().len(), 1);
-    let all: serde_json::Value = http()
-        .get(broker.url("/api/users?limit=2"))
-        .header("authorization", basic_auth())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all = json(
+        http()
+            .get(broker.url("/api/users?limit=2"))
+            .header("authorization", basic_auth()),
+    )
+    .await;
     assert_eq!(all["users"].as_array().unwrap().len(), 2);
     assert!(all["nextCursor"].is_string());
 
     // Deleting a user drops their live connections.
-    let dog_id = http()
-        .get(broker.url("/api/users/me"))
-        .bearer_auth(&dog)
-        .send()
+    let dog_id = send(http().get(broker.url("/api/users/me")).bearer_auth(&dog))
         .await
-        .unwrap()
         .json::<serde_json::Value>()
         .await
         .unwrap()["id"]
@@ -237,19 +185,19 @@ async fn users_edit_themselves_and_admins_manage_everyone() {
         .connect(&format!("access_token={dog}&format=json"))
         .await;
     live.expect(Action::Connected).await;
-    let deleted = http()
-        .delete(broker.url(&format!("/api/users/{dog_id}")))
-        .header("authorization", basic_auth())
-        .send()
-        .await
-        .unwrap();
+    let deleted = send(
+        http()
+            .delete(broker.url(&format!("/api/users/{dog_id}")))
+            .header("authorization", basic_auth()),
+    )
+    .await;
     assert_eq!(deleted.status(), 200);
     assert_eq!(live.expect(Action::Error).await.error.unwrap().code, 40101);
-    let gone = http()
-        .get(broker.url(&format!("/api/users/{dog_id}")))
-        .header("authorization", basic_auth())
-        .send()
-        .await
-        .unwrap();
+    let gone = send(
+        http()
+            .get(broker.url(&format!("/api/users/{dog_id}")))
+            .header("authorization", basic_auth()),
+    )
+    .await;
     assert_eq!(gone.status(), 404);
 }

@@ -3,7 +3,7 @@
 //! REST views, and the refusals.
 
 use protocol::{flags, Action, Data, PresenceMessage, ProtocolMessage};
-use tests::{ably_jwt, now_secs, urlencode, Client, TestBroker, KEY};
+use tests::{ably_jwt, http, now_secs, send, urlencode, Client, TestBroker, KEY};
 
 const ENTER: u64 = 2;
 const LEAVE: u64 = 3;
@@ -278,15 +278,15 @@ async fn a_thousand_members_of_one_wildcard_connection_reach_a_new_attacher_in_p
         }
     }
     assert_eq!((seen.len(), pages), (1000, 10));
-    let members: Vec<serde_json::Value> = tests::http()
-        .get(broker.url("/channels/big/presence?limit=1000"))
-        .header("authorization", tests::basic_auth())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let members: Vec<serde_json::Value> = send(
+        http()
+            .get(broker.url("/channels/big/presence?limit=1000"))
+            .header("authorization", tests::basic_auth()),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
     assert_eq!(members.len(), 1000);
 }
 
@@ -308,12 +308,8 @@ async fn rest_presence_history_and_occupancy_agree_with_what_happened() {
     let get = |path: &str| {
         let url = broker.url(path);
         async move {
-            tests::http()
-                .get(url)
-                .header("authorization", tests::basic_auth())
-                .send()
+            send(http().get(url).header("authorization", tests::basic_auth()))
                 .await
-                .unwrap()
                 .json::<serde_json::Value>()
                 .await
                 .unwrap()

@@ -5,16 +5,16 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use hmac::Mac;
 use protocol::{Action, Format};
-use tests::{basic_auth, history, http, texts, TestBroker};
+use tests::{basic_auth, history, http, json, send, texts, TestBroker};
 
 async fn publish(broker: &TestBroker, channel: &str, body: serde_json::Value) -> reqwest::Response {
-    http()
-        .post(broker.url(&format!("/channels/{channel}/messages")))
-        .header("authorization", basic_auth())
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    send(
+        http()
+            .post(broker.url(&format!("/channels/{channel}/messages")))
+            .header("authorization", basic_auth())
+            .json(&body),
+    )
+    .await
 }
 
 fn next_link(response: &reqwest::Response) -> Option<String> {
@@ -28,11 +28,8 @@ fn next_link(response: &reqwest::Response) -> Option<String> {
 #[tokio::test]
 async fn time_is_a_one_element_array() {
     let broker = TestBroker::start().await;
-    let body: Vec<i64> = http()
-        .get(broker.url("/time"))
-        .send()
+    let body: Vec<i64> = send(http().get(broker.url("/time")))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -61,12 +58,12 @@ async fn rest_publish_reaches_realtime_subscribers_and_history_pages_both_ways()
         let mut query = format!("limit=10&direction={direction}");
         let mut pages = Vec::new();
         loop {
-            let response = http()
-                .get(broker.url(&format!("/channels/news%3Atoday/messages?{query}")))
-                .header("authorization", basic_auth())
-                .send()
-                .await
-                .unwrap();
+            let response = send(
+                http()
+                    .get(broker.url(&format!("/channels/news%3Atoday/messages?{query}")))
+                    .header("authorization", basic_auth()),
+            )
+            .await;
             assert_eq!(response.status(), 200);
             let link = next_link(&response);
             let items: Vec<serde_json::Value> = response.json().await.unwrap();
@@ -121,27 +118,27 @@ async fn msgpack_bodies_and_binary_data_round_trip() {
         ..Default::default()
     };
     let body = protocol::codec::encode_value(Format::Msgpack, &vec![message]);
-    let response = http()
-        .post(broker.url("/channels/bin/messages"))
-        .header("authorization", basic_auth())
-        .header("content-type", "application/x-msgpack")
-        .header("accept", "application/x-msgpack")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = send(
+        http()
+            .post(broker.url("/channels/bin/messages"))
+            .header("authorization", basic_auth())
+            .header("content-type", "application/x-msgpack")
+            .header("accept", "application/x-msgpack")
+            .body(body),
+    )
+    .await;
     assert_eq!(response.status(), 201);
     assert_eq!(response.headers()["content-type"], "application/x-msgpack");
-    let packed = http()
-        .get(broker.url("/channels/bin/messages"))
-        .header("authorization", basic_auth())
-        .header("accept", "application/x-msgpack")
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let packed = send(
+        http()
+            .get(broker.url("/channels/bin/messages"))
+            .header("authorization", basic_auth())
+            .header("accept", "application/x-msgpack"),
+    )
+    .await
+    .bytes()
+    .await
+    .unwrap();
     let items: Vec<protocol::Message> =
         protocol::codec::decode_value(Format::Msgpack, &packed).unwrap();
     assert_eq!(
@@ -160,11 +157,7 @@ async fn msgpack_bodies_and_binary_data_round_trip() {
 #[tokio::test]
 async fn errors_have_ably_bodies_headers_and_exact_content_type() {
     let broker = TestBroker::start().await;
-    let response = http()
-        .get(broker.url("/channels/x/messages"))
-        .send()
-        .await
-        .unwrap();
+    let response = send(http().get(broker.url("/channels/x/messages"))).await;
     assert_eq!(response.status(), 401);
     assert_eq!(response.headers()["content-type"], "application/json");
     assert_eq!(response.headers()["x-ably-errorcode"], "40100");
@@ -172,33 +165,26 @@ async fn errors_have_ably_bodies_headers_and_exact_content_type() {
     assert_eq!(body["error"]["statusCode"], 401);
     assert!(body["error"]["message"].is_string());
 
-    let bad_limit = http()
-        .get(broker.url("/channels/x/messages?limit=5000"))
-        .header("authorization", basic_auth())
-        .send()
-        .await
-        .unwrap();
+    let bad_limit = send(
+        http()
+            .get(broker.url("/channels/x/messages?limit=5000"))
+            .header("authorization", basic_auth()),
+    )
+    .await;
     assert_eq!(bad_limit.status(), 400);
     assert_eq!(bad_limit.headers()["x-ably-errorcode"], "40003");
 
-    let enveloped: serde_json::Value = http()
-        .get(broker.url("/channels/x/messages?envelope=json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let enveloped = json(http().get(broker.url("/channels/x/messages?envelope=json"))).await;
     assert_eq!(enveloped["statusCode"], 401);
     assert_eq!(enveloped["response"]["error"]["code"], 40100);
 
-    let preflight = http()
-        .request(reqwest::Method::OPTIONS, broker.url("/channels/x/messages"))
-        .header("origin", "http://app.example")
-        .header("access-control-request-method", "POST")
-        .send()
-        .await
-        .unwrap();
+    let preflight = send(
+        http()
+            .request(reqwest::Method::OPTIONS, broker.url("/channels/x/messages"))
+            .header("origin", "http://app.example")
+            .header("access-control-request-method", "POST"),
+    )
+    .await;
     assert_eq!(
         preflight.headers()["access-control-allow-origin"],
         "http://app.example"
@@ -222,12 +208,12 @@ async fn signed_token_requests_issue_tokens_that_connect() {
     let request = serde_json::json!({"keyName": name, "ttl": 60000, "capability": capability,
         "clientId": "zoe", "timestamp": now, "nonce": nonce,
         "mac": STANDARD.encode(mac.finalize().into_bytes())});
-    let response = http()
-        .post(broker.url(&format!("/keys/{name}/requestToken")))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
+    let response = send(
+        http()
+            .post(broker.url(&format!("/keys/{name}/requestToken")))
+            .json(&request),
+    )
+    .await;
     assert_eq!(response.status(), 200);
     let details: serde_json::Value = response.json().await.unwrap();
     assert_eq!(details["clientId"], "zoe");
@@ -251,11 +237,11 @@ async fn signed_token_requests_issue_tokens_that_connect() {
         40160
     );
 
-    let replay = http()
-        .post(broker.url(&format!("/keys/{name}/requestToken")))
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
+    let replay = send(
+        http()
+            .post(broker.url(&format!("/keys/{name}/requestToken")))
+            .json(&request),
+    )
+    .await;
     assert_eq!(replay.headers()["x-ably-errorcode"], "40105");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use client_sdk::{Client, ConnectionState, Data, Format, HistoryQuery};
 use futures_util::StreamExt;
 use tests::proxy::Proxy;
-use tests::{ably_jwt, now_secs, TestBroker, KEY, SAFETY};
+use tests::{ably_jwt, http, now_secs, send, TestBroker, KEY, SAFETY};
 
 async fn next<S: futures_util::Stream + Unpin>(stream: &mut S) -> S::Item {
     tokio::time::timeout(SAFETY, stream.next())
@@ -253,11 +253,8 @@ async fn a_cut_connection_resumes_without_loss_or_duplicates() {
     }
     own.await.unwrap().unwrap();
     assert_eq!(subscriber.connection_id(), id, "the connection was resumed");
-    let metrics = tests::http()
-        .get(broker.url("/metrics"))
-        .send()
+    let metrics = send(http().get(broker.url("/metrics")))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();

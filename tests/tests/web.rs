@@ -4,7 +4,7 @@
 
 use protocol::Action;
 use tests::issuer::{Issuer, KEYS};
-use tests::{http, TestBroker};
+use tests::{http, json, send, TestBroker};
 
 #[tokio::test]
 async fn the_app_is_served_beside_rest_and_websocket() {
@@ -19,41 +19,26 @@ async fn the_app_is_served_beside_rest_and_websocket() {
     let root = app.path().to_owned();
     let broker = TestBroker::start_with(move |c| c.web_root = Some(root)).await;
 
-    let index = http().get(broker.url("/")).send().await.unwrap();
+    let index = send(http().get(broker.url("/"))).await;
     assert_eq!(index.headers()["content-type"], "text/html; charset=utf-8");
     assert!(index.text().await.unwrap().contains("<title>chat</title>"));
-    let script = http()
-        .get(broker.url("/assets/app-1234.js"))
-        .send()
-        .await
-        .unwrap();
+    let script = send(http().get(broker.url("/assets/app-1234.js"))).await;
     assert_eq!(
         script.headers()["content-type"],
         "text/javascript; charset=utf-8"
     );
-    let route = http()
-        .get(broker.url("/auth0-landing"))
-        .send()
-        .await
-        .unwrap();
+    let route = send(http().get(broker.url("/auth0-landing"))).await;
     assert!(
         route.text().await.unwrap().contains("<title>chat</title>"),
         "client-side routes get the app"
     );
-    let escape = http()
-        .get(broker.url("/..%2f..%2fetc%2fpasswd"))
-        .send()
-        .await
-        .unwrap();
+    let escape = send(http().get(broker.url("/..%2f..%2fetc%2fpasswd"))).await;
     assert_eq!(escape.status(), 404);
-    let missing = http().get(broker.url("/nope.js")).send().await.unwrap();
+    let missing = send(http().get(broker.url("/nope.js"))).await;
     assert_eq!(missing.status(), 404);
 
-    let time: Vec<i64> = http()
-        .get(broker.url("/time"))
-        .send()
+    let time: Vec<i64> = send(http().get(broker.url("/time")))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -68,24 +53,14 @@ async fn the_app_is_served_beside_rest_and_websocket() {
 #[tokio::test]
 async fn the_development_login_issues_tokens_for_a_username() {
     let broker = TestBroker::start_with(|c| c.dev_login = Some(true)).await;
-    let config: serde_json::Value = http()
-        .get(broker.url("/api/oauth/config"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let config = json(http().get(broker.url("/api/oauth/config"))).await;
     assert_eq!(config["devLogin"], true);
-    let details: serde_json::Value = http()
-        .post(broker.url("/api/dev/login"))
-        .json(&serde_json::json!({"username": "Alice"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let details = json(
+        http()
+            .post(broker.url("/api/dev/login"))
+            .json(&serde_json::json!({"username": "Alice"})),
+    )
+    .await;
     assert_eq!(details["clientId"], "alice");
     let mut client = broker
         .connect(&format!(
@@ -98,31 +73,16 @@ async fn the_development_login_issues_tokens_for_a_username() {
         connected.connection_details.unwrap().client_id.as_deref(),
         Some("alice")
     );
-    let bad = http()
-        .get(broker.url("/api/dev/login?username=a!"))
-        .send()
-        .await
-        .unwrap();
+    let bad = send(http().get(broker.url("/api/dev/login?username=a!"))).await;
     assert_eq!(bad.status(), 400);
 }
 
 #[tokio::test]
 async fn the_development_login_is_off_unless_asked_for_and_always_with_auth0() {
     let plain = TestBroker::start().await;
-    let off = http()
-        .get(plain.url("/api/dev/login?username=bob"))
-        .send()
-        .await
-        .unwrap();
+    let off = send(http().get(plain.url("/api/dev/login?username=bob"))).await;
     assert_eq!(off.status(), 404);
-    let config: serde_json::Value = http()
-        .get(plain.url("/api/oauth/config"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let config = json(http().get(plain.url("/api/oauth/config"))).await;
     assert_eq!(config["devLogin"], false);
 
     let issuer = Issuer::start(&[&KEYS[0]]).await;
@@ -132,10 +92,6 @@ async fn the_development_login_is_off_unless_asked_for_and_always_with_auth0() {
         c.dev_login = Some(true);
     })
     .await;
-    let refused = http()
-        .get(with_auth0.url("/api/dev/login?username=bob"))
-        .send()
-        .await
-        .unwrap();
+    let refused = send(http().get(with_auth0.url("/api/dev/login?username=bob"))).await;
     assert_eq!(refused.status(), 404);
 }
