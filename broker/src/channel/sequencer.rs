@@ -389,7 +389,7 @@ impl Sequencer {
         }
     }
 
-    async fn publish(&mut self, batch: Vec<Publish>) {
+    async fn publish(&mut self, mut batch: Vec<Publish>) {
         debug_assert!(batch.len() <= MAX_BATCH);
         let now = now_ms();
         self.forget_old_ids(now);
@@ -399,10 +399,11 @@ impl Sequencer {
         let mut prepared: Vec<(Vec<Message>, Vec<Option<String>>)> =
             Vec::with_capacity(batch.len());
         let mut remembered = Vec::new();
-        for p in &batch {
+        for p in &mut batch {
             let mut fresh = Vec::with_capacity(p.messages.len());
             let mut serials = Vec::with_capacity(p.messages.len());
-            for m in &p.messages {
+            // The messages move into the log and fan-out: stamped in place, never copied.
+            for mut m in std::mem::take(&mut p.messages) {
                 if p.app_ids {
                     if let Some(existing) = m.id.as_ref().and_then(|id| self.recent_ids.get(id)) {
                         serials.push(Some(existing.clone()));
@@ -411,7 +412,6 @@ impl Sequencer {
                 }
                 self.last += 1;
                 let serial = format_serial(&self.epoch, self.last);
-                let mut m = m.clone();
                 m.serial = Some(serial.clone());
                 m.timestamp = Some(timestamp);
                 m.action = Some(0);
