@@ -109,6 +109,27 @@ struct ChannelState {
     presence_queue: Vec<(PresenceMessage, oneshot::Sender<Outcome>)>,
 }
 
+impl ChannelState {
+    /// Answers everyone waiting on this channel — attach, presence operations, `get()`, and
+    /// with `detaching` also detach — with `error`.
+    fn fail_waiters(&mut self, error: &Error, detaching: bool) {
+        for waiter in self.attach_waiters.drain(..) {
+            let _ = waiter.send(Err(error.clone()));
+        }
+        for waiter in self.get_waiters.drain(..) {
+            let _ = waiter.send(Err(error.clone()));
+        }
+        for (_, waiter) in self.presence_queue.drain(..) {
+            let _ = waiter.send(Err(error.clone()));
+        }
+        if detaching {
+            for waiter in self.detach_waiters.drain(..) {
+                let _ = waiter.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
 struct Pending {
     frame: ProtocolMessage,
     reply: oneshot::Sender<Outcome>,
@@ -697,15 +718,7 @@ impl Driver {
         ch.wanted = false;
         ch.attached = false;
         ch.attach_sent = false;
-        for waiter in ch.attach_waiters.drain(..) {
-            let _ = waiter.send(Err(Error::Ably(error.clone())));
-        }
-        for waiter in ch.get_waiters.drain(..) {
-            let _ = waiter.send(Err(Error::Ably(error.clone())));
-        }
-        for (_, reply) in ch.presence_queue.drain(..) {
-            let _ = reply.send(Err(Error::Ably(error.clone())));
-        }
+        ch.fail_waiters(&Error::Ably(error), false);
     }
 
     async fn on_attached(&mut self, socket: &mut Socket, message: ProtocolMessage) {
@@ -862,15 +875,7 @@ impl Driver {
     fn fail_all(&mut self, error: &Error) {
         self.fail_queued(error);
         for ch in self.channels.values_mut() {
-            for waiter in ch.attach_waiters.drain(..) {
-                let _ = waiter.send(Err(error.clone()));
-            }
-            for waiter in ch.get_waiters.drain(..) {
-                let _ = waiter.send(Err(error.clone()));
-            }
-            for waiter in ch.detach_waiters.drain(..) {
-                let _ = waiter.send(Err(error.clone()));
-            }
+            ch.fail_waiters(error, true);
             ch.subscribers.clear();
             ch.presence_subscribers.clear();
         }
