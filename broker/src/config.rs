@@ -227,6 +227,12 @@ pub struct Storage {
     /// Sync the log to disk before acknowledging a publish. Default true; turning it off
     /// trades crash safety for latency.
     pub fsync: bool,
+    /// Deliver a message to subscribers only once it is on disk. Default false: subscribers
+    /// get it as soon as it is in the log and only the publisher's ACK waits for the fsync,
+    /// which takes the fsync out of delivery latency. A crash can then lose a message some
+    /// subscribers saw (its publisher got no ACK and will resend it); serials skip ahead
+    /// after an unclean stop so none is reused.
+    pub deliver_after_sync: bool,
     /// sled page cache size in bytes. Default 256 MiB.
     pub cache_bytes: u64,
 }
@@ -235,6 +241,7 @@ impl Default for Storage {
     fn default() -> Self {
         Storage {
             fsync: true,
+            deliver_after_sync: false,
             cache_bytes: 256 << 20,
         }
     }

@@ -107,6 +107,7 @@ pub async fn run(
         log: log.clone(),
         presence_log: presence_log.clone(),
         committer,
+        deliver_after_sync: config.storage.deliver_after_sync,
         metrics: metrics.clone(),
         max_messages: config.retention.max_messages_per_channel,
         max_rewind: config.limits.max_rewind,
@@ -191,7 +192,7 @@ pub async fn run(
 }
 
 async fn sync(log: Arc<dyn ChannelLog>) -> Result<(), Error> {
-    tokio::task::spawn_blocking(move || log.sync())
+    tokio::task::spawn_blocking(move || log.close_cleanly())
         .await
         .map_err(|e| Error::Io(std::io::Error::other(e)))??;
     tracing::info!("log synced; bye");

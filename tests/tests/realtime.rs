@@ -68,9 +68,21 @@ async fn keys_and_jwts_are_checked() {
 
 /// §7.3, §7.4, §5.5: ACKs in msgSerial order with serials; subscribers get every message in
 /// order, after ATTACHED; echo reaches the publisher.
+/// §7.3: ACKs in msgSerial order, subscribers in log order — whether subscribers get a
+/// message before its fsync (the default) or only after it (`storage.deliver_after_sync`).
 #[tokio::test]
 async fn publishes_are_acked_in_order_and_delivered_in_log_order() {
-    let broker = TestBroker::start().await;
+    acked_and_delivered_in_order(false).await;
+}
+
+#[tokio::test]
+async fn delivery_after_sync_keeps_the_same_order() {
+    acked_and_delivered_in_order(true).await;
+}
+
+async fn acked_and_delivered_in_order(deliver_after_sync: bool) {
+    let broker =
+        TestBroker::start_with(|c| c.storage.deliver_after_sync = deliver_after_sync).await;
     let (mut subscriber, _) = broker.connect_key("msgpack").await;
     let attached = subscriber.attach("chat:order").await;
     assert_eq!(attached.flags.unwrap() & flags::MODE_ALL, 983_040);

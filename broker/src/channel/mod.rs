@@ -36,6 +36,8 @@ pub struct ChannelContext {
     pub presence_log: Arc<dyn ChannelLog>,
     /// Group commit.
     pub committer: Committer,
+    /// Deliver messages only once they are on disk (else only ACKs wait for the sync).
+    pub deliver_after_sync: bool,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Messages kept per channel.

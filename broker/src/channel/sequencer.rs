@@ -7,6 +7,7 @@
 //! or a duplicate (§5.6).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +24,9 @@ use super::{
 use crate::auth::now_ms;
 use crate::connection::outbox::{encode_frame, PushError};
 use crate::lifecycle::TaskGuard;
-use crate::store::{format_serial, parse_serial, ChannelLog, Direction, Query, StoreError};
+use crate::store::{
+    format_serial, parse_serial, ChannelLog, Direction, Query, StoreError, UNCLEAN_STOP_SKIP,
+};
 
 /// Publishes taken into one log append and one commit at most.
 const MAX_BATCH: usize = 256;
@@ -33,6 +36,8 @@ const IDLE_RETIRE: Duration = Duration::from_secs(30);
 const IDEMPOTENCY_WINDOW_MS: i64 = 120_000;
 /// Most app-set ids remembered per channel.
 const IDEMPOTENCY_MAX_IDS: usize = 10_000;
+/// Most serials delivered to subscribers ahead of the last completed sync.
+const MAX_UNSYNCED: u64 = UNCLEAN_STOP_SKIP / 2;
 
 /// What an attach sends between ATTACHED and live traffic.
 enum Backlog {
@@ -57,6 +62,8 @@ pub(super) struct Sequencer {
     /// Oldest retained serial (`last + 1` when empty).
     first: u64,
     last: u64,
+    /// The newest serial known to be on disk; ACKs wait until it reaches theirs.
+    synced: Arc<AtomicU64>,
     last_timestamp: i64,
     attachers: HashMap<Arc<str>, Subscriber>,
     presence: PresenceSet,
@@ -78,6 +85,7 @@ impl Sequencer {
             epoch,
             first: bounds.map_or(1, |b| b.first),
             last: bounds.map_or(0, |b| b.last),
+            synced: Arc::new(AtomicU64::new(bounds.map_or(0, |b| b.last))),
             last_timestamp: bounds.map_or(0, |b| b.last_timestamp),
             attachers: HashMap::new(),
             presence: PresenceSet::default(),
@@ -435,10 +443,22 @@ impl Sequencer {
         let stored = if appended.is_empty() {
             Ok(())
         } else {
-            match self.context.log.append(&self.name, &appended) {
-                Ok(()) => self.context.committer.durable().await,
-                Err(e) => Err(e),
+            self.context.log.append(&self.name, &appended)
+        };
+        // Subscribers get the batch at once and only the ACKs wait for the sync — unless
+        // configured otherwise, or delivery has run too far ahead of the disk for an unclean
+        // stop's skip to cover it.
+        let wait = self.context.deliver_after_sync
+            || self.last - self.synced.load(Ordering::Acquire) > MAX_UNSYNCED;
+        let stored = match stored {
+            Ok(()) if wait => {
+                let synced = self.context.committer.durable().await;
+                if synced.is_ok() {
+                    self.synced.fetch_max(self.last, Ordering::AcqRel);
+                }
+                synced
             }
+            other => other,
         };
         if let Err(e) = stored {
             tracing::error!(channel = %self.name, error = %e, "append failed");
@@ -450,7 +470,7 @@ impl Sequencer {
             if let Err(e) = self.context.log.truncate_after(&self.name, before) {
                 tracing::error!(channel = %self.name, error = %e, "cannot undo failed append");
             }
-            self.last = before;
+            // Serials are never reused: a subscriber may have seen them already.
             let error = ErrorInfo::new(codes::INTERNAL_CHANNEL, "message could not be stored");
             for p in batch {
                 let _ = p.reply.send(Err(error.clone()));
@@ -462,6 +482,7 @@ impl Sequencer {
         }
         self.last_timestamp = timestamp;
         let fanout_start = std::time::Instant::now();
+        let mut acks = Vec::with_capacity(batch.len());
         for (p, (fresh, serials)) in batch.into_iter().zip(prepared) {
             if !fresh.is_empty() {
                 self.context.metrics.messages_in.inc_by(fresh.len() as u64);
@@ -480,16 +501,40 @@ impl Sequencer {
                 });
                 self.context.metrics.messages_out.inc_by(delivered);
             }
-            self.context
-                .metrics
-                .publish_ack_latency
-                .observe(p.received.elapsed().as_secs_f64());
-            let _ = p.reply.send(Ok(serials));
+            acks.push((p.reply, p.received, serials));
         }
         self.context
             .metrics
             .fanout_latency
             .observe(fanout_start.elapsed().as_secs_f64());
+        // The ACKs go once the batch is on disk; meanwhile this sequencer takes its next batch.
+        let metrics = self.context.metrics.clone();
+        let (synced, last) = (self.synced.clone(), self.last);
+        let channel = self.name.clone();
+        let answer = move |result: Result<(), StoreError>| {
+            if let Err(e) = &result {
+                tracing::error!(%channel, error = %e, "sync failed; publishes NACKed");
+            } else {
+                synced.fetch_max(last, Ordering::AcqRel);
+            }
+            for (reply, received, serials) in acks {
+                metrics
+                    .publish_ack_latency
+                    .observe(received.elapsed().as_secs_f64());
+                let _ = reply.send(match &result {
+                    Ok(()) => Ok(serials),
+                    Err(_) => Err(ErrorInfo::new(
+                        codes::INTERNAL_CHANNEL,
+                        "message could not be made durable",
+                    )),
+                });
+            }
+        };
+        if self.synced.load(Ordering::Acquire) >= self.last {
+            answer(Ok(()));
+        } else {
+            self.context.committer.when_durable(answer);
+        }
         let log = self.context.log.clone();
         self.first = self.trim(log.as_ref(), self.first, self.last);
     }

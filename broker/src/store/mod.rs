@@ -83,7 +83,16 @@ pub trait ChannelLog: Send + Sync + 'static {
     fn truncate_after(&self, channel: &str, last_kept: u64) -> Result<(), StoreError>;
     /// Removes messages older than `cutoff_ms` from every channel; returns how many.
     fn expire_before(&self, cutoff_ms: i64) -> Result<u64, StoreError>;
+    /// Syncs and records that the broker stopped cleanly, so the next start trusts the
+    /// channels' heads as they are (see [`UNCLEAN_STOP_SKIP`]).
+    fn close_cleanly(&self) -> Result<(), StoreError>;
 }
+
+/// How far every channel's serials jump after an unclean stop. Subscribers may receive a
+/// message before its fsync (only its ACK waits), so a crash can lose serials that clients
+/// have seen; skipping past them means no serial is ever given to two different messages.
+/// The sequencer never lets more than half of this run ahead of the last sync.
+pub const UNCLEAN_STOP_SKIP: u64 = 1 << 20;
 
 /// Formats a channel position as the opaque `channelSerial` / message `serial` clients see:
 /// `<epoch>-<serial>` with the serial zero-padded so that serials compare as strings.

@@ -1,18 +1,32 @@
-//! [`ChannelLog`] on sled. One tree holds every channel: the key is the channel name, a 0xFF
-//! byte (never part of UTF-8) and the serial big-endian, so each channel is one contiguous,
-//! serial-ordered key range. The value is the timestamp big-endian followed by the message in
-//! msgpack, so time filters and expiry read eight bytes instead of decoding. A second tree
-//! keeps each channel's head (its newest serial ever), so serials are never reused after
-//! retention has emptied a channel.
+//! [`ChannelLog`] on sled. The unit of storage is a *record*: every message of one append
+//! (one sequencer batch) in one sled value, so a burst of publishes costs one tree insert and
+//! one remove at retention, not one per message. The key is the channel name, a 0xFF byte
+//! (never part of UTF-8) and the record's first serial big-endian, so each channel is one
+//! contiguous, serial-ordered key range and the record holding serial `s` is the last key at
+//! or before `key(channel, s)`.
+//!
+//! A record is a header — entry count (u32), last serial (u64), last timestamp (i64) — then
+//! its entries, each serial (u64), timestamp (i64), length (u32) and the message in msgpack,
+//! all big-endian. Time filters, bounds and expiry read headers and entry prefixes; only the
+//! messages returned are decoded. Retention that cuts a record in two rewrites the kept part
+//! under its new first serial. A second tree keeps each channel's head (its newest serial
+//! ever), so serials are never reused after retention has emptied a channel.
 
 use std::ops::Bound;
 use std::path::Path;
 
 use protocol::Message;
 
-use super::{Bounds, ChannelLog, Direction, Query, StoreError};
+use super::{Bounds, ChannelLog, Direction, Query, StoreError, UNCLEAN_STOP_SKIP};
 
 const SEPARATOR: u8 = 0xFF;
+const HEADER_LEN: usize = 4 + 8 + 8;
+const ENTRY_PREFIX_LEN: usize = 8 + 8 + 4;
+/// The meta key present while a broker runs on the database; found at start, it means the
+/// last run did not stop cleanly.
+const RUNNING: &str = "running";
+/// Bumped when the on-disk layout changes; see [`SledLog::open_logs`].
+const FORMAT: &str = "records-1";
 
 /// A sled-backed channel log: one tree of one database.
 pub struct SledLog {
@@ -40,7 +54,9 @@ impl SledLog {
     }
 
     /// Opens the message log and the presence history log, two trees of one database that
-    /// share its epoch and its fsync.
+    /// share its epoch and its fsync. A database written in an older layout is refused
+    /// rather than misread. When the previous run did not stop cleanly, every channel's
+    /// head skips [`UNCLEAN_STOP_SKIP`] serials ahead.
     pub fn open_logs(dir: &Path, cache_bytes: u64) -> Result<(SledLog, SledLog), StoreError> {
         let db = sled::Config::new()
             .path(dir.join("log"))
@@ -49,15 +65,26 @@ impl SledLog {
             .open()?;
         let meta = db.open_tree("meta")?;
         let epoch = match meta.get("epoch")? {
-            Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Some(bytes) => {
+                let format = meta.get("format")?;
+                if format.as_deref() != Some(FORMAT.as_bytes()) {
+                    return Err(StoreError::Engine(format!(
+                        "{} holds a message log in an older layout than {FORMAT}; \
+                         move it aside to start afresh",
+                        dir.display()
+                    )));
+                }
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
             None => {
                 let epoch = format!("{:08x}", rand::random::<u32>());
                 meta.insert("epoch", epoch.as_bytes())?;
+                meta.insert("format", FORMAT)?;
                 db.flush()?;
                 epoch
             }
         };
-        Ok((
+        let logs = (
             SledLog {
                 db: db.clone(),
                 messages: db.open_tree("messages")?,
@@ -67,10 +94,39 @@ impl SledLog {
             SledLog {
                 messages: db.open_tree("presence")?,
                 heads: db.open_tree("presence-heads")?,
-                db,
+                db: db.clone(),
                 epoch,
             },
-        ))
+        );
+        if meta.insert(RUNNING, "1")?.is_some() {
+            let channels = logs.0.skip_heads(UNCLEAN_STOP_SKIP)?;
+            logs.1.skip_heads(UNCLEAN_STOP_SKIP)?;
+            tracing::warn!(
+                channels,
+                skip = UNCLEAN_STOP_SKIP,
+                "the last run did not stop cleanly: serials continue past any it may have lost"
+            );
+        }
+        db.flush()?;
+        Ok(logs)
+    }
+
+    /// Skips every channel's head `gap` serials ahead. Called after an unclean stop: serials
+    /// handed to subscribers before their fsync may be gone from the log, and must not be
+    /// given to different messages.
+    pub fn skip_heads(&self, gap: u64) -> Result<usize, StoreError> {
+        let mut skipped = 0;
+        for item in self.heads.iter() {
+            let (channel, value) = item?;
+            let head = value
+                .as_ref()
+                .try_into()
+                .map_or(0, u64::from_be_bytes)
+                .saturating_add(gap);
+            self.heads.insert(channel, &head.to_be_bytes())?;
+            skipped += 1;
+        }
+        Ok(skipped)
     }
 }
 
@@ -85,19 +141,119 @@ fn key(channel: &str, serial: u64) -> Vec<u8> {
 fn split_key(key: &[u8]) -> Option<(&[u8], u64)> {
     let (prefix, serial) = key.split_at(key.len().checked_sub(8)?);
     let (name, sep) = prefix.split_at(prefix.len().checked_sub(1)?);
-    (sep == [SEPARATOR]).then(|| {
-        (
-            name,
-            u64::from_be_bytes(serial.try_into().unwrap_or([0; 8])),
-        )
-    })
+    (sep == [SEPARATOR]).then(|| (name, be_u64(serial)))
 }
 
-fn timestamp_of(value: &[u8]) -> i64 {
-    value
+fn be_u64(bytes: &[u8]) -> u64 {
+    bytes
         .get(..8)
         .and_then(|b| b.try_into().ok())
-        .map_or(0, i64::from_be_bytes)
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// One stored message, still encoded.
+struct Entry<'a> {
+    serial: u64,
+    timestamp: i64,
+    body: &'a [u8],
+}
+
+/// A stored record, parsed lazily from its value.
+struct Record<'a> {
+    last_serial: u64,
+    last_timestamp: i64,
+    entries: &'a [u8],
+}
+
+impl<'a> Record<'a> {
+    fn parse(value: &'a [u8]) -> Option<Record<'a>> {
+        (value.len() >= HEADER_LEN).then(|| Record {
+            last_serial: be_u64(&value[4..12]),
+            last_timestamp: be_u64(&value[12..20]) as i64,
+            entries: &value[HEADER_LEN..],
+        })
+    }
+
+    /// The entries oldest first; a truncated tail ends the iteration.
+    fn entries(&self) -> impl DoubleEndedIterator<Item = Entry<'a>> {
+        let mut entries = Vec::new();
+        let mut rest = self.entries;
+        while rest.len() >= ENTRY_PREFIX_LEN {
+            let len = u32::from_be_bytes([rest[16], rest[17], rest[18], rest[19]]) as usize;
+            let Some(body) = rest.get(ENTRY_PREFIX_LEN..ENTRY_PREFIX_LEN + len) else {
+                break;
+            };
+            entries.push(Entry {
+                serial: be_u64(rest),
+                timestamp: be_u64(&rest[8..]) as i64,
+                body,
+            });
+            rest = &rest[ENTRY_PREFIX_LEN + len..];
+        }
+        entries.into_iter()
+    }
+}
+
+/// Builds a record value from `(serial, timestamp, msgpack)` entries in serial order.
+fn encode_record<'b>(entries: impl IntoIterator<Item = (u64, i64, &'b [u8])>) -> Vec<u8> {
+    let mut value = vec![0; HEADER_LEN];
+    let (mut count, mut last_serial, mut last_timestamp) = (0u32, 0, 0);
+    for (serial, timestamp, body) in entries {
+        value.extend_from_slice(&serial.to_be_bytes());
+        value.extend_from_slice(&timestamp.to_be_bytes());
+        value.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        value.extend_from_slice(body);
+        count += 1;
+        last_serial = serial;
+        last_timestamp = timestamp;
+    }
+    value[..4].copy_from_slice(&count.to_be_bytes());
+    value[4..12].copy_from_slice(&last_serial.to_be_bytes());
+    value[12..20].copy_from_slice(&last_timestamp.to_be_bytes());
+    value
+}
+
+impl SledLog {
+    /// Keeps only the entries of the record at `key` that `keep` picks: removes the record,
+    /// and writes the kept entries back under their first serial. Returns how many went.
+    fn rewrite(
+        &self,
+        channel: &str,
+        key_bytes: &[u8],
+        value: &[u8],
+        keep: impl Fn(&Entry) -> bool,
+    ) -> Result<u64, StoreError> {
+        let Some(record) = Record::parse(value) else {
+            self.messages.remove(key_bytes)?;
+            return Ok(0);
+        };
+        let (kept, gone): (Vec<Entry>, Vec<Entry>) = record.entries().partition(|e| keep(e));
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = sled::Batch::default();
+        batch.remove(key_bytes);
+        if let Some(first) = kept.first() {
+            let first = first.serial;
+            batch.insert(
+                key(channel, first),
+                encode_record(kept.iter().map(|e| (e.serial, e.timestamp, e.body))),
+            );
+        }
+        self.messages.apply_batch(batch)?;
+        Ok(gone.len() as u64)
+    }
+
+    /// The key of the record that holds `serial`, if any: the last record starting at or
+    /// before it.
+    fn record_at(&self, channel: &str, serial: u64) -> Result<Option<sled::IVec>, StoreError> {
+        Ok(self
+            .messages
+            .range(key(channel, 0)..=key(channel, serial))
+            .next_back()
+            .transpose()?
+            .map(|(k, _)| k))
+    }
 }
 
 impl ChannelLog for SledLog {
@@ -107,19 +263,21 @@ impl ChannelLog for SledLog {
 
     fn bounds(&self, channel: &str) -> Result<Option<Bounds>, StoreError> {
         let range = key(channel, 0)..=key(channel, u64::MAX);
-        let head = self
-            .heads
-            .get(channel)?
-            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes));
+        let head = self.heads.get(channel)?.map(|v| be_u64(&v));
         let first = self.messages.range(range.clone()).next().transpose()?;
         let last = self.messages.range(range).next_back().transpose()?;
-        let serial = |k: &[u8]| split_key(k).map_or(0, |(_, s)| s);
         Ok(match (first, last, head) {
-            (Some((first_key, _)), Some((last_key, last_value)), head) => Some(Bounds {
-                first: serial(&first_key),
-                last: serial(&last_key).max(head.unwrap_or(0)),
-                last_timestamp: timestamp_of(&last_value),
-            }),
+            (Some((first_key, _)), Some((_, last_value)), head) => {
+                let record = Record::parse(&last_value);
+                Some(Bounds {
+                    first: split_key(&first_key).map_or(0, |(_, s)| s),
+                    last: record
+                        .as_ref()
+                        .map_or(0, |r| r.last_serial)
+                        .max(head.unwrap_or(0)),
+                    last_timestamp: record.map_or(0, |r| r.last_timestamp),
+                })
+            }
             (_, _, Some(head)) => Some(Bounds {
                 first: head + 1,
                 last: head,
@@ -130,19 +288,20 @@ impl ChannelLog for SledLog {
     }
 
     fn append(&self, channel: &str, messages: &[(u64, &Message)]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for (serial, message) in messages {
-            let mut value = message.timestamp.unwrap_or(0).to_be_bytes().to_vec();
-            value.extend_from_slice(&protocol::codec::encode_value(
-                protocol::Format::Msgpack,
-                message,
-            ));
-            batch.insert(key(channel, *serial), value);
-        }
-        self.messages.apply_batch(batch)?;
-        if let Some((last, _)) = messages.last() {
-            self.heads.insert(channel, &last.to_be_bytes())?;
-        }
+        let Some((first, _)) = messages.first() else {
+            return Ok(());
+        };
+        let bodies: Vec<(u64, i64, bytes::Bytes)> = messages
+            .iter()
+            .map(|(serial, m)| {
+                let body = protocol::codec::encode_value(protocol::Format::Msgpack, *m);
+                (*serial, m.timestamp.unwrap_or(0), body)
+            })
+            .collect();
+        let value = encode_record(bodies.iter().map(|(s, t, b)| (*s, *t, b.as_ref())));
+        let last = bodies.last().map_or(*first, |(s, _, _)| *s);
+        self.messages.insert(key(channel, *first), value)?;
+        self.heads.insert(channel, &last.to_be_bytes())?;
         Ok(())
     }
 
@@ -151,47 +310,68 @@ impl ChannelLog for SledLog {
         Ok(())
     }
 
+    fn close_cleanly(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.db.open_tree("meta")?.remove(RUNNING)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     fn read(&self, channel: &str, query: &Query) -> Result<Vec<(u64, Message)>, StoreError> {
         if query.from > query.to || query.limit == 0 {
             return Ok(Vec::new());
         }
-        let range = self
-            .messages
-            .range(key(channel, query.from)..=key(channel, query.to));
-        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+        // Start at the record that holds `from`, which may begin before it.
+        let start = self
+            .record_at(channel, query.from)?
+            .map_or_else(|| key(channel, query.from), |k| k.to_vec());
+        let range = self.messages.range(start..=key(channel, query.to));
+        let records: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
             match query.direction {
                 Direction::Forwards => Box::new(range),
                 Direction::Backwards => Box::new(range.rev()),
             };
         let mut out = Vec::new();
-        for item in iter {
+        for item in records {
             let (k, v) = item?;
-            let ts = timestamp_of(&v);
-            // Timestamps never decrease along a channel (the sequencer enforces it), so once
-            // past the window in the reading direction nothing later can match.
-            if query.start_ms.is_some_and(|s| ts < s) {
-                if query.direction == Direction::Backwards {
-                    break;
+            let corrupt = || StoreError::Corrupt {
+                channel: channel.to_owned(),
+                serial: split_key(&k).map_or(0, |(_, s)| s),
+            };
+            let record = Record::parse(&v).ok_or_else(corrupt)?;
+            let entries: Box<dyn Iterator<Item = Entry>> = match query.direction {
+                Direction::Forwards => Box::new(record.entries()),
+                Direction::Backwards => Box::new(record.entries().rev()),
+            };
+            for entry in entries {
+                if entry.serial < query.from || entry.serial > query.to {
+                    continue;
                 }
-                continue;
-            }
-            if query.end_ms.is_some_and(|e| ts > e) {
-                if query.direction == Direction::Forwards {
-                    break;
+                // Timestamps never decrease along a channel (the sequencer enforces it), so
+                // once past the window in the reading direction nothing later can match.
+                if query.start_ms.is_some_and(|s| entry.timestamp < s) {
+                    if query.direction == Direction::Backwards {
+                        return Ok(out);
+                    }
+                    continue;
                 }
-                continue;
-            }
-            let serial = split_key(&k).map_or(0, |(_, s)| s);
-            let message: Message =
-                protocol::codec::decode_value(protocol::Format::Msgpack, &v[8..]).map_err(
-                    |_| StoreError::Corrupt {
-                        channel: channel.to_owned(),
-                        serial,
-                    },
-                )?;
-            out.push((serial, message));
-            if out.len() >= query.limit {
-                break;
+                if query.end_ms.is_some_and(|e| entry.timestamp > e) {
+                    if query.direction == Direction::Forwards {
+                        return Ok(out);
+                    }
+                    continue;
+                }
+                let message: Message =
+                    protocol::codec::decode_value(protocol::Format::Msgpack, entry.body).map_err(
+                        |_| StoreError::Corrupt {
+                            channel: channel.to_owned(),
+                            serial: entry.serial,
+                        },
+                    )?;
+                out.push((entry.serial, message));
+                if out.len() >= query.limit {
+                    return Ok(out);
+                }
             }
         }
         Ok(out)
@@ -199,13 +379,21 @@ impl ChannelLog for SledLog {
 
     fn trim_before(&self, channel: &str, first_kept: u64) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
+        let mut straddling = None;
         for item in self
             .messages
             .range(key(channel, 0)..key(channel, first_kept))
         {
-            batch.remove(item?.0);
+            let (k, v) = item?;
+            match Record::parse(&v) {
+                Some(r) if r.last_serial >= first_kept => straddling = Some((k, v)),
+                _ => batch.remove(k),
+            }
         }
         self.messages.apply_batch(batch)?;
+        if let Some((k, v)) = straddling {
+            self.rewrite(channel, &k, &v, |e| e.serial >= first_kept)?;
+        }
         Ok(())
     }
 
@@ -218,6 +406,11 @@ impl ChannelLog for SledLog {
             batch.remove(item?.0);
         }
         self.messages.apply_batch(batch)?;
+        if let Some(k) = self.record_at(channel, last_kept)? {
+            if let Some(v) = self.messages.get(&k)? {
+                self.rewrite(channel, &k, &v, |e| e.serial <= last_kept)?;
+            }
+        }
         self.heads.insert(channel, &last_kept.to_be_bytes())?;
         Ok(())
     }
@@ -236,17 +429,24 @@ impl ChannelLog for SledLog {
                 cursor = Bound::Excluded(k.to_vec());
                 continue;
             };
-            if timestamp_of(&v) < cutoff_ms {
+            let name_text = String::from_utf8_lossy(name).into_owned();
+            let record = Record::parse(&v);
+            if record
+                .as_ref()
+                .is_some_and(|r| r.last_timestamp < cutoff_ms)
+            {
+                removed += record.map_or(0, |r| r.entries().count() as u64);
                 self.messages.remove(&k)?;
-                removed += 1;
                 cursor = Bound::Excluded(k.to_vec());
-            } else {
-                // The rest of this channel is newer: jump past its last possible key.
-                let mut end = name.to_vec();
-                end.push(SEPARATOR);
-                end.extend_from_slice(&u64::MAX.to_be_bytes());
-                cursor = Bound::Excluded(end);
+                continue;
             }
+            // A record cut by the cutoff keeps its newer part; the rest of this channel is
+            // newer still, so jump past its last possible key.
+            removed += self.rewrite(&name_text, &k, &v, |e| e.timestamp >= cutoff_ms)?;
+            let mut end = name.to_vec();
+            end.push(SEPARATOR);
+            end.extend_from_slice(&u64::MAX.to_be_bytes());
+            cursor = Bound::Excluded(end);
         }
         Ok(removed)
     }
@@ -285,7 +485,7 @@ mod tests {
             let (a1, a2, b1) = (message(10, "a1"), message(20, "a2"), message(15, "b1"));
             log.append("a", &[(1, &a1), (2, &a2)]).unwrap();
             log.append("ab", &[(1, &b1)]).unwrap();
-            log.sync().unwrap();
+            log.close_cleanly().unwrap();
         }
         let log = SledLog::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(log.epoch(), epoch);
@@ -373,5 +573,85 @@ mod tests {
         let left = log.read("t", &query(Direction::Forwards, 10)).unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(log.bounds("t").unwrap().unwrap().last, 1);
+    }
+
+    #[test]
+    fn reads_start_and_end_inside_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SledLog::open(dir.path(), 1 << 20).unwrap();
+        let msgs: Vec<Message> = (1..=9).map(|i| message(i, &format!("m{i}"))).collect();
+        // Three appends, three records: 1-3, 4-6, 7-9.
+        for chunk in msgs.chunks(3).enumerate() {
+            let refs: Vec<(u64, &Message)> = chunk
+                .1
+                .iter()
+                .enumerate()
+                .map(|(i, m)| ((chunk.0 * 3 + i + 1) as u64, m))
+                .collect();
+            log.append("r", &refs).unwrap();
+        }
+        let serials = |q: &Query| {
+            log.read("r", q)
+                .unwrap()
+                .iter()
+                .map(|(s, _)| *s)
+                .collect::<Vec<_>>()
+        };
+        let mut q = query(Direction::Forwards, 4);
+        q.from = 2;
+        q.to = 8;
+        assert_eq!(serials(&q), [2, 3, 4, 5]);
+        q.direction = Direction::Backwards;
+        assert_eq!(serials(&q), [8, 7, 6, 5]);
+        q.limit = 100;
+        q.from = 5;
+        q.to = 5;
+        assert_eq!(serials(&q), [5]);
+        // Retention that cuts the middle record keeps exactly its newer part.
+        log.trim_before("r", 5).unwrap();
+        assert_eq!(serials(&query(Direction::Forwards, 100)), [5, 6, 7, 8, 9]);
+        assert_eq!(log.bounds("r").unwrap().unwrap().first, 5);
+    }
+
+    #[test]
+    fn an_unclean_stop_skips_heads_so_serials_are_not_reissued() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = SledLog::open(dir.path(), 1 << 20).unwrap();
+            log.append("h", &[(1, &message(1, "a")), (2, &message(2, "b"))])
+                .unwrap();
+            log.sync().unwrap();
+            // Dropped without close_cleanly: as after a crash.
+        }
+        let log = SledLog::open(dir.path(), 1 << 20).unwrap();
+        let bounds = log.bounds("h").unwrap().unwrap();
+        assert_eq!((bounds.first, bounds.last), (1, 2 + UNCLEAN_STOP_SKIP));
+        assert_eq!(
+            log.read("h", &query(Direction::Forwards, 10))
+                .unwrap()
+                .len(),
+            2
+        );
+        // A clean stop keeps the heads where they are.
+        log.close_cleanly().unwrap();
+        drop(log);
+        let log = SledLog::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(
+            log.bounds("h").unwrap().unwrap().last,
+            2 + UNCLEAN_STOP_SKIP
+        );
+    }
+
+    #[test]
+    fn an_older_layout_is_refused_not_misread() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SledLog::open(dir.path(), 1 << 20).unwrap());
+        {
+            let db = sled::open(dir.path().join("log")).unwrap();
+            db.open_tree("meta").unwrap().remove("format").unwrap();
+            db.flush().unwrap();
+        }
+        let error = SledLog::open(dir.path(), 1 << 20).err().expect("refused");
+        assert!(error.to_string().contains("older layout"), "{error}");
     }
 }
