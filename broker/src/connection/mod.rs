@@ -189,7 +189,9 @@ where
         broker.metrics.clone(),
     ));
     broker.metrics.connections.inc();
-    let Some(mut conn) = handshake(&broker, &params, outbox.clone()).await else {
+    // The handshake, frame handling and teardown are boxed: their states are large and live
+    // only briefly, and inline they would size every idle connection's task (connect-storm).
+    let Some(mut conn) = Box::pin(handshake(&broker, &params, outbox.clone())).await else {
         let _ = writer.await;
         broker.metrics.connections.dec();
         return;
@@ -237,7 +239,7 @@ where
             frame = stream.next(), if conn.pending.len() < max_pending => match frame {
                 Some(Ok(frame)) => {
                     heard = Instant::now();
-                    on_frame(&mut conn, frame).await
+                    Box::pin(on_frame(&mut conn, frame)).await
                 }
                 Some(Err(e)) => {
                     use tokio_tungstenite::tungstenite::Error as WsError;
@@ -252,7 +254,7 @@ where
             },
         }
     }
-    finish(conn, writer_running.then_some(writer)).await;
+    Box::pin(finish(conn, writer_running.then_some(writer))).await;
 }
 
 /// Authenticates, resumes or creates the connection, and sends CONNECTED; on failure sends

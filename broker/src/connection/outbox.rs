@@ -4,6 +4,7 @@
 //! that far behind is disconnected with a resumable DISCONNECTED and catches up from the
 //! channel log when it resumes (§4.5, habit 7 of `../shared/style.md`).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use futures_util::{Sink, SinkExt};
 use protocol::error::codes;
 use protocol::{Action, ErrorInfo, Format, ProtocolMessage};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
 use crate::metrics::Metrics;
@@ -31,8 +32,14 @@ pub struct Outbox {
     inner: Arc<Inner>,
 }
 
+/// Queued frames stay in a plain deque under a short lock: it allocates nothing until the
+/// first frame and gives memory back after a burst, so an idle connection costs no buffer.
 struct Inner {
-    tx: mpsc::UnboundedSender<WsMessage>,
+    queue: Mutex<VecDeque<WsMessage>>,
+    /// Wakes the writer: a frame was queued.
+    queued: Notify,
+    /// The writer is gone; pushes fail.
+    receiver_gone: AtomicBool,
     queued_bytes: AtomicUsize,
     limit: usize,
     format: Format,
@@ -44,8 +51,40 @@ struct Inner {
 
 /// The receiving side, owned by the writer task.
 pub struct OutboxReceiver {
-    rx: mpsc::UnboundedReceiver<WsMessage>,
     inner: Arc<Inner>,
+}
+
+/// A deque that grew past this many slots is shrunk once drained.
+const KEEP_SLOTS: usize = 64;
+
+impl Inner {
+    fn enqueue(&self, frame: WsMessage) -> Result<(), WsMessage> {
+        if self.receiver_gone.load(Ordering::Acquire) {
+            return Err(frame);
+        }
+        self.queue.lock().expect("outbox lock").push_back(frame);
+        self.queued.notify_one();
+        Ok(())
+    }
+
+    fn dequeue(&self) -> Option<WsMessage> {
+        let mut queue = self.queue.lock().expect("outbox lock");
+        let frame = queue.pop_front();
+        if queue.is_empty() && queue.capacity() > KEEP_SLOTS {
+            queue.shrink_to(0);
+        }
+        frame
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.lock().expect("outbox lock").is_empty()
+    }
+}
+
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        self.inner.receiver_gone.store(true, Ordering::Release);
+    }
 }
 
 /// Encodes `message` as the WebSocket frame a client of `format` expects (§2).
@@ -62,9 +101,10 @@ pub fn encode_frame(format: Format, message: &ProtocolMessage) -> WsMessage {
 impl Outbox {
     /// A new outbox for a client of `format`, holding at most `limit` bytes.
     pub fn new(format: Format, limit: usize, metrics: Arc<Metrics>) -> (Outbox, OutboxReceiver) {
-        let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
-            tx,
+            queue: Mutex::new(VecDeque::new()),
+            queued: Notify::new(),
+            receiver_gone: AtomicBool::new(false),
             queued_bytes: AtomicUsize::new(0),
             limit,
             format,
@@ -77,7 +117,7 @@ impl Outbox {
             Outbox {
                 inner: inner.clone(),
             },
-            OutboxReceiver { rx, inner },
+            OutboxReceiver { inner },
         )
     }
 
@@ -93,7 +133,8 @@ impl Outbox {
 
     /// True once the outbox is closing or closed.
     pub fn is_closed(&self) -> bool {
-        self.inner.closing.load(Ordering::Acquire) || self.inner.tx.is_closed()
+        self.inner.closing.load(Ordering::Acquire)
+            || self.inner.receiver_gone.load(Ordering::Acquire)
     }
 
     /// Enqueues an encoded frame without waiting. On overflow the connection is told
@@ -116,7 +157,7 @@ impl Outbox {
             }));
             return Err(PushError::Overflow);
         }
-        self.inner.tx.send(frame).map_err(|_| {
+        self.inner.enqueue(frame).map_err(|_| {
             self.inner.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             PushError::Closed
         })
@@ -142,7 +183,7 @@ impl Outbox {
     pub fn finish_with(&self, last: &ProtocolMessage) {
         let _ = self.push(last);
         self.inner.closing.store(true, Ordering::Release);
-        let _ = self.inner.tx.send(WsMessage::Close(None));
+        let _ = self.inner.enqueue(WsMessage::Close(None));
     }
 }
 
@@ -150,11 +191,22 @@ impl OutboxReceiver {
     /// Takes the next queued frame without waiting (benchmarks and tests drain with this;
     /// the writer task uses [`write_loop`]).
     pub fn try_recv(&mut self) -> Option<WsMessage> {
-        let frame = self.rx.try_recv().ok()?;
+        let frame = self.inner.dequeue()?;
         self.inner
             .queued_bytes
             .fetch_sub(frame.len(), Ordering::AcqRel);
         Some(frame)
+    }
+
+    /// Waits for the next queued frame.
+    async fn recv(&self) -> WsMessage {
+        loop {
+            // A push between the check and the wait leaves a permit, so no wake-up is lost.
+            if let Some(frame) = self.inner.dequeue() {
+                return frame;
+            }
+            self.inner.queued.notified().await;
+        }
     }
 }
 
@@ -174,7 +226,7 @@ pub enum WriterEnd {
 /// abandoned when the outbox is closed, so a peer that stops reading cannot pin this task.
 pub async fn write_loop<S>(
     mut sink: S,
-    mut receiver: OutboxReceiver,
+    receiver: OutboxReceiver,
     idle: Duration,
     metrics: Arc<Metrics>,
 ) -> WriterEnd
@@ -194,7 +246,7 @@ where
             _ = inner.close_now.notified() => return farewell(&mut sink, &inner).await,
             _ = ping.tick() => Some((WsMessage::Ping(Default::default()), false)),
             _ = tokio::time::sleep_until(last_message + idle) => Some((heartbeat.clone(), false)),
-            next = receiver.rx.recv() => next.map(|frame| (frame, true)),
+            frame = receiver.recv() => Some((frame, true)),
         };
         let Some((frame, counted)) = next else {
             return WriterEnd::Closed;
@@ -208,7 +260,7 @@ where
         }
         metrics.bytes_out.inc_by(len as u64);
         let is_close = matches!(frame, WsMessage::Close(_));
-        let flush = is_close || receiver.rx.is_empty();
+        let flush = is_close || receiver.inner.is_empty();
         let write = async {
             sink.feed(frame).await?;
             if flush {
