@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 pub use config::Auth0Config;
 pub use routes::{ApiRequest, ApiResponse};
-pub use users::{User, UserStore};
+pub use users::{PublicProfile, User, UserStore};
 use verify::{Verifier, VerifyError};
 
 /// Verified tokens remembered at most, so a reconnect storm does not redo RSA per socket.

@@ -2,15 +2,17 @@
 //! `GET /api/oauth/config` (public values the login page needs), `GET`/`PATCH /api/users/me`,
 //! and the admin routes `GET /api/users`, `GET`/`PATCH`/`DELETE /api/users/{id}` (an API key,
 //! or the `admin:users` permission). Errors are Ably-style bodies: 401 with 40144/40142 for a
-//! bad token, 403 with 40160 for a missing permission. `/api/auth/token` is the broker's:
-//! it mints broker tokens with its own keys.
+//! bad token, 403 with 40160 for a missing permission. Two routes are the broker's:
+//! `/api/auth/token` mints broker tokens with its own keys, and `/api/users/{id}/profile`
+//! accepts every credential the broker does, so it authenticates the caller itself and then
+//! asks [`AuthPlugin::public_profile`].
 
 use bytes::Bytes;
 use protocol::error::codes;
 use protocol::ErrorInfo;
 use serde_json::json;
 
-use crate::users::{UserError, UserPatch};
+use crate::users::{PublicProfile, UserError, UserPatch};
 use crate::{AuthPlugin, Principal};
 
 /// Most users a page lists.
@@ -115,6 +117,15 @@ impl AuthPlugin {
             "redirect_uri": c.redirect_uri,
             "audience": c.audience,
         })
+    }
+
+    /// The public profile of user `id`, for a caller the broker has already authenticated
+    /// (any credential: an API key, a broker token, an Auth0 token). 404 (40400) for an id
+    /// that is no user.
+    pub fn public_profile(&self, id: &str) -> Result<PublicProfile, ErrorInfo> {
+        let user = self.users.get(id).map_err(user_error)?;
+        user.map(|u| u.public_profile())
+            .ok_or_else(|| user_error(UserError::NotFound))
     }
 
     async fn caller(&self, request: &ApiRequest) -> Result<Principal, ErrorInfo> {

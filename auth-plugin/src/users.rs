@@ -39,6 +39,36 @@ pub struct User {
     pub edited: Vec<String>,
 }
 
+/// What anyone signed in may read about a user (`GET /api/users/{id}/profile`): how to show
+/// them in a chat. Never the `sub`, identities or login times.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublicProfile {
+    /// The user's id: their clientId on the broker.
+    pub id: String,
+    /// Their username.
+    pub username: String,
+    /// Given name, if known.
+    pub first_name: Option<String>,
+    /// Family name, if known.
+    pub last_name: Option<String>,
+    /// Avatar URL, if known.
+    pub profile_img_url: Option<String>,
+}
+
+impl User {
+    /// The part of the user that other users may see.
+    pub fn public_profile(&self) -> PublicProfile {
+        PublicProfile {
+            id: self.id.clone(),
+            username: self.username.clone(),
+            first_name: self.first_name.clone(),
+            last_name: self.last_name.clone(),
+            profile_img_url: self.profile_img_url.clone(),
+        }
+    }
+}
+
 /// Profile claims of a verified token.
 #[derive(Clone, Debug, Default)]
 pub struct Profile {

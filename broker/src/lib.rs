@@ -9,6 +9,7 @@ pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod dev_users;
 pub mod error;
 pub mod http;
 pub mod lifecycle;

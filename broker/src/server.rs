@@ -19,12 +19,13 @@ use crate::channel::{ChannelContext, Channels};
 use crate::config::Config;
 use crate::config::KeyConfig;
 use crate::connection::session::Sessions;
+use crate::dev_users::DevUsers;
 use crate::error::Error;
 use crate::lifecycle::{TaskGuard, Tasks};
 use crate::metrics::Metrics;
 use crate::store::commit::Committer;
 use crate::store::sled_log::SledLog;
-use crate::store::ChannelLog;
+use crate::store::{ChannelLog, StoreError};
 use auth_plugin::AuthPlugin;
 
 /// Everything a connection or request handler needs, shared behind one `Arc`.
@@ -39,6 +40,8 @@ pub struct Broker {
     pub token_key: String,
     /// The Auth0 plugin, when configured.
     pub auth0: Option<Arc<auth_plugin::AuthPlugin>>,
+    /// The development login's users, while the development login is on.
+    pub dev_users: Option<DevUsers>,
     /// Running channel sequencers.
     pub channels: Arc<Channels>,
     /// Live and resumable connections.
@@ -96,6 +99,12 @@ pub async fn run(
     } else {
         None
     };
+    let dev_users = if config.dev_login_enabled() {
+        let opened = DevUsers::open(messages.db());
+        Some(opened.map_err(|e| Error::Store(StoreError::Engine(e.to_string())))?)
+    } else {
+        None
+    };
     let log: Arc<dyn ChannelLog> = Arc::new(messages);
     let presence_log: Arc<dyn ChannelLog> = Arc::new(presence);
     let metrics = Arc::new(Metrics::new());
@@ -125,6 +134,7 @@ pub async fn run(
         keys,
         token_key: token_key_name,
         auth0,
+        dev_users,
         channels,
         sessions: Arc::new(Sessions::default()),
         log: log.clone(),

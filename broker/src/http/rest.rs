@@ -599,6 +599,14 @@ async fn api(
     if path == "/api/dev/login" {
         return dev_login(broker, parts, query, &body, &json).await;
     }
+    if let ["api", "users", id, "profile"] = path
+        .trim_start_matches('/')
+        .split('/')
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        return profile(broker, parts, id, &json).await;
+    }
     let Some(plugin) = &broker.auth0 else {
         if path == "/api/oauth/config" {
             // No Auth0: the login page offers the development login when it is open.
@@ -687,6 +695,43 @@ async fn api(
     Ok(json.ok(status, &response.body, Vec::new()))
 }
 
+/// `GET /api/users/{id}/profile`: how to show user `id` — `{id, username, firstName, lastName,
+/// profileImgUrl}` — to anyone with a credential the broker accepts (API key, broker token or
+/// Ably JWT, Auth0 token). From the Auth0 user table, or, with the development login, from the
+/// names it has issued tokens for. 404 (40400) for anyone else.
+async fn profile(
+    broker: &Broker,
+    parts: &Parts,
+    id: &str,
+    json: &Negotiated,
+) -> Result<HttpResponse, ErrorInfo> {
+    if parts.method != Method::GET {
+        return Err(ErrorInfo::new(codes::METHOD_NOT_ALLOWED, "use GET"));
+    }
+    authenticate(broker, parts).await?;
+    let id = percent_encoding::percent_decode_str(id)
+        .decode_utf8()
+        .map_err(|_| ErrorInfo::new(codes::INVALID_PARAMETER, "the user id is not UTF-8"))?;
+    let not_found = || ErrorInfo::new(codes::NOT_FOUND, "no such user");
+    let profile = if let Some(plugin) = &broker.auth0 {
+        plugin.public_profile(&id)?
+    } else if let Some(dev_users) = &broker.dev_users {
+        dev_users
+            .profile(&id)
+            .map_err(|e| {
+                tracing::error!(error = %e, "development users");
+                ErrorInfo::new(codes::INTERNAL, "user store unavailable")
+            })?
+            .ok_or_else(not_found)?
+    } else {
+        return Err(ErrorInfo::new(
+            codes::NOT_FOUND,
+            "this broker keeps no users: neither Auth0 nor the development login is on",
+        ));
+    };
+    Ok(json.ok(StatusCode::OK, &profile, Vec::new()))
+}
+
 /// The capability of development logins: everything a chat user does, nothing more.
 const DEV_CAPABILITY: &str = r#"{"*":["subscribe","publish","presence","history"]}"#;
 
@@ -720,6 +765,12 @@ async fn dev_login(
         .ok_or_else(|| ErrorInfo::new(codes::BAD_REQUEST, "username is required"))?;
     let username = auth_plugin::users::normalise_username(&wanted)
         .map_err(|e| ErrorInfo::new(codes::INVALID_PARAMETER, e.to_string()))?;
+    if let Some(dev_users) = &broker.dev_users {
+        dev_users.record(&username, now_ms()).map_err(|e| {
+            tracing::error!(error = %e, "development users");
+            ErrorInfo::new(codes::INTERNAL, "user store unavailable")
+        })?;
+    }
     let details = broker.keys.mint(
         &broker.token_key,
         DEV_CAPABILITY,

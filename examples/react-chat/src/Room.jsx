@@ -2,6 +2,7 @@ import { useEffect, useMemo, useRef, useState } from 'react';
 import { useChannel, usePresence, usePresenceListener } from 'ably/react';
 import { HISTORY_LIMIT } from './config.js';
 import Avatar from './Avatar.jsx';
+import { displayName, useProfiles } from './profiles.js';
 
 const keyOf = (m) => m.id || `${m.clientId}/${m.timestamp}/${JSON.stringify(m.data)}`;
 const textOf = (m) => (typeof m.data === 'string' ? m.data : (m.data?.text ?? JSON.stringify(m.data)));
@@ -21,8 +22,9 @@ export default function Room({ channelName, user }) {
     setLive((prev) => [...prev, message]);
   });
 
-  // Enter presence with what others need to show us; leave when the room closes.
-  usePresence(channelName, { name: user.name || user.username, picture: user.picture || null });
+  // Enter presence while the room is open. Others show us by our profile on the broker, not
+  // by anything we put here.
+  usePresence(channelName);
   const { presenceData } = usePresenceListener(channelName);
 
   // Earlier messages: read once the channel is attached, so that everything published after
@@ -54,8 +56,6 @@ export default function Room({ channelName, user }) {
     return [...byClient.values()].sort((a, b) => a.clientId.localeCompare(b.clientId));
   }, [presenceData]);
 
-  const profiles = useMemo(() => new Map(online.map((p) => [p.clientId, p.data || {}])), [online]);
-
   const messages = useMemo(() => {
     const seen = new Set();
     const out = [];
@@ -67,6 +67,11 @@ export default function Room({ channelName, user }) {
     }
     return out;
   }, [history, live]);
+
+  const profiles = useProfiles([
+    ...online.map((p) => p.clientId),
+    ...messages.map((m) => m.clientId),
+  ]);
 
   useEffect(() => {
     const el = listRef.current;
@@ -100,20 +105,24 @@ export default function Room({ channelName, user }) {
             <li className="muted">No messages yet. Say hello!</li>
           )}
           {messages.map((m) => {
-            const profile = profiles.get(m.clientId) || {};
-            const name = profile.name || m.clientId || 'anonymous';
+            const profile = profiles.get(m.clientId);
+            const name = displayName(profile, m.clientId);
             return (
               <li
                 key={keyOf(m)}
                 className={m.clientId === user.id ? 'message mine' : 'message'}
                 data-testid="message"
+                data-client-id={m.clientId}
               >
-                <Avatar name={name} picture={profile.picture} />
+                <Avatar name={name} picture={profile?.profileImgUrl} />
                 <div className="bubble">
                   <div className="meta">
                     <span className="sender" data-testid="sender">
                       {name}
                     </span>
+                    {profile && name !== profile.username && (
+                      <span className="username muted">@{profile.username}</span>
+                    )}
                     <time>{timeOf(m)}</time>
                   </div>
                   <div className="text" data-testid="text">
@@ -140,12 +149,16 @@ export default function Room({ channelName, user }) {
       <aside className="online">
         <h2>Online — {online.length}</h2>
         <ul data-testid="online">
-          {online.map((p) => (
-            <li key={p.clientId} data-testid="online-user" data-client-id={p.clientId}>
-              <Avatar name={p.data?.name || p.clientId} picture={p.data?.picture} size={28} />
-              <span>{p.data?.name || p.clientId}</span>
-            </li>
-          ))}
+          {online.map((p) => {
+            const profile = profiles.get(p.clientId);
+            const name = displayName(profile, p.clientId);
+            return (
+              <li key={p.clientId} data-testid="online-user" data-client-id={p.clientId}>
+                <Avatar name={name} picture={profile?.profileImgUrl} size={28} />
+                <span data-testid="online-name">{name}</span>
+              </li>
+            );
+          })}
         </ul>
       </aside>
     </main>
