@@ -147,7 +147,7 @@ impl Default for Limits {
             max_rewind: 100,
             max_resume_replay: 10_000,
             handshake_timeout_ms: 10_000,
-            socket_read_buffer_bytes: 8192,
+            socket_read_buffer_bytes: 1024,
         }
     }
 }

@@ -45,7 +45,8 @@ struct Inner {
     format: Format,
     metrics: Arc<Metrics>,
     closing: AtomicBool,
-    farewell: Mutex<Option<ProtocolMessage>>,
+    /// Boxed: a ProtocolMessage is large and nearly every outbox never has one.
+    farewell: Mutex<Option<Box<ProtocolMessage>>>,
     close_now: Notify,
 }
 
@@ -174,7 +175,7 @@ impl Outbox {
         if self.inner.closing.swap(true, Ordering::AcqRel) {
             return;
         }
-        *self.inner.farewell.lock().expect("farewell lock") = farewell;
+        *self.inner.farewell.lock().expect("farewell lock") = farewell.map(Box::new);
         self.inner.close_now.notify_one();
     }
 
@@ -243,7 +244,8 @@ where
     loop {
         let next = tokio::select! {
             biased;
-            _ = inner.close_now.notified() => return farewell(&mut sink, &inner).await,
+            // Boxed (twice): the goodbye is needed once and would size every idle writer.
+            _ = inner.close_now.notified() => return Box::pin(farewell(&mut sink, &inner)).await,
             _ = ping.tick() => Some((WsMessage::Ping(Default::default()), false)),
             _ = tokio::time::sleep_until(last_message + idle) => Some((heartbeat.clone(), false)),
             frame = receiver.recv() => Some((frame, true)),
@@ -278,7 +280,7 @@ where
                 Ok(Ok(())) => {}
                 Ok(Err(_)) | Err(_) => return WriterEnd::SocketError,
             },
-            _ = inner.close_now.notified() => return farewell(&mut sink, &inner).await,
+            _ = inner.close_now.notified() => return Box::pin(farewell(&mut sink, &inner)).await,
         }
     }
 }

@@ -111,7 +111,9 @@ fn upgrade(
                     Some(ws_config),
                 )
                 .await;
-                connection::serve(broker, ws, params).await;
+                // Boxed: inline, the serving state would sit beside copies of the upgrade's
+                // (the socket, the parameters) for the connection's whole life.
+                Box::pin(connection::serve(broker, ws, params)).await;
             }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
