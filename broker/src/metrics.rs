@@ -26,10 +26,12 @@ pub struct Metrics {
     pub bytes_out: IntCounter,
     /// Time from receiving a publish to sending its ACK (seconds).
     pub publish_ack_latency: Histogram,
-    /// Time from a batch becoming durable to its last outbox enqueue (seconds).
+    /// Time to enqueue a batch to every subscriber (seconds).
     pub fanout_latency: Histogram,
     /// Appends made durable by one fsync.
     pub log_commit_batch: Histogram,
+    /// How long one group commit's sync took (seconds).
+    pub log_sync_duration: Histogram,
     /// Connections dropped because their outbox was full.
     pub slow_consumer_disconnects: IntCounter,
     /// Resume attempts by result (`succeeded`, `failed`).
@@ -102,7 +104,12 @@ impl Metrics {
             ),
             fanout_latency: histogram(
                 "broker_fanout_latency_seconds",
-                "Time to enqueue a durable batch to every subscriber",
+                "Time to enqueue a batch to every subscriber",
+                latency.clone(),
+            ),
+            log_sync_duration: histogram(
+                "broker_log_sync_seconds",
+                "How long one group commit's sync (fsync) took",
                 latency,
             ),
             log_commit_batch: histogram(

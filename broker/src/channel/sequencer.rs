@@ -571,8 +571,9 @@ impl Sequencer {
     fn trim(&self, log: &dyn ChannelLog, first: u64, last: u64) -> u64 {
         let max = self.context.max_messages;
         let held = (last + 1).saturating_sub(first);
-        // Trim in steps of a few percent so the delete is amortised over many appends.
-        if held < max + (max / 32).max(1) {
+        // Trim in steps of an eighth so the delete, and the rewrite of a record it cuts, is
+        // amortised over many appends.
+        if held < max + (max / 8).max(1) {
             return first;
         }
         let first_kept = last + 1 - max;

@@ -89,8 +89,13 @@ impl Committer {
                 }
                 metrics.log_commit_batch.observe(waiters.len() as f64);
                 let log = log.clone();
+                let metrics = metrics.clone();
                 running.push_back(tokio::task::spawn_blocking(move || {
+                    let started = std::time::Instant::now();
                     let result = log.sync();
+                    metrics
+                        .log_sync_duration
+                        .observe(started.elapsed().as_secs_f64());
                     (waiters, result)
                 }));
             }
