@@ -5,9 +5,9 @@
 //! contiguous, serial-ordered key range and the record holding serial `s` is the last key at
 //! or before `key(channel, s)`.
 //!
-//! A record is a header — entry count (u32), last serial (u64), last timestamp (i64) — then
-//! its entries, each serial (u64), timestamp (i64), length (u32) and the message in msgpack,
-//! all big-endian. Time filters, bounds and expiry read headers and entry prefixes; only the
+//! An append of more than 32 KiB is cut into several records. A record is a header — entry
+//! count (u32), last serial (u64), last timestamp (i64) — then its entries, each serial (u64),
+//! timestamp (i64), length (u32) and the message in msgpack, all big-endian. Time filters, bounds and expiry read headers and entry prefixes; only the
 //! messages returned are decoded. Retention that cuts a record in two rewrites the kept part
 //! under its new first serial. A second tree keeps each channel's head (its newest serial
 //! ever), so serials are never reused after retention has emptied a channel.
@@ -22,6 +22,8 @@ use super::{Bounds, ChannelLog, Direction, Query, StoreError, UNCLEAN_STOP_SKIP}
 const SEPARATOR: u8 = 0xFF;
 const HEADER_LEN: usize = 4 + 8 + 8;
 const ENTRY_PREFIX_LEN: usize = 8 + 8 + 4;
+/// A record is closed once its entries reach this many bytes.
+const RECORD_BYTES: usize = 32 * 1024;
 /// The meta key present while a broker runs on the database; found at start, it means the
 /// last run did not stop cleanly.
 const RUNNING: &str = "running";
@@ -288,7 +290,7 @@ impl ChannelLog for SledLog {
     }
 
     fn append(&self, channel: &str, messages: &[(u64, &Message)]) -> Result<(), StoreError> {
-        let Some((first, _)) = messages.first() else {
+        let Some((last, _)) = messages.last() else {
             return Ok(());
         };
         let bodies: Vec<(u64, i64, bytes::Bytes)> = messages
@@ -298,9 +300,24 @@ impl ChannelLog for SledLog {
                 (*serial, m.timestamp.unwrap_or(0), body)
             })
             .collect();
-        let value = encode_record(bodies.iter().map(|(s, t, b)| (*s, *t, b.as_ref())));
-        let last = bodies.last().map_or(*first, |(s, _, _)| *s);
-        self.messages.insert(key(channel, *first), value)?;
+        // One record per append, cut where it would pass RECORD_BYTES, so that reading one
+        // message never means fetching megabytes.
+        let mut batch = sled::Batch::default();
+        let mut start = 0;
+        let mut bytes = 0;
+        for (i, (_, _, body)) in bodies.iter().enumerate() {
+            bytes += ENTRY_PREFIX_LEN + body.len();
+            if bytes >= RECORD_BYTES || i + 1 == bodies.len() {
+                let record = &bodies[start..=i];
+                batch.insert(
+                    key(channel, record[0].0),
+                    encode_record(record.iter().map(|(s, t, b)| (*s, *t, b.as_ref()))),
+                );
+                start = i + 1;
+                bytes = 0;
+            }
+        }
+        self.messages.apply_batch(batch)?;
         self.heads.insert(channel, &last.to_be_bytes())?;
         Ok(())
     }
@@ -653,5 +670,32 @@ mod tests {
         }
         let error = SledLog::open(dir.path(), 1 << 20).err().expect("refused");
         assert!(error.to_string().contains("older layout"), "{error}");
+    }
+
+    #[test]
+    fn a_large_append_is_cut_into_records_read_as_one_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SledLog::open(dir.path(), 1 << 20).unwrap();
+        let big = |i: i64| Message {
+            data: Some(protocol::Data::String("x".repeat(4000))),
+            ..message(i, &format!("b{i}"))
+        };
+        let msgs: Vec<Message> = (1..=40).map(big).collect();
+        let refs: Vec<(u64, &Message)> = msgs.iter().zip(1..).map(|(m, s)| (s, m)).collect();
+        log.append("big", &refs).unwrap();
+        assert!(log.messages.len() > 1, "160 KB in more than one record");
+        let serials: Vec<u64> = log
+            .read("big", &query(Direction::Forwards, 100))
+            .unwrap()
+            .iter()
+            .map(|(s, _)| *s)
+            .collect();
+        assert_eq!(serials, (1..=40).collect::<Vec<_>>());
+        log.truncate_after("big", 20).unwrap();
+        assert_eq!(log.bounds("big").unwrap().unwrap().last, 20);
+        assert_eq!(
+            log.read("big", &query(Direction::Backwards, 1)).unwrap()[0].0,
+            20
+        );
     }
 }
