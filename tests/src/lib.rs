@@ -201,6 +201,15 @@ impl Client {
         message
     }
 
+    /// Waits until `n` msgSerials have been acknowledged, counting each ACK's `count` (the
+    /// broker coalesces consecutive ACKs, §7.3); any other frame in between is skipped.
+    pub async fn expect_acks(&mut self, n: u64) {
+        let mut acked = 0;
+        while acked < n {
+            acked += acked_by(&self.next().await.expect("connection still open"));
+        }
+    }
+
     /// Attaches `channel` and returns ATTACHED.
     pub async fn attach(&mut self, channel: &str) -> ProtocolMessage {
         self.send(&ProtocolMessage::for_channel(Action::Attach, channel))
@@ -216,6 +225,15 @@ impl Client {
     /// Closes the TCP connection without a CLOSE (an abrupt drop).
     pub fn drop_abruptly(self) {
         drop(self);
+    }
+}
+
+/// How many msgSerials `message` acknowledges: an ACK's `count` (1 when absent), else 0.
+pub fn acked_by(message: &ProtocolMessage) -> u64 {
+    if message.action == Action::Ack {
+        message.count.unwrap_or(1)
+    } else {
+        0
     }
 }
 

@@ -3,7 +3,7 @@
 //! `kill -9` variant runs in the ably-js suite against the real binary.)
 
 use protocol::{flags, Action, ProtocolMessage};
-use tests::{history, texts, TestBroker};
+use tests::{acked_by, history, texts, TestBroker};
 
 #[tokio::test]
 async fn acknowledged_messages_survive_a_restart_and_channel_serials_stay_valid() {
@@ -20,7 +20,7 @@ async fn acknowledged_messages_survive_a_restart_and_channel_serials_stay_valid(
     while acks < 50 {
         let m = client.next().await.unwrap();
         match m.action {
-            Action::Ack => acks += 1,
+            Action::Ack => acks += acked_by(&m),
             Action::Message if texts(&m) == ["d9"] => last_serial = m.channel_serial,
             _ => {}
         }

@@ -3,7 +3,7 @@
 //! REST views, and the refusals.
 
 use protocol::{flags, Action, Data, PresenceMessage, ProtocolMessage};
-use tests::{ably_jwt, http, now_secs, send, urlencode, Client, TestBroker, KEY};
+use tests::{ably_jwt, acked_by, http, now_secs, send, urlencode, Client, TestBroker, KEY};
 
 const ENTER: u64 = 2;
 const LEAVE: u64 = 3;
@@ -250,12 +250,7 @@ async fn a_thousand_members_of_one_wildcard_connection_reach_a_new_attacher_in_p
             ))
             .await;
     }
-    let mut acks = 0;
-    while acks < 1000 {
-        if crowd.next().await.unwrap().action == Action::Ack {
-            acks += 1;
-        }
-    }
+    crowd.expect_acks(1000).await;
     let (mut late, _) = broker.connect_key("json").await;
     late.send(&ProtocolMessage::for_channel(Action::Attach, "big"))
         .await;
@@ -299,12 +294,7 @@ async fn rest_presence_history_and_occupancy_agree_with_what_happened() {
     zed.send(&presence("hall", 1, UPDATE, None, "busy")).await;
     zed.send(&presence("hall", 2, LEAVE, None, "")).await;
     enter(&mut zed, "hall", 3, "back").await;
-    let mut acks = 0;
-    while acks < 4 {
-        if zed.next().await.unwrap().action == Action::Ack {
-            acks += 1;
-        }
-    }
+    zed.expect_acks(4).await;
     let get = |path: &str| {
         let url = broker.url(path);
         async move {
@@ -402,7 +392,7 @@ async fn presence_refusals_have_precise_codes() {
     while codes.len() < 3 {
         let m = anon.next().await.unwrap();
         match m.action {
-            Action::Ack => codes.push(0),
+            Action::Ack => codes.extend((0..acked_by(&m)).map(|_| 0)),
             Action::Nack => codes.push(m.error.unwrap().code),
             _ => {}
         }

@@ -95,10 +95,15 @@ async fn acked_and_delivered_in_order(deliver_after_sync: bool) {
     while acked < 200 {
         let message = publisher.next().await.expect("open");
         match message.action {
+            // One ACK may cover a run of msgSerials: `count` of them, one `res` each (§7.3).
             Action::Ack => {
                 assert_eq!(message.msg_serial, Some(acked));
-                serials.push(message.res.unwrap()[0].serials[0].clone().unwrap());
-                acked += 1;
+                let results = message.res.expect("res");
+                assert_eq!(results.len() as u64, message.count.unwrap_or(1));
+                for result in results {
+                    serials.push(result.serials[0].clone().unwrap());
+                    acked += 1;
+                }
             }
             // The publisher did not attach, so it receives no MESSAGE.
             other => panic!("unexpected {other:?}"),

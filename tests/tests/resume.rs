@@ -36,9 +36,7 @@ async fn a_dropped_subscriber_resumes_and_misses_nothing() {
     for i in 10..20 {
         publisher.publish("feed", i, &format!("m{i}")).await;
     }
-    for _ in 0..20 {
-        publisher.expect(Action::Ack).await;
-    }
+    publisher.expect_acks(20).await;
 
     let mut back = resume(&broker, &key).await;
     let connected_again = back.expect(Action::Connected).await;

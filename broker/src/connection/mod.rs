@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
-use futures_util::{StreamExt, TryFutureExt};
+use futures_util::{FutureExt, StreamExt, TryFutureExt};
 use protocol::error::codes;
 use protocol::{Action, ConnectionDetails, ErrorInfo, Format, ProtocolMessage};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -154,21 +154,58 @@ impl Connection {
     }
 }
 
-/// ACK or NACK of one ProtocolMessage (§7.3).
-fn ack_or_nack(msg_serial: u64, outcome: PublishOutcome) -> ProtocolMessage {
-    let mut message = match outcome {
-        Ok(serials) => ProtocolMessage {
-            res: Some(vec![protocol::PublishResult { serials }]),
-            ..ProtocolMessage::new(Action::Ack)
-        },
-        Err(error) => ProtocolMessage {
-            error: Some(error),
-            ..ProtocolMessage::new(Action::Nack)
-        },
-    };
-    message.msg_serial = Some(msg_serial);
-    message.count = Some(1);
-    message
+/// Sends the ACK or NACK of `first` and of every later outcome already known, in order. A run
+/// of consecutive msgSerials that all succeeded goes out as one ACK with `count` and one
+/// `res` entry each (§7.3), so a publisher with many messages in flight gets one frame per
+/// group commit rather than one per message.
+fn answer_ready(conn: &mut Connection, first: (u64, PublishOutcome)) {
+    let mut run: Option<(u64, Vec<protocol::PublishResult>)> = None;
+    let mut next = Some(first);
+    while let Some((msg_serial, outcome)) = next.take() {
+        match outcome {
+            Ok(serials) => match &mut run {
+                Some((start, results)) if *start + results.len() as u64 == msg_serial => {
+                    results.push(protocol::PublishResult { serials });
+                }
+                _ => {
+                    if let Some((start, results)) = run.take() {
+                        conn.send(&ack(start, results));
+                    }
+                    run = Some((msg_serial, vec![protocol::PublishResult { serials }]));
+                }
+            },
+            Err(error) => {
+                if let Some((start, results)) = run.take() {
+                    conn.send(&ack(start, results));
+                }
+                conn.broker
+                    .metrics
+                    .nacks
+                    .with_label_values(&[&error.code.to_string()])
+                    .inc();
+                conn.send(&ProtocolMessage {
+                    msg_serial: Some(msg_serial),
+                    count: Some(1),
+                    error: Some(error),
+                    ..ProtocolMessage::new(Action::Nack)
+                });
+            }
+        }
+        next = conn.pending.next().now_or_never().flatten();
+    }
+    if let Some((start, results)) = run {
+        conn.send(&ack(start, results));
+    }
+}
+
+/// One ACK for `results.len()` consecutive msgSerials from `start`.
+fn ack(start: u64, results: Vec<protocol::PublishResult>) -> ProtocolMessage {
+    ProtocolMessage {
+        msg_serial: Some(start),
+        count: Some(results.len() as u64),
+        res: Some(results),
+        ..ProtocolMessage::new(Action::Ack)
+    }
 }
 
 /// Serves one upgraded WebSocket until it closes.
@@ -222,12 +259,7 @@ where
                 writer_running = false;
                 conn.ending = Some(Ending::Resumable);
             }
-            Some((msg_serial, outcome)) = conn.pending.next() => {
-                if let Err(e) = &outcome {
-                    broker.metrics.nacks.with_label_values(&[&e.code.to_string()]).inc();
-                }
-                conn.send(&ack_or_nack(msg_serial, outcome));
-            }
+            Some(first) = conn.pending.next() => answer_ready(&mut conn, first),
             _ = sleep_until(renewal.unwrap_or_else(Instant::now)), if renewal.is_some() => {
                 token_timer(&mut conn);
             }
