@@ -25,7 +25,8 @@ use crate::auth::now_ms;
 use crate::connection::outbox::{encode_frame, PushError};
 use crate::lifecycle::TaskGuard;
 use crate::store::{
-    format_serial, parse_serial, ChannelLog, Direction, Query, StoreError, UNCLEAN_STOP_SKIP,
+    format_serial, parse_serial, ChannelLog, Direction, Query, Retained, StoreError,
+    UNCLEAN_STOP_SKIP,
 };
 
 /// Publishes taken into one log append and one commit at most.
@@ -69,6 +70,10 @@ pub(super) struct Sequencer {
     presence: PresenceSet,
     presence_first: u64,
     presence_last: u64,
+    /// Messages in the log, once counted (see `trim`).
+    held: Option<u64>,
+    /// Events in the presence history, once counted.
+    presence_held: Option<u64>,
     syncs: u64,
     recent_ids: HashMap<String, String>,
     recent_order: VecDeque<(i64, String)>,
@@ -91,6 +96,8 @@ impl Sequencer {
             presence: PresenceSet::default(),
             presence_first: presence_bounds.map_or(1, |b| b.first),
             presence_last: presence_bounds.map_or(0, |b| b.last),
+            held: None,
+            presence_held: None,
             syncs: 0,
             recent_ids: HashMap::new(),
             recent_order: VecDeque::new(),
@@ -362,9 +369,14 @@ impl Sequencer {
         match self.context.presence_log.append(&self.name, &numbered) {
             Ok(()) => {
                 self.presence_last += records.len() as u64;
-                let (first, last) = (self.presence_first, self.presence_last);
                 let log = self.context.presence_log.clone();
-                self.presence_first = self.trim(log.as_ref(), first, last);
+                let held = self.presence_held.map(|h| h + records.len() as u64);
+                if let Some(left) = self.trim(log.as_ref(), held) {
+                    self.presence_first = left.first.unwrap_or(self.presence_last + 1);
+                    self.presence_held = Some(left.held);
+                } else {
+                    self.presence_held = held;
+                }
             }
             Err(e) => {
                 tracing::warn!(channel = %self.name, error = %e, "presence history append failed")
@@ -440,6 +452,7 @@ impl Sequencer {
             .enumerate()
             .map(|(i, m)| (before + 1 + i as u64, m))
             .collect();
+        let appended_count = appended.len() as u64;
         let stored = if appended.is_empty() {
             Ok(())
         } else {
@@ -536,7 +549,13 @@ impl Sequencer {
             self.context.committer.when_durable(answer);
         }
         let log = self.context.log.clone();
-        self.first = self.trim(log.as_ref(), self.first, self.last);
+        let held = self.held.map(|h| h + appended_count);
+        if let Some(left) = self.trim(log.as_ref(), held) {
+            self.first = left.first.unwrap_or(self.last + 1);
+            self.held = Some(left.held);
+        } else {
+            self.held = held;
+        }
     }
 
     /// Hands one message to every attacher `wants` picks, encoding it at most once per wire
@@ -567,21 +586,20 @@ impl Sequencer {
         delivered
     }
 
-    /// Trims `log` to the retained count; returns the new first serial.
-    fn trim(&self, log: &dyn ChannelLog, first: u64, last: u64) -> u64 {
+    /// Trims `log` to the retained count when `held` (messages in it; `None` until counted
+    /// once after loading) has grown an eighth past it, so the delete, and the rewrite of a
+    /// record it cuts, is amortised over many appends. Retention counts messages, not serials:
+    /// serials have a gap after an unclean stop. Returns what is left when it counted.
+    fn trim(&self, log: &dyn ChannelLog, held: Option<u64>) -> Option<Retained> {
         let max = self.context.max_messages;
-        let held = (last + 1).saturating_sub(first);
-        // Trim in steps of an eighth so the delete, and the rewrite of a record it cuts, is
-        // amortised over many appends.
-        if held < max + (max / 8).max(1) {
-            return first;
+        if held.is_some_and(|h| h < max + (max / 8).max(1)) {
+            return None;
         }
-        let first_kept = last + 1 - max;
-        match log.trim_before(&self.name, first_kept) {
-            Ok(()) => first_kept,
+        match log.retain_newest(&self.name, max) {
+            Ok(left) => Some(left),
             Err(e) => {
                 tracing::warn!(channel = %self.name, error = %e, "trim failed");
-                first
+                None
             }
         }
     }
@@ -679,10 +697,7 @@ impl Sequencer {
                 let Some((epoch, seq)) = parse_serial(serial) else {
                     return Ok(Backlog::None { lost: lost() });
                 };
-                let resumable = epoch == self.epoch
-                    && seq <= self.last
-                    && seq + 1 >= self.first
-                    && (self.last - seq) as usize <= self.context.max_resume_replay;
+                let resumable = epoch == self.epoch && seq <= self.last && seq + 1 >= self.first;
                 if !resumable {
                     return Ok(Backlog::None { lost: lost() });
                 }
@@ -692,6 +707,8 @@ impl Sequencer {
                         frames: Vec::new(),
                     });
                 }
+                // Counted, not computed from serials, which have a gap after an unclean stop.
+                let max = self.context.max_resume_replay;
                 let rows = self.context.log.read(
                     &self.name,
                     &Query {
@@ -700,9 +717,12 @@ impl Sequencer {
                         start_ms: None,
                         end_ms: None,
                         direction: Direction::Forwards,
-                        limit: usize::MAX,
+                        limit: max.saturating_add(1),
                     },
                 )?;
+                if rows.len() > max {
+                    return Ok(Backlog::None { lost: lost() });
+                }
                 (rows, Some(serial.clone()))
             }
             StartFrom::Rewind(_) | StartFrom::RewindFor(_) if !subscribes => {

@@ -51,6 +51,15 @@ pub struct Query {
     pub limit: usize,
 }
 
+/// What [`ChannelLog::retain_newest`] left of a channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retained {
+    /// The oldest serial kept, if any message is left.
+    pub first: Option<u64>,
+    /// How many messages are left.
+    pub held: u64,
+}
+
 /// The serials a channel's log holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bounds {
@@ -78,6 +87,9 @@ pub trait ChannelLog: Send + Sync + 'static {
     fn read(&self, channel: &str, query: &Query) -> Result<Vec<(u64, Message)>, StoreError>;
     /// Removes every message of `channel` with a serial below `first_kept`.
     fn trim_before(&self, channel: &str, first_kept: u64) -> Result<(), StoreError>;
+    /// Keeps only the newest `keep` messages of `channel`, counting messages, not serials
+    /// (serials have gaps after an unclean stop). Returns what is left.
+    fn retain_newest(&self, channel: &str, keep: u64) -> Result<Retained, StoreError>;
     /// Removes every message of `channel` with a serial above `last_kept` (undoing an append
     /// that could not be made durable), and sets the channel's head back to it.
     fn truncate_after(&self, channel: &str, last_kept: u64) -> Result<(), StoreError>;

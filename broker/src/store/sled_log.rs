@@ -17,7 +17,7 @@ use std::path::Path;
 
 use protocol::Message;
 
-use super::{Bounds, ChannelLog, Direction, Query, StoreError, UNCLEAN_STOP_SKIP};
+use super::{Bounds, ChannelLog, Direction, Query, Retained, StoreError, UNCLEAN_STOP_SKIP};
 
 const SEPARATOR: u8 = 0xFF;
 const HEADER_LEN: usize = 4 + 8 + 8;
@@ -162,6 +162,7 @@ struct Entry<'a> {
 
 /// A stored record, parsed lazily from its value.
 struct Record<'a> {
+    count: u64,
     last_serial: u64,
     last_timestamp: i64,
     entries: &'a [u8],
@@ -170,6 +171,7 @@ struct Record<'a> {
 impl<'a> Record<'a> {
     fn parse(value: &'a [u8]) -> Option<Record<'a>> {
         (value.len() >= HEADER_LEN).then(|| Record {
+            count: u64::from(u32::from_be_bytes([value[0], value[1], value[2], value[3]])),
             last_serial: be_u64(&value[4..12]),
             last_timestamp: be_u64(&value[12..20]) as i64,
             entries: &value[HEADER_LEN..],
@@ -412,6 +414,40 @@ impl ChannelLog for SledLog {
             self.rewrite(channel, &k, &v, |e| e.serial >= first_kept)?;
         }
         Ok(())
+    }
+
+    fn retain_newest(&self, channel: &str, keep: u64) -> Result<Retained, StoreError> {
+        let mut held = 0;
+        let mut first = None;
+        let mut cut = None;
+        for item in self
+            .messages
+            .range(key(channel, 0)..=key(channel, u64::MAX))
+            .rev()
+        {
+            let (k, v) = item?;
+            let Some(record) = Record::parse(&v) else {
+                continue;
+            };
+            if held + record.count >= keep {
+                // The oldest message kept is in this record.
+                let need = (keep - held) as usize;
+                let serials: Vec<u64> = record.entries().map(|e| e.serial).collect();
+                let first_kept = serials[serials.len().saturating_sub(need)..]
+                    .first()
+                    .copied();
+                held += need as u64;
+                first = first_kept;
+                cut = first_kept;
+                break;
+            }
+            held += record.count;
+            first = split_key(&k).map(|(_, s)| s);
+        }
+        if let Some(first_kept) = cut {
+            self.trim_before(channel, first_kept)?;
+        }
+        Ok(Retained { first, held })
     }
 
     fn truncate_after(&self, channel: &str, last_kept: u64) -> Result<(), StoreError> {
@@ -697,5 +733,51 @@ mod tests {
             log.read("big", &query(Direction::Backwards, 1)).unwrap()[0].0,
             20
         );
+    }
+
+    #[test]
+    fn retention_counts_messages_across_the_gap_an_unclean_stop_leaves() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = SledLog::open(dir.path(), 1 << 20).unwrap();
+            let msgs: Vec<Message> = (1..=5).map(|i| message(i, &format!("m{i}"))).collect();
+            let refs: Vec<(u64, &Message)> = msgs.iter().zip(1..).map(|(m, s)| (s, m)).collect();
+            log.append("g", &refs).unwrap();
+            log.sync().unwrap();
+        }
+        let log = SledLog::open(dir.path(), 1 << 20).unwrap();
+        let next = log.bounds("g").unwrap().unwrap().last + 1;
+        log.append("g", &[(next, &message(6, "after"))]).unwrap();
+        // Six messages, whatever the serials say: a limit of 10 keeps them all.
+        let left = log.retain_newest("g", 10).unwrap();
+        assert_eq!(
+            left,
+            Retained {
+                first: Some(1),
+                held: 6
+            }
+        );
+        assert_eq!(
+            log.read("g", &query(Direction::Forwards, 100))
+                .unwrap()
+                .len(),
+            6
+        );
+        // A limit of 2 keeps the newest two, cutting the first record.
+        let left = log.retain_newest("g", 2).unwrap();
+        assert_eq!(
+            left,
+            Retained {
+                first: Some(5),
+                held: 2
+            }
+        );
+        let names: Vec<String> = log
+            .read("g", &query(Direction::Forwards, 100))
+            .unwrap()
+            .into_iter()
+            .map(|(_, m)| m.name.unwrap())
+            .collect();
+        assert_eq!(names, ["m5", "after"]);
     }
 }
