@@ -546,7 +546,8 @@ impl Sequencer {
         if self.synced.load(Ordering::Acquire) >= self.last {
             answer(Ok(()));
         } else {
-            self.context.committer.when_durable(answer);
+            let messages = appended_count.max(1) as usize;
+            self.context.committer.when_durable(messages, answer);
         }
         let log = self.context.log.clone();
         let held = self.held.map(|h| h + appended_count);

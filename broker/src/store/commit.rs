@@ -13,14 +13,20 @@ use tokio::task::JoinHandle;
 use super::{ChannelLog, StoreError};
 use crate::metrics::Metrics;
 
-/// Called once with the outcome of the sync that covers everything appended before it asked.
-type Waiter = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// Someone waiting for a sync: how many messages it covers, and what to call once with the
+/// outcome of the sync that covers everything appended before it asked.
+struct Waiter {
+    messages: usize,
+    then: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
+}
 
 /// A running sync: its waiters and, once joined, its outcome.
 type Running = JoinHandle<(Vec<Waiter>, Result<(), StoreError>)>;
 
 /// Most syncs running at once.
 const SYNCS_IN_FLIGHT: usize = 2;
+/// Messages waiting before a second sync overlaps a running one.
+const OVERLAP_MESSAGES: usize = 64;
 
 /// Answers the waiters of a finished sync. Syncs finish in the order they started (each is
 /// awaited from the front of the queue), so a later sync never answers before an earlier.
@@ -28,7 +34,7 @@ fn finish(done: Result<(Vec<Waiter>, Result<(), StoreError>), tokio::task::JoinE
     match done {
         Ok((waiters, result)) => {
             for waiter in waiters {
-                waiter(result.clone());
+                (waiter.then)(result.clone());
             }
         }
         Err(e) => tracing::error!(error = %e, "sync task failed"),
@@ -54,50 +60,54 @@ impl Committer {
         }
         let (tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
         let task = tokio::spawn(async move {
-            // Up to SYNCS_IN_FLIGHT syncs overlap: a waiter that arrives while one runs starts
-            // the next at once instead of waiting for it to finish, so its wait is about one
-            // sync, not one and a half. Callbacks still run in registration order.
             let mut running: VecDeque<Running> = VecDeque::new();
+            let mut queued: Vec<Waiter> = Vec::new();
+            let mut queued_messages = 0;
             let mut open = true;
-            while open || !running.is_empty() {
-                let started = running.len() < SYNCS_IN_FLIGHT && open;
-                let first = if started {
-                    tokio::select! {
-                        biased;
-                        done = async { running.front_mut().expect("non-empty").await },
-                            if !running.is_empty() =>
-                        {
-                            running.pop_front();
-                            finish(done);
-                            continue;
-                        }
-                        first = rx.recv() => first,
-                    }
-                } else {
-                    if let Some(oldest) = running.pop_front() {
-                        finish(oldest.await);
-                    }
+            while open || !running.is_empty() || !queued.is_empty() {
+                // A sync starts at once when none runs. A second one overlaps the first only
+                // for a backlog worth it (OVERLAP_MESSAGES): each sync costs CPU and a disk
+                // round trip, and delivery does not wait for it, only the ACKs do.
+                let start = !queued.is_empty()
+                    && (running.is_empty()
+                        || (running.len() < SYNCS_IN_FLIGHT
+                            && queued_messages >= OVERLAP_MESSAGES));
+                if start {
+                    let waiters = std::mem::take(&mut queued);
+                    queued_messages = 0;
+                    metrics.log_commit_batch.observe(waiters.len() as f64);
+                    let log = log.clone();
+                    let metrics = metrics.clone();
+                    running.push_back(tokio::task::spawn_blocking(move || {
+                        let started = std::time::Instant::now();
+                        let result = log.sync();
+                        metrics
+                            .log_sync_duration
+                            .observe(started.elapsed().as_secs_f64());
+                        (waiters, result)
+                    }));
                     continue;
-                };
-                let Some(first) = first else {
-                    open = false;
-                    continue;
-                };
-                let mut waiters = vec![first];
-                while let Ok(more) = rx.try_recv() {
-                    waiters.push(more);
                 }
-                metrics.log_commit_batch.observe(waiters.len() as f64);
-                let log = log.clone();
-                let metrics = metrics.clone();
-                running.push_back(tokio::task::spawn_blocking(move || {
-                    let started = std::time::Instant::now();
-                    let result = log.sync();
-                    metrics
-                        .log_sync_duration
-                        .observe(started.elapsed().as_secs_f64());
-                    (waiters, result)
-                }));
+                tokio::select! {
+                    biased;
+                    done = async { running.front_mut().expect("non-empty").await },
+                        if !running.is_empty() =>
+                    {
+                        running.pop_front();
+                        finish(done);
+                    }
+                    next = rx.recv(), if open => match next {
+                        Some(waiter) => {
+                            queued_messages += waiter.messages;
+                            queued.push(waiter);
+                            while let Ok(more) = rx.try_recv() {
+                                queued_messages += more.messages;
+                                queued.push(more);
+                            }
+                        }
+                        None => open = false,
+                    },
+                }
             }
         });
         (Committer { requests: Some(tx) }, Some(task))
@@ -106,7 +116,7 @@ impl Committer {
     /// Resolves once everything appended before the call is durable.
     pub async fn durable(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.when_durable(move |result| {
+        self.when_durable(1, move |result| {
             let _ = tx.send(result);
         });
         rx.await
@@ -114,14 +124,23 @@ impl Committer {
     }
 
     /// Calls `then` once everything appended before the call is durable (at once when fsync
-    /// is off). Callbacks run in the order they were registered, on the committer's task, so
-    /// they must be quick: answering a publisher, not more IO.
-    pub fn when_durable(&self, then: impl FnOnce(Result<(), StoreError>) + Send + 'static) {
+    /// is off); `messages` is how many messages it waits for, which decides how soon a second
+    /// sync is worth starting. Callbacks run in the order they were registered, on the
+    /// committer's task, so they must be quick: answering a publisher, not more IO.
+    pub fn when_durable(
+        &self,
+        messages: usize,
+        then: impl FnOnce(Result<(), StoreError>) + Send + 'static,
+    ) {
         let Some(requests) = &self.requests else {
             return then(Ok(()));
         };
-        if let Err(refused) = requests.send(Box::new(then)) {
-            (refused.0)(Err(StoreError::Engine("committer stopped".to_owned())));
+        let waiter = Waiter {
+            messages,
+            then: Box::new(then),
+        };
+        if let Err(refused) = requests.send(waiter) {
+            (refused.0.then)(Err(StoreError::Engine("committer stopped".to_owned())));
         }
     }
 }
