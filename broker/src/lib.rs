@@ -18,4 +18,4 @@ pub mod server;
 pub mod store;
 
 pub use config::Config;
-pub use server::{run, Broker};
+pub use server::{run, run_then, Broker};

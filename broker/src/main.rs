@@ -1,5 +1,5 @@
-//! The `broker` binary: parse the command line, bind, print where it listens, and run until
-//! Ctrl-C or SIGTERM. Everything else lives in the library.
+//! The `broker` binary: parse the command line, bind, open the data directory, print where it
+//! listens, and run until Ctrl-C or SIGTERM. Everything else lives in the library.
 
 use std::io::Write;
 
@@ -29,19 +29,22 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let addr = listener.local_addr().expect("bound socket has an address");
-    {
+    let key_file = startup.config.data_dir.join("dev-api-key");
+    let dev_key = startup.dev_key.clone();
+    // Announced only once the data directory is open: scripts wait for this line.
+    let announce = move || {
         let mut out = std::io::stdout().lock();
-        if let Some(key) = &startup.dev_key {
+        if let Some(key) = &dev_key {
             let _ = writeln!(
                 out,
                 "development API key (stored in {}): {key}",
-                startup.config.data_dir.join("dev-api-key").display()
+                key_file.display()
             );
         }
         let _ = writeln!(out, "listening on http://{addr}");
         let _ = out.flush();
-    }
-    match broker::run(listener, startup.config, shutdown_signal()).await {
+    };
+    match broker::run_then(listener, startup.config, shutdown_signal(), announce).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("broker: {e}");

@@ -81,6 +81,17 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    run_then(listener, config, shutdown, || {}).await
+}
+
+/// [`run`], calling `ready` once the data directory is open and connections are about to be
+/// accepted, so a caller can announce the broker only when it will really serve.
+pub async fn run_then(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(),
+) -> Result<(), Error> {
     config.validate().map_err(Error::Config)?;
     std::fs::create_dir_all(&config.data_dir)?;
     let (messages, presence) = SledLog::open_logs(&config.data_dir, config.storage.cache_bytes)?;
@@ -147,6 +158,7 @@ pub async fn run(
     });
     spawn_retention_sweeper(broker.clone());
     tracing::info!(addr = %listener.local_addr()?, epoch = log.epoch(), "broker listening");
+    ready();
 
     let header_timeout = Duration::from_millis(broker.config.limits.handshake_timeout_ms);
     tokio::pin!(shutdown);
