@@ -27,6 +27,9 @@ const RECORD_BYTES: usize = 32 * 1024;
 /// The meta key present while a broker runs on the database; found at start, it means the
 /// last run did not stop cleanly.
 const RUNNING: &str = "running";
+/// How long opening waits for another process (or a just-dropped database) to release the
+/// data directory's lock.
+const LOCK_WAIT_MS: u64 = 2000;
 /// Bumped when the on-disk layout changes; see [`SledLog::open_logs`].
 const FORMAT: &str = "records-1";
 
@@ -60,11 +63,26 @@ impl SledLog {
     /// rather than misread. When the previous run did not stop cleanly, every channel's
     /// head skips [`UNCLEAN_STOP_SKIP`] serials ahead.
     pub fn open_logs(dir: &Path, cache_bytes: u64) -> Result<(SledLog, SledLog), StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir.join("log"))
             .cache_capacity(cache_bytes)
-            .flush_every_ms(Some(1000))
-            .open()?;
+            .flush_every_ms(Some(1000));
+        // A broker that just stopped (a supervisor's quick restart, or a test restarting in
+        // one process) may hold the file lock a moment longer; wait for it, briefly.
+        let mut waited = 0;
+        let db = loop {
+            match config.open() {
+                // sled reports a held lock only in its message.
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && waited < LOCK_WAIT_MS =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    waited += 10;
+                }
+                other => break other?,
+            }
+        };
         let meta = db.open_tree("meta")?;
         let epoch = match meta.get("epoch")? {
             Some(bytes) => {
@@ -509,6 +527,12 @@ impl ChannelLog for SledLog {
 mod tests {
     use super::*;
 
+    /// Opens the log in `dir` again; `open_logs` waits for the lock the dropped one may still
+    /// hold for a moment.
+    fn reopen(dir: &Path) -> SledLog {
+        SledLog::open(dir, 1 << 20).unwrap()
+    }
+
     fn message(ts: i64, name: &str) -> Message {
         Message {
             name: Some(name.into()),
@@ -540,7 +564,7 @@ mod tests {
             log.append("ab", &[(1, &b1)]).unwrap();
             log.close_cleanly().unwrap();
         }
-        let log = SledLog::open(dir.path(), 1 << 20).unwrap();
+        let log = reopen(dir.path());
         assert_eq!(log.epoch(), epoch);
         let names = |v: Vec<(u64, Message)>| {
             v.into_iter()
@@ -676,7 +700,7 @@ mod tests {
             log.sync().unwrap();
             // Dropped without close_cleanly: as after a crash.
         }
-        let log = SledLog::open(dir.path(), 1 << 20).unwrap();
+        let log = reopen(dir.path());
         let bounds = log.bounds("h").unwrap().unwrap();
         assert_eq!((bounds.first, bounds.last), (1, 2 + UNCLEAN_STOP_SKIP));
         assert_eq!(
@@ -688,7 +712,7 @@ mod tests {
         // A clean stop keeps the heads where they are.
         log.close_cleanly().unwrap();
         drop(log);
-        let log = SledLog::open(dir.path(), 1 << 20).unwrap();
+        let log = reopen(dir.path());
         assert_eq!(
             log.bounds("h").unwrap().unwrap().last,
             2 + UNCLEAN_STOP_SKIP
@@ -700,7 +724,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         drop(SledLog::open(dir.path(), 1 << 20).unwrap());
         {
-            let db = sled::open(dir.path().join("log")).unwrap();
+            // Through open_logs, which waits for the lock, then the raw database.
+            let db = reopen(dir.path()).db().clone();
             db.open_tree("meta").unwrap().remove("format").unwrap();
             db.flush().unwrap();
         }
@@ -745,7 +770,7 @@ mod tests {
             log.append("g", &refs).unwrap();
             log.sync().unwrap();
         }
-        let log = SledLog::open(dir.path(), 1 << 20).unwrap();
+        let log = reopen(dir.path());
         let next = log.bounds("g").unwrap().unwrap().last + 1;
         log.append("g", &[(next, &message(6, "after"))]).unwrap();
         // Six messages, whatever the serials say: a limit of 10 keeps them all.
