@@ -216,23 +216,54 @@ impl<'a> Record<'a> {
     }
 }
 
-/// Builds a record value from `(serial, timestamp, msgpack)` entries in serial order.
-fn encode_record<'b>(entries: impl IntoIterator<Item = (u64, i64, &'b [u8])>) -> Vec<u8> {
-    let mut value = vec![0; HEADER_LEN];
-    let (mut count, mut last_serial, mut last_timestamp) = (0u32, 0, 0);
-    for (serial, timestamp, body) in entries {
-        value.extend_from_slice(&serial.to_be_bytes());
-        value.extend_from_slice(&timestamp.to_be_bytes());
-        value.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        value.extend_from_slice(body);
-        count += 1;
-        last_serial = serial;
-        last_timestamp = timestamp;
+/// Builds one record value, entry by entry, in serial order.
+struct RecordBuilder {
+    value: Vec<u8>,
+    first: Option<u64>,
+    count: u32,
+    last_serial: u64,
+    last_timestamp: i64,
+}
+
+impl RecordBuilder {
+    fn new() -> RecordBuilder {
+        RecordBuilder {
+            value: vec![0; HEADER_LEN],
+            first: None,
+            count: 0,
+            last_serial: 0,
+            last_timestamp: 0,
+        }
     }
-    value[..4].copy_from_slice(&count.to_be_bytes());
-    value[4..12].copy_from_slice(&last_serial.to_be_bytes());
-    value[12..20].copy_from_slice(&last_timestamp.to_be_bytes());
-    value
+
+    /// Adds an entry whose message `write_body` appends to the value in place.
+    fn push(&mut self, serial: u64, timestamp: i64, write_body: impl FnOnce(&mut Vec<u8>)) {
+        self.value.extend_from_slice(&serial.to_be_bytes());
+        self.value.extend_from_slice(&timestamp.to_be_bytes());
+        let len_at = self.value.len();
+        self.value.extend_from_slice(&[0; 4]);
+        write_body(&mut self.value);
+        let len = (self.value.len() - len_at - 4) as u32;
+        self.value[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+        self.first.get_or_insert(serial);
+        self.count += 1;
+        self.last_serial = serial;
+        self.last_timestamp = timestamp;
+    }
+
+    /// Bytes of entries so far.
+    fn entry_bytes(&self) -> usize {
+        self.value.len() - HEADER_LEN
+    }
+
+    /// The record's first serial (its key) and its value; `None` when it has no entry.
+    fn finish(mut self) -> Option<(u64, Vec<u8>)> {
+        let first = self.first?;
+        self.value[..4].copy_from_slice(&self.count.to_be_bytes());
+        self.value[4..12].copy_from_slice(&self.last_serial.to_be_bytes());
+        self.value[12..20].copy_from_slice(&self.last_timestamp.to_be_bytes());
+        Some((first, self.value))
+    }
 }
 
 impl SledLog {
@@ -255,12 +286,12 @@ impl SledLog {
         }
         let mut batch = sled::Batch::default();
         batch.remove(key_bytes);
-        if let Some(first) = kept.first() {
-            let first = first.serial;
-            batch.insert(
-                key(channel, first),
-                encode_record(kept.iter().map(|e| (e.serial, e.timestamp, e.body))),
-            );
+        let mut record = RecordBuilder::new();
+        for e in &kept {
+            record.push(e.serial, e.timestamp, |v| v.extend_from_slice(e.body));
+        }
+        if let Some((first, value)) = record.finish() {
+            batch.insert(key(channel, first), value);
         }
         self.messages.apply_batch(batch)?;
         Ok(gone.len() as u64)
@@ -313,29 +344,25 @@ impl ChannelLog for SledLog {
         let Some((last, _)) = messages.last() else {
             return Ok(());
         };
-        let bodies: Vec<(u64, i64, bytes::Bytes)> = messages
-            .iter()
-            .map(|(serial, m)| {
-                let body = protocol::codec::encode_value(protocol::Format::Msgpack, *m);
-                (*serial, m.timestamp.unwrap_or(0), body)
-            })
-            .collect();
         // One record per append, cut where it would pass RECORD_BYTES, so that reading one
-        // message never means fetching megabytes.
+        // message never means fetching megabytes. Messages are encoded straight into it.
         let mut batch = sled::Batch::default();
-        let mut start = 0;
-        let mut bytes = 0;
-        for (i, (_, _, body)) in bodies.iter().enumerate() {
-            bytes += ENTRY_PREFIX_LEN + body.len();
-            if bytes >= RECORD_BYTES || i + 1 == bodies.len() {
-                let record = &bodies[start..=i];
-                batch.insert(
-                    key(channel, record[0].0),
-                    encode_record(record.iter().map(|(s, t, b)| (*s, *t, b.as_ref()))),
-                );
-                start = i + 1;
-                bytes = 0;
+        let mut record = RecordBuilder::new();
+        for (serial, m) in messages {
+            record.push(*serial, m.timestamp.unwrap_or(0), |value| {
+                // Our own plain data types always serialize (as in protocol::codec).
+                rmp_serde::encode::write_named(value, *m).expect("messages serialize to msgpack")
+            });
+            if record.entry_bytes() >= RECORD_BYTES {
+                if let Some((first, value)) =
+                    std::mem::replace(&mut record, RecordBuilder::new()).finish()
+                {
+                    batch.insert(key(channel, first), value);
+                }
             }
+        }
+        if let Some((first, value)) = record.finish() {
+            batch.insert(key(channel, first), value);
         }
         self.messages.apply_batch(batch)?;
         self.heads.insert(channel, &last.to_be_bytes())?;
