@@ -91,7 +91,8 @@ pub trait ChannelLog: Send + Sync + 'static {
     /// (serials have gaps after an unclean stop). Returns what is left.
     fn retain_newest(&self, channel: &str, keep: u64) -> Result<Retained, StoreError>;
     /// Removes every message of `channel` with a serial above `last_kept` (undoing an append
-    /// that could not be made durable), and sets the channel's head back to it.
+    /// that could not be made durable). The channel's head stays where the append put it:
+    /// subscribers may have seen those serials, so they are never given out again.
     fn truncate_after(&self, channel: &str, last_kept: u64) -> Result<(), StoreError>;
     /// Removes messages older than `cutoff_ms` from every channel; returns how many.
     fn expire_before(&self, cutoff_ms: i64) -> Result<u64, StoreError>;

@@ -509,7 +509,6 @@ impl ChannelLog for SledLog {
                 self.rewrite(channel, &k, &v, |e| e.serial <= last_kept)?;
             }
         }
-        self.heads.insert(channel, &last_kept.to_be_bytes())?;
         Ok(())
     }
 
@@ -676,7 +675,8 @@ mod tests {
         log.truncate_after("t", 1).unwrap();
         let left = log.read("t", &query(Direction::Forwards, 10)).unwrap();
         assert_eq!(left.len(), 1);
-        assert_eq!(log.bounds("t").unwrap().unwrap().last, 1);
+        // The head stays: serials 2 and 3 are not given out again.
+        assert_eq!(log.bounds("t").unwrap().unwrap().last, 3);
     }
 
     #[test]
@@ -780,7 +780,7 @@ mod tests {
             .collect();
         assert_eq!(serials, (1..=40).collect::<Vec<_>>());
         log.truncate_after("big", 20).unwrap();
-        assert_eq!(log.bounds("big").unwrap().unwrap().last, 20);
+        assert_eq!(log.bounds("big").unwrap().unwrap().last, 40);
         assert_eq!(
             log.read("big", &query(Direction::Backwards, 1)).unwrap()[0].0,
             20
