@@ -346,7 +346,7 @@ impl ChannelLog for SledLog {
         };
         // One record per append, cut where it would pass RECORD_BYTES, so that reading one
         // message never means fetching megabytes. Messages are encoded straight into it.
-        let mut batch = sled::Batch::default();
+        let mut records = Vec::new();
         let mut record = RecordBuilder::new();
         for (serial, m) in messages {
             record.push(*serial, m.timestamp.unwrap_or(0), |value| {
@@ -354,17 +354,21 @@ impl ChannelLog for SledLog {
                 rmp_serde::encode::write_named(value, *m).expect("messages serialize to msgpack")
             });
             if record.entry_bytes() >= RECORD_BYTES {
-                if let Some((first, value)) =
-                    std::mem::replace(&mut record, RecordBuilder::new()).finish()
-                {
-                    batch.insert(key(channel, first), value);
-                }
+                records.extend(std::mem::replace(&mut record, RecordBuilder::new()).finish());
             }
         }
-        if let Some((first, value)) = record.finish() {
-            batch.insert(key(channel, first), value);
+        records.extend(record.finish());
+        if let [(first, value)] = records.as_slice() {
+            // The common case, one record: a plain insert. A batch would take sled's
+            // tree-wide write lock, which stalls every other channel's append and read.
+            self.messages.insert(key(channel, *first), value.as_slice())?;
+        } else {
+            let mut batch = sled::Batch::default();
+            for (first, value) in records {
+                batch.insert(key(channel, first), value);
+            }
+            self.messages.apply_batch(batch)?;
         }
-        self.messages.apply_batch(batch)?;
         self.heads.insert(channel, &last.to_be_bytes())?;
         Ok(())
     }
