@@ -4,6 +4,7 @@
 //! (group commit) so that an ACK always means "on disk" without one fsync per message.
 
 pub mod commit;
+pub mod segments;
 pub mod sled_log;
 
 use protocol::Message;

@@ -1,27 +1,35 @@
-//! [`ChannelLog`] on sled. The unit of storage is a *record*: every message of one append
-//! (one sequencer batch) in one sled value, so a burst of publishes costs one tree insert and
-//! one remove at retention, not one per message. The key is the channel name, a 0xFF byte
-//! (never part of UTF-8) and the record's first serial big-endian, so each channel is one
-//! contiguous, serial-ordered key range and the record holding serial `s` is the last key at
-//! or before `key(channel, s)`.
+//! [`ChannelLog`] on sled and segment files. The unit of storage is a *record*: every message
+//! of one append (one sequencer batch) together, so a burst of publishes costs one index
+//! insert and one removal at retention, not one per message. The record's bytes go to the
+//! append-only segment files of [`Segments`]; sled holds an index entry per record, keyed by
+//! the channel name, a 0xFF byte (never part of UTF-8) and the record's first serial
+//! big-endian, so each channel is one contiguous, serial-ordered key range and the record
+//! holding serial `s` is the last key at or before `key(channel, s)`.
 //!
-//! An append of more than 32 KiB is cut into several records. A record is a header — entry
-//! count (u32), last serial (u64), last timestamp (i64) — then its entries, each serial (u64),
-//! timestamp (i64), length (u32) and the message in msgpack, all big-endian. Time filters, bounds and expiry read headers and entry prefixes; only the
-//! messages returned are decoded. Retention that cuts a record in two rewrites the kept part
-//! under its new first serial. A second tree keeps each channel's head (its newest serial
-//! ever), so serials are never reused after retention has emptied a channel.
+//! A record is a header — entry count (u32), last serial (u64), last timestamp (i64) — then
+//! its entries, each serial (u64), timestamp (i64), length (u32) and the message in msgpack,
+//! all big-endian. An index entry is the same header followed by the record's [`Location`],
+//! so bounds, retention counts and expiry read only the index; only the records a read returns
+//! are fetched and only their returned messages decoded. An append of more than 32 KiB is cut
+//! into several records. Retention that cuts a record in two writes the kept part as a new
+//! record under its new first serial. A second tree keeps each channel's head (its newest
+//! serial ever), so serials are never reused after retention has emptied a channel.
 
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::Arc;
 
 use protocol::Message;
 
+use super::segments::{Location, Segments, FRAME_HEADER};
 use super::{Bounds, ChannelLog, Direction, Query, Retained, StoreError, UNCLEAN_STOP_SKIP};
 
 const SEPARATOR: u8 = 0xFF;
 const HEADER_LEN: usize = 4 + 8 + 8;
 const ENTRY_PREFIX_LEN: usize = 8 + 8 + 4;
+/// Bytes of an index entry: the record's header and where the record is.
+const INDEX_LEN: usize = HEADER_LEN + Location::LEN;
 /// A record is closed once its entries reach this many bytes.
 const RECORD_BYTES: usize = 32 * 1024;
 /// The meta key present while a broker runs on the database; found at start, it means the
@@ -30,14 +38,22 @@ const RUNNING: &str = "running";
 /// How long opening waits for another process (or a just-dropped database) to release the
 /// data directory's lock.
 const LOCK_WAIT_MS: u64 = 2000;
-/// Bumped when the on-disk layout changes; see [`SledLog::open_logs`].
-const FORMAT: &str = "records-1";
+/// The on-disk layout: index entries in sled, records in segment files.
+const FORMAT: &str = "records-2";
+/// The layout before, whole records as sled values, which opening converts.
+const FORMAT_RECORDS_IN_SLED: &str = "records-1";
+/// The index trees of the two logs, and the trees that held whole records before.
+const MESSAGE_INDEX: &str = "message-index";
+const PRESENCE_INDEX: &str = "presence-index";
+const OLD_TREES: [(&str, &str); 2] = [("messages", MESSAGE_INDEX), ("presence", PRESENCE_INDEX)];
 
-/// A sled-backed channel log: one tree of one database.
+/// A channel log on sled and segment files: one index tree and one heads tree of one database,
+/// and the segments it shares with the other log of the same data directory.
 pub struct SledLog {
     db: sled::Db,
-    messages: sled::Tree,
+    index: sled::Tree,
     heads: sled::Tree,
+    segments: Arc<Segments>,
     epoch: String,
 }
 
@@ -58,10 +74,11 @@ impl SledLog {
         Ok(SledLog::open_logs(dir, cache_bytes)?.0)
     }
 
-    /// Opens the message log and the presence history log, two trees of one database that
-    /// share its epoch and its fsync. A database written in an older layout is refused
-    /// rather than misread. When the previous run did not stop cleanly, every channel's
-    /// head skips [`UNCLEAN_STOP_SKIP`] serials ahead.
+    /// Opens the message log and the presence history log, which share one database (sled in
+    /// `dir/log`), one set of segments (`dir/segments`), one epoch and one fsync. A log in the
+    /// layout before segments is converted; an older one is refused rather than misread. When
+    /// the previous run did not stop cleanly, every channel's head skips
+    /// [`UNCLEAN_STOP_SKIP`] serials ahead.
     pub fn open_logs(dir: &Path, cache_bytes: u64) -> Result<(SledLog, SledLog), StoreError> {
         let config = sled::Config::new()
             .path(dir.join("log"))
@@ -83,11 +100,14 @@ impl SledLog {
                 other => break other?,
             }
         };
+        let segments_dir = dir.join("segments");
         let meta = db.open_tree("meta")?;
+        let mut convert = false;
         let epoch = match meta.get("epoch")? {
             Some(bytes) => {
                 let format = meta.get("format")?;
-                if format.as_deref() != Some(FORMAT.as_bytes()) {
+                convert = format.as_deref() == Some(FORMAT_RECORDS_IN_SLED.as_bytes());
+                if !convert && format.as_deref() != Some(FORMAT.as_bytes()) {
                     return Err(StoreError::Engine(format!(
                         "{} holds a message log in an older layout than {FORMAT}; \
                          move it aside to start afresh",
@@ -104,20 +124,41 @@ impl SledLog {
                 epoch
             }
         };
+        if convert {
+            // An interrupted conversion starts over: its index trees and segments are redone.
+            for (_, index) in OLD_TREES {
+                db.drop_tree(index)?;
+            }
+        }
+        let live = count_live(&db, &segments_dir)?;
+        let segments = Arc::new(Segments::open(&segments_dir, live)?);
         let logs = (
             SledLog {
                 db: db.clone(),
-                messages: db.open_tree("messages")?,
+                index: db.open_tree(MESSAGE_INDEX)?,
                 heads: db.open_tree("messages-heads")?,
+                segments: segments.clone(),
                 epoch: epoch.clone(),
             },
             SledLog {
-                messages: db.open_tree("presence")?,
+                index: db.open_tree(PRESENCE_INDEX)?,
                 heads: db.open_tree("presence-heads")?,
                 db: db.clone(),
+                segments,
                 epoch,
             },
         );
+        if convert {
+            logs.0.convert_from(&db.open_tree(OLD_TREES[0].0)?)?;
+            logs.1.convert_from(&db.open_tree(OLD_TREES[1].0)?)?;
+            logs.0.sync()?;
+            meta.insert("format", FORMAT)?;
+            db.flush()?;
+            for (old, _) in OLD_TREES {
+                db.drop_tree(old)?;
+            }
+            tracing::info!("converted the message log to {FORMAT} (records in segment files)");
+        }
         if meta.insert(RUNNING, "1")?.is_some() {
             let channels = logs.0.skip_heads(UNCLEAN_STOP_SKIP)?;
             logs.1.skip_heads(UNCLEAN_STOP_SKIP)?;
@@ -129,6 +170,18 @@ impl SledLog {
         }
         db.flush()?;
         Ok(logs)
+    }
+
+    /// Moves the whole records of a `records-1` tree into segments, indexing each.
+    fn convert_from(&self, old: &sled::Tree) -> Result<(), StoreError> {
+        for item in old.iter() {
+            let (key, record) = item?;
+            let mut frame = vec![0; FRAME_HEADER];
+            frame.extend_from_slice(&record);
+            let at = self.segments.write(&mut frame)?;
+            self.index.insert(key, index_value(&frame, at))?;
+        }
+        Ok(())
     }
 
     /// Skips every channel's head `gap` serials ahead. Called after an unclean stop: serials
@@ -148,6 +201,34 @@ impl SledLog {
         }
         Ok(skipped)
     }
+}
+
+/// Counts the index entries per segment over both logs, and removes entries whose record lies
+/// past the end of its segment or in a segment that is gone: after a power loss, records
+/// that were never synced (so never acknowledged) whose index entry sled kept.
+fn count_live(db: &sled::Db, segments_dir: &Path) -> Result<HashMap<u64, u64>, StoreError> {
+    let lengths = Segments::lengths(segments_dir)?;
+    let mut live = HashMap::new();
+    for name in [MESSAGE_INDEX, PRESENCE_INDEX] {
+        let tree = db.open_tree(name)?;
+        for item in tree.iter() {
+            let (key, value) = item?;
+            let at = Index::parse(&value).map(|i| i.at);
+            let stored = at.is_some_and(|at| {
+                lengths.get(&at.segment).is_some_and(|&len| {
+                    at.offset + (FRAME_HEADER as u64) + u64::from(at.len) <= len
+                })
+            });
+            match at {
+                Some(at) if stored => *live.entry(at.segment).or_insert(0) += 1,
+                _ => {
+                    tracing::warn!("a log index entry points past its segment; removed");
+                    tree.remove(key)?;
+                }
+            }
+        }
+    }
+    Ok(live)
 }
 
 fn key(channel: &str, serial: u64) -> Vec<u8> {
@@ -171,6 +252,46 @@ fn be_u64(bytes: &[u8]) -> u64 {
         .map_or(0, u64::from_be_bytes)
 }
 
+/// The index entry of the record in `frame` (a frame written at `at`): its header, then `at`.
+fn index_value(frame: &[u8], at: Location) -> Vec<u8> {
+    let mut value = Vec::with_capacity(INDEX_LEN);
+    value.extend_from_slice(&frame[FRAME_HEADER..FRAME_HEADER + HEADER_LEN]);
+    at.encode(&mut value);
+    value
+}
+
+/// A record's header: what bounds, retention and expiry need without reading the record.
+struct Header {
+    count: u64,
+    last_serial: u64,
+    last_timestamp: i64,
+}
+
+impl Header {
+    fn parse(bytes: &[u8]) -> Option<Header> {
+        (bytes.len() >= HEADER_LEN).then(|| Header {
+            count: u64::from(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])),
+            last_serial: be_u64(&bytes[4..12]),
+            last_timestamp: be_u64(&bytes[12..20]) as i64,
+        })
+    }
+}
+
+/// An index entry: a record's header and location.
+struct Index {
+    header: Header,
+    at: Location,
+}
+
+impl Index {
+    fn parse(value: &[u8]) -> Option<Index> {
+        Some(Index {
+            header: Header::parse(value)?,
+            at: Location::decode(value.get(HEADER_LEN..)?)?,
+        })
+    }
+}
+
 /// One stored message, still encoded.
 struct Entry<'a> {
     serial: u64,
@@ -178,21 +299,15 @@ struct Entry<'a> {
     body: &'a [u8],
 }
 
-/// A stored record, parsed lazily from its value.
+/// The entries of a record read back from its segment.
 struct Record<'a> {
-    count: u64,
-    last_serial: u64,
-    last_timestamp: i64,
     entries: &'a [u8],
 }
 
 impl<'a> Record<'a> {
-    fn parse(value: &'a [u8]) -> Option<Record<'a>> {
-        (value.len() >= HEADER_LEN).then(|| Record {
-            count: u64::from(u32::from_be_bytes([value[0], value[1], value[2], value[3]])),
-            last_serial: be_u64(&value[4..12]),
-            last_timestamp: be_u64(&value[12..20]) as i64,
-            entries: &value[HEADER_LEN..],
+    fn parse(record: &'a [u8]) -> Option<Record<'a>> {
+        Some(Record {
+            entries: record.get(HEADER_LEN..)?,
         })
     }
 
@@ -216,9 +331,10 @@ impl<'a> Record<'a> {
     }
 }
 
-/// Builds one record value, entry by entry, in serial order.
+/// Builds one record, entry by entry, in serial order, in a buffer that starts with room for
+/// the segment frame's header.
 struct RecordBuilder {
-    value: Vec<u8>,
+    frame: Vec<u8>,
     first: Option<u64>,
     count: u32,
     last_serial: u64,
@@ -228,7 +344,7 @@ struct RecordBuilder {
 impl RecordBuilder {
     fn new() -> RecordBuilder {
         RecordBuilder {
-            value: vec![0; HEADER_LEN],
+            frame: vec![0; FRAME_HEADER + HEADER_LEN],
             first: None,
             count: 0,
             last_serial: 0,
@@ -236,15 +352,15 @@ impl RecordBuilder {
         }
     }
 
-    /// Adds an entry whose message `write_body` appends to the value in place.
+    /// Adds an entry whose message `write_body` appends to the record in place.
     fn push(&mut self, serial: u64, timestamp: i64, write_body: impl FnOnce(&mut Vec<u8>)) {
-        self.value.extend_from_slice(&serial.to_be_bytes());
-        self.value.extend_from_slice(&timestamp.to_be_bytes());
-        let len_at = self.value.len();
-        self.value.extend_from_slice(&[0; 4]);
-        write_body(&mut self.value);
-        let len = (self.value.len() - len_at - 4) as u32;
-        self.value[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+        self.frame.extend_from_slice(&serial.to_be_bytes());
+        self.frame.extend_from_slice(&timestamp.to_be_bytes());
+        let len_at = self.frame.len();
+        self.frame.extend_from_slice(&[0; 4]);
+        write_body(&mut self.frame);
+        let len = (self.frame.len() - len_at - 4) as u32;
+        self.frame[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
         self.first.get_or_insert(serial);
         self.count += 1;
         self.last_serial = serial;
@@ -253,31 +369,76 @@ impl RecordBuilder {
 
     /// Bytes of entries so far.
     fn entry_bytes(&self) -> usize {
-        self.value.len() - HEADER_LEN
+        self.frame.len() - FRAME_HEADER - HEADER_LEN
     }
 
-    /// The record's first serial (its key) and its value; `None` when it has no entry.
+    /// The record's first serial (its key) and its frame, ready for
+    /// [`Segments::write`]; `None` when it has no entry.
     fn finish(mut self) -> Option<(u64, Vec<u8>)> {
         let first = self.first?;
-        self.value[..4].copy_from_slice(&self.count.to_be_bytes());
-        self.value[4..12].copy_from_slice(&self.last_serial.to_be_bytes());
-        self.value[12..20].copy_from_slice(&self.last_timestamp.to_be_bytes());
-        Some((first, self.value))
+        let header = &mut self.frame[FRAME_HEADER..FRAME_HEADER + HEADER_LEN];
+        header[..4].copy_from_slice(&self.count.to_be_bytes());
+        header[4..12].copy_from_slice(&self.last_serial.to_be_bytes());
+        header[12..20].copy_from_slice(&self.last_timestamp.to_be_bytes());
+        Some((first, self.frame))
     }
 }
 
 impl SledLog {
-    /// Keeps only the entries of the record at `key` that `keep` picks: removes the record,
-    /// and writes the kept entries back under their first serial. Returns how many went.
+    /// Reads the record an index entry points to; `None`, with the entry removed, when its
+    /// bytes are gone (see [`Segments::read`]).
+    fn load(
+        &self,
+        key_bytes: &[u8],
+        index: &Index,
+    ) -> Result<Option<super::segments::Frame>, StoreError> {
+        let frame = self.segments.read(index.at)?;
+        if frame.is_none() && self.index.remove(key_bytes)?.is_some() {
+            self.segments.release(index.at.segment);
+        }
+        Ok(frame)
+    }
+
+    /// Writes a finished record to the segments and returns its index key and value.
+    fn store(
+        &self,
+        channel: &str,
+        (first, mut frame): (u64, Vec<u8>),
+    ) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+        let at = self.segments.write(&mut frame)?;
+        Ok((key(channel, first), index_value(&frame, at)))
+    }
+
+    /// Removes index entries in one batch, then releases their segments.
+    fn remove_all(&self, keys: Vec<(sled::IVec, u64)>) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (k, _) in &keys {
+            batch.remove(k);
+        }
+        self.index.apply_batch(batch)?;
+        for (_, segment) in keys {
+            self.segments.release(segment);
+        }
+        Ok(())
+    }
+
+    /// Keeps only the entries of the record at `key_bytes` that `keep` picks: removes its
+    /// index entry and indexes the kept entries as a new record under their first serial.
+    /// Returns how many went.
     fn rewrite(
         &self,
         channel: &str,
         key_bytes: &[u8],
-        value: &[u8],
+        index: &Index,
         keep: impl Fn(&Entry) -> bool,
     ) -> Result<u64, StoreError> {
-        let Some(record) = Record::parse(value) else {
-            self.messages.remove(key_bytes)?;
+        let Some(frame) = self.load(key_bytes, index)? else {
+            return Ok(index.header.count);
+        };
+        let Some(record) = Record::parse(frame.body()) else {
             return Ok(0);
         };
         let (kept, gone): (Vec<Entry>, Vec<Entry>) = record.entries().partition(|e| keep(e));
@@ -290,22 +451,27 @@ impl SledLog {
         for e in &kept {
             record.push(e.serial, e.timestamp, |v| v.extend_from_slice(e.body));
         }
-        if let Some((first, value)) = record.finish() {
-            batch.insert(key(channel, first), value);
+        if let Some(finished) = record.finish() {
+            let (k, v) = self.store(channel, finished)?;
+            batch.insert(k, v);
         }
-        self.messages.apply_batch(batch)?;
+        self.index.apply_batch(batch)?;
+        self.segments.release(index.at.segment);
         Ok(gone.len() as u64)
     }
 
-    /// The key of the record that holds `serial`, if any: the last record starting at or
-    /// before it.
-    fn record_at(&self, channel: &str, serial: u64) -> Result<Option<sled::IVec>, StoreError> {
+    /// The key and index entry of the record that holds `serial`, if any: the last record
+    /// starting at or before it.
+    fn record_at(
+        &self,
+        channel: &str,
+        serial: u64,
+    ) -> Result<Option<(sled::IVec, sled::IVec)>, StoreError> {
         Ok(self
-            .messages
+            .index
             .range(key(channel, 0)..=key(channel, serial))
             .next_back()
-            .transpose()?
-            .map(|(k, _)| k))
+            .transpose()?)
     }
 }
 
@@ -317,18 +483,18 @@ impl ChannelLog for SledLog {
     fn bounds(&self, channel: &str) -> Result<Option<Bounds>, StoreError> {
         let range = key(channel, 0)..=key(channel, u64::MAX);
         let head = self.heads.get(channel)?.map(|v| be_u64(&v));
-        let first = self.messages.range(range.clone()).next().transpose()?;
-        let last = self.messages.range(range).next_back().transpose()?;
+        let first = self.index.range(range.clone()).next().transpose()?;
+        let last = self.index.range(range).next_back().transpose()?;
         Ok(match (first, last, head) {
             (Some((first_key, _)), Some((_, last_value)), head) => {
-                let record = Record::parse(&last_value);
+                let header = Header::parse(&last_value);
                 Some(Bounds {
                     first: split_key(&first_key).map_or(0, |(_, s)| s),
-                    last: record
+                    last: header
                         .as_ref()
-                        .map_or(0, |r| r.last_serial)
+                        .map_or(0, |h| h.last_serial)
                         .max(head.unwrap_or(0)),
-                    last_timestamp: record.map_or(0, |r| r.last_timestamp),
+                    last_timestamp: header.map_or(0, |h| h.last_timestamp),
                 })
             }
             (_, _, Some(head)) => Some(Bounds {
@@ -358,28 +524,33 @@ impl ChannelLog for SledLog {
             }
         }
         records.extend(record.finish());
-        if let [(first, value)] = records.as_slice() {
+        if records.len() == 1 {
             // The common case, one record: a plain insert. A batch would take sled's
             // tree-wide write lock, which stalls every other channel's append and read.
-            self.messages.insert(key(channel, *first), value.as_slice())?;
+            let (k, v) = self.store(channel, records.remove(0))?;
+            self.index.insert(k, v)?;
         } else {
             let mut batch = sled::Batch::default();
-            for (first, value) in records {
-                batch.insert(key(channel, first), value);
+            for finished in records {
+                let (k, v) = self.store(channel, finished)?;
+                batch.insert(k, v);
             }
-            self.messages.apply_batch(batch)?;
+            self.index.apply_batch(batch)?;
         }
         self.heads.insert(channel, &last.to_be_bytes())?;
         Ok(())
     }
 
     fn sync(&self) -> Result<(), StoreError> {
+        // Records first: an index entry that reaches the disk before its record would point
+        // at nothing (reads treat that as missing, but it is never acknowledged).
+        self.segments.sync()?;
         self.db.flush()?;
         Ok(())
     }
 
     fn close_cleanly(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.sync()?;
         self.db.open_tree("meta")?.remove(RUNNING)?;
         self.db.flush()?;
         Ok(())
@@ -392,8 +563,8 @@ impl ChannelLog for SledLog {
         // Start at the record that holds `from`, which may begin before it.
         let start = self
             .record_at(channel, query.from)?
-            .map_or_else(|| key(channel, query.from), |k| k.to_vec());
-        let range = self.messages.range(start..=key(channel, query.to));
+            .map_or_else(|| key(channel, query.from), |(k, _)| k.to_vec());
+        let range = self.index.range(start..=key(channel, query.to));
         let records: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
             match query.direction {
                 Direction::Forwards => Box::new(range),
@@ -406,7 +577,14 @@ impl ChannelLog for SledLog {
                 channel: channel.to_owned(),
                 serial: split_key(&k).map_or(0, |(_, s)| s),
             };
-            let record = Record::parse(&v).ok_or_else(corrupt)?;
+            let index = Index::parse(&v).ok_or_else(corrupt)?;
+            if index.header.last_serial < query.from {
+                continue;
+            }
+            let Some(frame) = self.load(&k, &index)? else {
+                continue;
+            };
+            let record = Record::parse(frame.body()).ok_or_else(corrupt)?;
             let entries: Box<dyn Iterator<Item = Entry>> = match query.direction {
                 Direction::Forwards => Box::new(record.entries()),
                 Direction::Backwards => Box::new(record.entries().rev()),
@@ -446,21 +624,19 @@ impl ChannelLog for SledLog {
     }
 
     fn trim_before(&self, channel: &str, first_kept: u64) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut gone = Vec::new();
         let mut straddling = None;
-        for item in self
-            .messages
-            .range(key(channel, 0)..key(channel, first_kept))
-        {
+        for item in self.index.range(key(channel, 0)..key(channel, first_kept)) {
             let (k, v) = item?;
-            match Record::parse(&v) {
-                Some(r) if r.last_serial >= first_kept => straddling = Some((k, v)),
-                _ => batch.remove(k),
+            match Index::parse(&v) {
+                Some(i) if i.header.last_serial >= first_kept => straddling = Some((k, i)),
+                Some(i) => gone.push((k, i.at.segment)),
+                None => gone.push((k, u64::MAX)),
             }
         }
-        self.messages.apply_batch(batch)?;
-        if let Some((k, v)) = straddling {
-            self.rewrite(channel, &k, &v, |e| e.serial >= first_kept)?;
+        self.remove_all(gone)?;
+        if let Some((k, index)) = straddling {
+            self.rewrite(channel, &k, &index, |e| e.serial >= first_kept)?;
         }
         Ok(())
     }
@@ -470,27 +646,32 @@ impl ChannelLog for SledLog {
         let mut first = None;
         let mut cut = None;
         for item in self
-            .messages
+            .index
             .range(key(channel, 0)..=key(channel, u64::MAX))
             .rev()
         {
             let (k, v) = item?;
-            let Some(record) = Record::parse(&v) else {
+            let Some(index) = Index::parse(&v) else {
                 continue;
             };
-            if held + record.count >= keep {
+            if held + index.header.count >= keep {
                 // The oldest message kept is in this record.
                 let need = (keep - held) as usize;
-                let serials: Vec<u64> = record.entries().map(|e| e.serial).collect();
+                let Some(frame) = self.load(&k, &index)? else {
+                    continue;
+                };
+                let serials: Vec<u64> = Record::parse(frame.body())
+                    .map(|r| r.entries().map(|e| e.serial).collect())
+                    .unwrap_or_default();
                 let first_kept = serials[serials.len().saturating_sub(need)..]
                     .first()
                     .copied();
-                held += need as u64;
-                first = first_kept;
+                held += need.min(serials.len()) as u64;
+                first = first_kept.or(first);
                 cut = first_kept;
                 break;
             }
-            held += record.count;
+            held += index.header.count;
             first = split_key(&k).map(|(_, s)| s);
         }
         if let Some(first_kept) = cut {
@@ -500,17 +681,20 @@ impl ChannelLog for SledLog {
     }
 
     fn truncate_after(&self, channel: &str, last_kept: u64) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut gone = Vec::new();
         for item in self
-            .messages
+            .index
             .range(key(channel, last_kept.saturating_add(1))..=key(channel, u64::MAX))
         {
-            batch.remove(item?.0);
+            let (k, v) = item?;
+            gone.push((k, Index::parse(&v).map_or(u64::MAX, |i| i.at.segment)));
         }
-        self.messages.apply_batch(batch)?;
-        if let Some(k) = self.record_at(channel, last_kept)? {
-            if let Some(v) = self.messages.get(&k)? {
-                self.rewrite(channel, &k, &v, |e| e.serial <= last_kept)?;
+        self.remove_all(gone)?;
+        if let Some((k, v)) = self.record_at(channel, last_kept)? {
+            if let Some(index) = Index::parse(&v) {
+                if index.header.last_serial > last_kept {
+                    self.rewrite(channel, &k, &index, |e| e.serial <= last_kept)?;
+                }
             }
         }
         Ok(())
@@ -521,29 +705,27 @@ impl ChannelLog for SledLog {
         let mut cursor: Bound<Vec<u8>> = Bound::Unbounded;
         loop {
             let next = self
-                .messages
+                .index
                 .range::<Vec<u8>, _>((cursor.clone(), Bound::Unbounded))
                 .next()
                 .transpose()?;
             let Some((k, v)) = next else { break };
-            let Some((name, _)) = split_key(&k) else {
+            let (Some((name, _)), Some(index)) = (split_key(&k), Index::parse(&v)) else {
                 cursor = Bound::Excluded(k.to_vec());
                 continue;
             };
-            let name_text = String::from_utf8_lossy(name).into_owned();
-            let record = Record::parse(&v);
-            if record
-                .as_ref()
-                .is_some_and(|r| r.last_timestamp < cutoff_ms)
-            {
-                removed += record.map_or(0, |r| r.entries().count() as u64);
-                self.messages.remove(&k)?;
+            if index.header.last_timestamp < cutoff_ms {
+                removed += index.header.count;
+                if self.index.remove(&k)?.is_some() {
+                    self.segments.release(index.at.segment);
+                }
                 cursor = Bound::Excluded(k.to_vec());
                 continue;
             }
             // A record cut by the cutoff keeps its newer part; the rest of this channel is
             // newer still, so jump past its last possible key.
-            removed += self.rewrite(&name_text, &k, &v, |e| e.timestamp >= cutoff_ms)?;
+            let name_text = String::from_utf8_lossy(name).into_owned();
+            removed += self.rewrite(&name_text, &k, &index, |e| e.timestamp >= cutoff_ms)?;
             let mut end = name.to_vec();
             end.push(SEPARATOR);
             end.extend_from_slice(&u64::MAX.to_be_bytes());
@@ -765,6 +947,101 @@ mod tests {
     }
 
     #[test]
+    fn a_log_with_records_inside_sled_is_converted_to_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The records-1 layout: whole records as the values of the "messages" tree.
+            let db = sled::Config::new()
+                .path(dir.path().join("log"))
+                .open()
+                .unwrap();
+            let meta = db.open_tree("meta").unwrap();
+            meta.insert("epoch", "e1").unwrap();
+            meta.insert("format", FORMAT_RECORDS_IN_SLED).unwrap();
+            let mut record = RecordBuilder::new();
+            for (serial, m) in [(1, message(10, "old1")), (2, message(20, "old2"))] {
+                record.push(serial, 10 * serial as i64, |v| {
+                    rmp_serde::encode::write_named(v, &m).unwrap()
+                });
+            }
+            let (first, frame) = record.finish().unwrap();
+            db.open_tree("messages")
+                .unwrap()
+                .insert(key("c", first), &frame[FRAME_HEADER..])
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let log = reopen(dir.path());
+        assert_eq!(log.epoch(), "e1");
+        let names: Vec<String> = log
+            .read("c", &query(Direction::Forwards, 10))
+            .unwrap()
+            .into_iter()
+            .map(|(_, m)| m.name.unwrap())
+            .collect();
+        assert_eq!(names, ["old1", "old2"]);
+        assert!(!log
+            .db()
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == b"messages"));
+        log.close_cleanly().unwrap();
+        drop(log);
+        // Converted once: the next start reads the same from the segments.
+        let log = reopen(dir.path());
+        assert_eq!(log.bounds("c").unwrap().unwrap().last, 2);
+    }
+
+    #[test]
+    fn records_a_power_loss_cut_from_a_segment_leave_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = SledLog::open(dir.path(), 1 << 20).unwrap();
+            log.append("p", &[(1, &message(1, "synced"))]).unwrap();
+            log.sync().unwrap();
+            log.append("p", &[(2, &message(2, "lost"))]).unwrap();
+            log.sync().unwrap();
+        }
+        // As if the second record's bytes never reached the disk while sled kept its entry.
+        let segment = std::fs::read_dir(dir.path().join("segments"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+            .unwrap();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .unwrap();
+        let len = file.metadata().unwrap().len();
+        file.set_len(len - 3).unwrap();
+        drop(file);
+        let log = reopen(dir.path());
+        let left = log.read("p", &query(Direction::Forwards, 10)).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].1.name.as_deref(), Some("synced"));
+        // Serial 2 may have reached subscribers: it is never given out again.
+        assert!(log.bounds("p").unwrap().unwrap().last > 2);
+    }
+
+    #[test]
+    fn segments_emptied_by_retention_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SledLog::open(dir.path(), 1 << 20).unwrap();
+        log.append("s", &[(1, &message(1, "a"))]).unwrap();
+        log.close_cleanly().unwrap();
+        drop(log);
+        // The next run writes to a new segment; once the first one's only record is trimmed,
+        // its file goes.
+        let log = reopen(dir.path());
+        log.append("s", &[(2, &message(2, "b"))]).unwrap();
+        assert_eq!(log.segments.count(), 2);
+        log.trim_before("s", 2).unwrap();
+        assert_eq!(log.segments.count(), 1);
+        let left = log.read("s", &query(Direction::Forwards, 10)).unwrap();
+        assert_eq!(left.len(), 1);
+    }
+
+    #[test]
     fn a_large_append_is_cut_into_records_read_as_one_sequence() {
         let dir = tempfile::tempdir().unwrap();
         let log = SledLog::open(dir.path(), 1 << 20).unwrap();
@@ -775,7 +1052,7 @@ mod tests {
         let msgs: Vec<Message> = (1..=40).map(big).collect();
         let refs: Vec<(u64, &Message)> = msgs.iter().zip(1..).map(|(m, s)| (s, m)).collect();
         log.append("big", &refs).unwrap();
-        assert!(log.messages.len() > 1, "160 KB in more than one record");
+        assert!(log.index.len() > 1, "160 KB in more than one record");
         let serials: Vec<u64> = log
             .read("big", &query(Direction::Forwards, 100))
             .unwrap()
