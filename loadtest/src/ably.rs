@@ -1,6 +1,6 @@
 //! A lean raw client of the broker's realtime protocol (§4, §5, §7): one WebSocket, msgpack
 //! frames, a reader actor that records deliveries and settles ACKs and ATTACHes, and a writer
-//! actor fed by an unbounded queue. No SDK state machine: thousands of these fit in one
+//! actor fed by a queue that takes a burst of frames at once. No SDK state machine: thousands of these fit in one
 //! process. State that must outlive a socket (channel serials, sequence tracking) lives in
 //! [`Session`], so a cut connection can resume (§4.6, §5.6) with the same bookkeeping.
 
@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use protocol::{codec, flags, Action, Data, Format, Message, PresenceMessage, ProtocolMessage};
 use tokio::net::TcpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -197,10 +197,35 @@ impl Session {
     }
 }
 
+/// Frames waiting for the writer actor. A burst queued under one lock goes out in one flush
+/// (one `sendto`), as a NATS client's connection task batches what piled up meanwhile.
+#[derive(Default)]
+struct Outgoing {
+    queue: Mutex<Vec<WsMessage>>,
+    ready: Notify,
+    closed: AtomicBool,
+}
+
+impl Outgoing {
+    fn push(&self, frames: impl IntoIterator<Item = WsMessage>) -> Result<(), String> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err("connection is closed".to_owned());
+        }
+        self.queue.lock().expect("queue lock").extend(frames);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.ready.notify_one();
+    }
+}
+
 /// One live connection to the broker.
 pub struct Connection {
     session: Arc<Session>,
-    out: mpsc::UnboundedSender<WsMessage>,
+    out: Arc<Outgoing>,
     next_serial: Mutex<u64>,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
@@ -210,11 +235,13 @@ pub struct Connection {
     pub connection_key: String,
 }
 
-/// The socket buffers of one client: small, because most clients are idle subscribers.
+/// The socket buffers of one client: small, because most clients are idle subscribers. Frames
+/// collect in the write buffer until the writer flushes (or 16 KiB pile up), so a burst is
+/// one `sendto`; the buffer grows only on a client that writes.
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
-        .write_buffer_size(0)
+        .write_buffer_size(16 * 1024)
 }
 
 impl Connection {
@@ -282,20 +309,25 @@ impl Connection {
         let connection_id = connected.connection_id.clone().unwrap_or_default();
         session.closing.store(false, Ordering::Relaxed);
 
-        let (out, mut queue) = mpsc::unbounded_channel::<WsMessage>();
+        let out = Arc::new(Outgoing::default());
+        let queue = out.clone();
         let writer = tokio::spawn(async move {
-            while let Some(first) = queue.recv().await {
-                if sink.feed(first).await.is_err() {
-                    return;
-                }
-                // Batch whatever else is queued into one flush: fewer syscalls under load.
-                while let Ok(more) = queue.try_recv() {
-                    if sink.feed(more).await.is_err() {
+            loop {
+                queue.ready.notified().await;
+                // Everything queued meanwhile goes out in one flush.
+                let frames = std::mem::take(&mut *queue.queue.lock().expect("queue lock"));
+                for frame in frames {
+                    if sink.feed(frame).await.is_err() {
                         return;
                     }
                 }
                 if sink.flush().await.is_err() {
                     return;
+                }
+                if queue.closed.load(Ordering::Relaxed)
+                    && queue.queue.lock().expect("queue lock").is_empty()
+                {
+                    break;
                 }
             }
             let _ = sink.close().await;
@@ -335,10 +367,8 @@ impl Connection {
     }
 
     fn send(&self, frame: &ProtocolMessage) -> Result<(), String> {
-        let bytes = codec::encode(Format::Msgpack, frame);
         self.out
-            .send(WsMessage::Binary(bytes))
-            .map_err(|_| "connection is closed".to_owned())
+            .push([WsMessage::Binary(codec::encode(Format::Msgpack, frame))])
     }
 
     /// Attaches `channel`, from its last channelSerial if one is known (§5.6), and returns
@@ -394,14 +424,31 @@ impl Connection {
             .map(|_| ())
     }
 
-    /// Publishes `data` on `channel`; the receiver settles when the broker ACKs (after fsync).
-    pub fn publish_acked(
+    /// Publishes each of `payloads` on `channel` as its own message, queued together so the
+    /// burst leaves in one write; returns a receiver per publish, in order, settling on its
+    /// ACK.
+    pub fn publish_acked_burst(
         &self,
         channel: &str,
-        data: Bytes,
-    ) -> Result<oneshot::Receiver<Result<(), String>>, String> {
-        self.send_serial(publish_frame(channel, data), true)
-            .map(|r| r.expect("asked for an ACK receiver"))
+        payloads: impl IntoIterator<Item = Bytes>,
+    ) -> Result<Vec<oneshot::Receiver<Result<(), String>>>, String> {
+        let mut next = self.next_serial.lock().expect("serial lock");
+        let mut receivers = Vec::new();
+        let mut frames = Vec::new();
+        {
+            let mut acks = self.session.acks.lock().expect("ack lock");
+            for data in payloads {
+                let mut frame = publish_frame(channel, data);
+                frame.msg_serial = Some(*next);
+                let (tx, rx) = oneshot::channel();
+                acks.insert(*next, tx);
+                receivers.push(rx);
+                frames.push(WsMessage::Binary(codec::encode(Format::Msgpack, &frame)));
+                *next += 1;
+            }
+        }
+        self.out.push(frames)?;
+        Ok(receivers)
     }
 
     /// Sends a presence ENTER (2) or LEAVE (3) as `client_id`; settles on its ACK.
@@ -435,7 +482,7 @@ impl Connection {
     pub async fn close(self) {
         self.session.closing.store(true, Ordering::Relaxed);
         let _ = self.send(&ProtocolMessage::new(Action::Close));
-        drop(self.out);
+        self.out.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.writer).await;
         self.reader.abort();
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, FuturesUnordered};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::task::JoinHandle;
 
 use crate::ably;
@@ -717,23 +717,31 @@ pub async fn durable_publish(ctx: &Context, scale: &Scale) -> RunReport {
                     let mut in_flight = FuturesUnordered::new();
                     let mut seq = 0;
                     while Instant::now() < deadline {
-                        while in_flight.len() < w {
+                        // Refill the window in one burst: the ACKs of a group commit come
+                        // together, and so do the publishes that replace them.
+                        let sent_at = Instant::now();
+                        let room = w - in_flight.len();
+                        let payloads = (0..room).map(|_| {
                             seq += 1;
-                            let sent_at = Instant::now();
-                            match conn.publish_acked(&channel, clock::payload(sent_at, seq, size)) {
-                                Ok(rx) => {
+                            clock::payload(sent_at, seq, size)
+                        });
+                        match conn.publish_acked_burst(&channel, payloads) {
+                            Ok(receivers) => {
+                                for rx in receivers {
                                     recorder.sent();
                                     in_flight.push(async move { (sent_at, rx.await) });
                                 }
-                                Err(e) => return recorder.error(e),
                             }
+                            Err(e) => return recorder.error(e),
                         }
-                        if let Some((sent_at, outcome)) = in_flight.next().await {
+                        let mut settled = in_flight.next().await;
+                        while let Some((sent_at, outcome)) = settled {
                             ack_outcome(
                                 &recorder,
                                 sent_at,
                                 outcome.map_err(|_| "dropped".into()).and_then(|r| r),
                             );
+                            settled = in_flight.next().now_or_never().flatten();
                         }
                     }
                     while let Some((sent_at, outcome)) = in_flight.next().await {
