@@ -548,12 +548,18 @@ impl ChannelLog for SledLog {
         // past the end of their segment, and a read checks each record's CRC. What is
         // acknowledged waited for both.
         std::thread::scope(|scope| {
-            let records = scope.spawn(|| self.segments.sync());
+            let records = std::thread::Builder::new()
+                .name("segment-sync".into())
+                .spawn_scoped(scope, || self.segments.sync());
             let index = self.db.flush().map(drop).map_err(StoreError::from);
-            records
-                .join()
-                .unwrap_or_else(|_| Err(StoreError::Engine("segment sync panicked".into())))
-                .and(index)
+            let records = match records {
+                Ok(thread) => thread
+                    .join()
+                    .unwrap_or_else(|_| Err(StoreError::Engine("segment sync panicked".into()))),
+                // No thread to be had: one after the other, then.
+                Err(_) => self.segments.sync(),
+            };
+            records.and(index)
         })
     }
 
