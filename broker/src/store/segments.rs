@@ -5,12 +5,16 @@
 //! write to the active segment, and a sync is one `fdatasync` per segment written since the
 //! last.
 //!
-//! A segment is `<id>.seg` (sixteen hex digits) in the segments directory. Each record is
-//! framed by its length (u32) and a CRC-32 of its bytes (u32), big-endian, so a read can tell
-//! a record that a power loss tore or never wrote from a good one. Segments are never appended
-//! to after a restart: each run starts a new one. A segment whose records are all removed
-//! from the index (retention, expiry, truncation) is deleted; the live count per segment is
-//! rebuilt from the index at start.
+//! A segment is `<id>.seg` (sixteen hex digits) in the segments directory. Each frame is its
+//! length (u32) and a CRC-32 of its body (u32), big-endian, then the body, so a read can tell
+//! a frame that a power loss tore or never wrote from a good one. The top bit of the length
+//! marks a *tagged* frame, whose body is a tag (its length as u16, then its bytes) followed by
+//! the record: the tag says what the frame does to the index, so that the segments are also
+//! the write-ahead log of the index (see `sled_log`). Frames written before tags existed are
+//! bare records. Segments are never appended to after a restart: each run starts a new one.
+//! A segment whose records are all removed from the index is deleted once the index's removal
+//! is itself durable ([`Segments::collect`]); the live count per segment is rebuilt from the
+//! index at start.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -20,21 +24,54 @@ use std::sync::{Arc, Mutex};
 
 use super::StoreError;
 
-/// Bytes of the frame in front of every record: its length and its CRC-32.
+/// Bytes of the frame in front of every body: its length and its CRC-32.
 pub const FRAME_HEADER: usize = 8;
+/// The bit of the length field that marks a tagged frame.
+const TAGGED: u32 = 1 << 31;
 /// A segment is closed and a new one started once it reaches this size.
 const SEGMENT_BYTES: u64 = 64 << 20;
 const SUFFIX: &str = ".seg";
 
-/// Where a record's bytes are: segment, offset of its frame, and the record's length.
+/// Where a frame is: segment, offset of the frame, and the length of its body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Location {
     /// The segment's id.
     pub segment: u64,
     /// Offset of the frame in the segment.
     pub offset: u64,
-    /// Length of the record, without its frame header.
+    /// Length of the frame's body, without its frame header.
     pub len: u32,
+}
+
+/// A point in the sequence of frames: everything written before it has a lower segment id,
+/// or the same id and a lower offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    /// The segment.
+    pub segment: u64,
+    /// The offset in it.
+    pub offset: u64,
+}
+
+impl Position {
+    /// Bytes of [`Position::encode`].
+    pub const LEN: usize = 16;
+
+    /// The position, big-endian.
+    pub fn encode(&self) -> [u8; Position::LEN] {
+        let mut out = [0; Position::LEN];
+        out[..8].copy_from_slice(&self.segment.to_be_bytes());
+        out[8..].copy_from_slice(&self.offset.to_be_bytes());
+        out
+    }
+
+    /// Reads a position written by [`Position::encode`].
+    pub fn decode(bytes: &[u8]) -> Option<Position> {
+        Some(Position {
+            segment: u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?),
+            offset: u64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?),
+        })
+    }
 }
 
 impl Location {
@@ -59,14 +96,40 @@ impl Location {
     }
 }
 
-/// A record read back: the frame, whose bytes after [`FRAME_HEADER`] are the record.
-pub struct Frame(Vec<u8>);
+/// A frame read back.
+pub struct Frame {
+    bytes: Vec<u8>,
+    record_at: usize,
+}
 
 impl Frame {
-    /// The record's bytes.
+    /// The record's bytes (after the tag, if the frame has one).
     pub fn body(&self) -> &[u8] {
-        &self.0[FRAME_HEADER..]
+        &self.bytes[self.record_at..]
     }
+}
+
+/// Starts a tagged frame: room for the frame header, then `tag`. The caller appends the record
+/// and hands the whole to [`Segments::write`]. Returns the buffer and where the record starts.
+pub fn tagged_frame(tag: &[u8], record_capacity: usize) -> Result<(Vec<u8>, usize), StoreError> {
+    let tag_len = u16::try_from(tag.len())
+        .map_err(|_| StoreError::Engine(format!("a frame tag of {} bytes", tag.len())))?;
+    let record_at = FRAME_HEADER + 2 + tag.len();
+    let mut frame = Vec::with_capacity(record_at + record_capacity);
+    frame.extend_from_slice(&[0; FRAME_HEADER]);
+    frame.extend_from_slice(&tag_len.to_be_bytes());
+    frame.extend_from_slice(tag);
+    Ok((frame, record_at))
+}
+
+/// Splits a frame body into tag and record: a tagged body starts with its tag's length.
+fn split_body(tagged: bool, body: &[u8]) -> Option<(&[u8], &[u8])> {
+    if !tagged {
+        return Some((&[], body));
+    }
+    let tag_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    let tag = body.get(2..2 + tag_len)?;
+    Some((tag, &body[2 + tag_len..]))
 }
 
 /// The segment being appended to.
@@ -84,6 +147,8 @@ struct State {
     open: HashMap<u64, Arc<File>>,
     /// Index entries pointing into each segment.
     live: HashMap<u64, u64>,
+    /// Segments nothing points into any more, deleted by [`Segments::collect`].
+    doomed: Vec<u64>,
 }
 
 /// The segment files of one data directory, shared by every log that indexes into them.
@@ -98,15 +163,16 @@ fn engine(what: &str, path: &Path, e: std::io::Error) -> StoreError {
 
 impl Segments {
     /// Opens the segments in `dir` (created if missing) and starts a new segment after the
-    /// newest. `live` counts the index entries per segment; segments with none are deleted.
+    /// newest. `live` counts the index entries per segment; segments with none are deleted
+    /// by the first [`Segments::collect`].
     pub fn open(dir: &Path, live: HashMap<u64, u64>) -> Result<Segments, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| engine("creating", dir, e))?;
         let mut newest = 0;
+        let mut doomed = Vec::new();
         for id in Segments::list(dir)? {
             newest = newest.max(id);
             if !live.contains_key(&id) {
-                let path = segment_path(dir, id);
-                std::fs::remove_file(&path).map_err(|e| engine("removing", &path, e))?;
+                doomed.push(id);
             }
         }
         let active = Segments::create(dir, newest + 1)?;
@@ -117,8 +183,70 @@ impl Segments {
                 unsynced: Vec::new(),
                 open: HashMap::new(),
                 live,
+                doomed,
             }),
         })
+    }
+
+    /// Where the next frame goes.
+    pub fn position(&self) -> Position {
+        let state = self.state.lock().expect("segments lock");
+        Position {
+            segment: state.active.id,
+            offset: state.active.len,
+        }
+    }
+
+    /// Calls `visit` with the location, tag and record of every intact tagged frame from
+    /// `from` on, in the order they were written. A segment's frames end at the first one
+    /// that is torn or was never written (a power loss before its sync): nothing after it in
+    /// that segment was acknowledged.
+    pub fn scan(
+        dir: &Path,
+        from: Position,
+        mut visit: impl FnMut(Location, &[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        if !dir.exists() {
+            return Ok(());
+        }
+        let mut ids: Vec<u64> = Segments::list(dir)?
+            .into_iter()
+            .filter(|&id| id >= from.segment)
+            .collect();
+        ids.sort_unstable();
+        for id in ids {
+            let path = segment_path(dir, id);
+            let bytes = std::fs::read(&path).map_err(|e| engine("reading", &path, e))?;
+            let mut offset = if id == from.segment { from.offset } else { 0 };
+            while let Some(header) = bytes.get(offset as usize..offset as usize + FRAME_HEADER) {
+                let field = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+                let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+                let len = field & !TAGGED;
+                let start = offset as usize + FRAME_HEADER;
+                let Some(body) = bytes.get(start..start + len as usize) else {
+                    break;
+                };
+                if crc != crc32fast::hash(body) {
+                    break;
+                }
+                if field & TAGGED != 0 {
+                    let Some((tag, record)) = split_body(true, body) else {
+                        break;
+                    };
+                    visit(
+                        Location {
+                            segment: id,
+                            offset,
+                            len,
+                        },
+                        tag,
+                        record,
+                    )?;
+                }
+                offset += (FRAME_HEADER + len as usize) as u64;
+            }
+        }
+        Ok(())
     }
 
     /// The ids of the segment files in `dir`, with each file's length.
@@ -167,18 +295,25 @@ impl Segments {
         })
     }
 
-    /// Writes one record to the active segment and counts it as live. `frame` must start
-    /// with [`FRAME_HEADER`] bytes of room, which this fills in. Not durable until
+    /// Writes one tagged frame (begun by [`tagged_frame`]) to the active segment, counting
+    /// it as live when an index entry will point to it. Not durable until
     /// [`Segments::sync`].
-    pub fn write(&self, frame: &mut [u8]) -> Result<Location, StoreError> {
+    pub fn write(&self, frame: &mut [u8], live: bool) -> Result<Location, StoreError> {
         let body = frame
             .len()
             .checked_sub(FRAME_HEADER)
             .ok_or_else(|| StoreError::Engine("a record frame without its header".to_owned()))?;
         let len = u32::try_from(body)
-            .map_err(|_| StoreError::Engine(format!("a record of {body} bytes")))?;
+            .ok()
+            .filter(|len| len & TAGGED == 0)
+            .ok_or_else(|| StoreError::Engine(format!("a record of {body} bytes")))?;
+        if split_body(true, &frame[FRAME_HEADER..]).is_none() {
+            return Err(StoreError::Engine(
+                "a frame with a malformed tag".to_owned(),
+            ));
+        }
         let crc = crc32fast::hash(&frame[FRAME_HEADER..]);
-        frame[..4].copy_from_slice(&len.to_be_bytes());
+        frame[..4].copy_from_slice(&(len | TAGGED).to_be_bytes());
         frame[4..8].copy_from_slice(&crc.to_be_bytes());
         let mut state = self.state.lock().expect("segments lock");
         if state.active.len > 0 && state.active.len + frame.len() as u64 > SEGMENT_BYTES {
@@ -198,7 +333,9 @@ impl Segments {
             .write_all_at(frame, at.offset)
             .map_err(|e| engine("writing", &segment_path(&self.dir, at.segment), e))?;
         state.active.len += frame.len() as u64;
-        *state.live.entry(at.segment).or_insert(0) += 1;
+        if live {
+            *state.live.entry(at.segment).or_insert(0) += 1;
+        }
         Ok(at)
     }
 
@@ -214,17 +351,26 @@ impl Segments {
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
             Err(e) => return Err(engine("reading", &segment_path(&self.dir, at.segment), e)),
         }
-        let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+        let field = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
         let crc = u32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-        if len != at.len || crc != crc32fast::hash(&frame[FRAME_HEADER..]) {
+        let tagged = field & TAGGED != 0;
+        let body = &frame[FRAME_HEADER..];
+        let record = (field & !TAGGED == at.len && crc == crc32fast::hash(body))
+            .then(|| split_body(tagged, body))
+            .flatten()
+            .map(|(_, record)| frame.len() - record.len());
+        let Some(record_at) = record else {
             tracing::warn!(
                 segment = at.segment,
                 offset = at.offset,
                 "a log record does not match its checksum; skipped"
             );
             return Ok(None);
-        }
-        Ok(Some(Frame(frame)))
+        };
+        Ok(Some(Frame {
+            bytes: frame,
+            record_at,
+        }))
     }
 
     fn file(&self, id: u64) -> Result<Option<Arc<File>>, StoreError> {
@@ -266,8 +412,9 @@ impl Segments {
         Ok(())
     }
 
-    /// Notes that an index entry pointing into `segment` was removed; deletes the segment
-    /// once none is left (never the active one).
+    /// Notes that an index entry pointing into `segment` was removed. Once none is left
+    /// (and it is not the active one) the segment is doomed: reads of it find nothing, and
+    /// [`Segments::collect`] deletes it.
     pub fn release(&self, segment: u64) {
         let mut state = self.state.lock().expect("segments lock");
         let Some(count) = state.live.get_mut(&segment) else {
@@ -279,17 +426,31 @@ impl Segments {
         }
         state.live.remove(&segment);
         state.open.remove(&segment);
-        drop(state);
-        let path = segment_path(&self.dir, segment);
-        if let Err(e) = std::fs::remove_file(&path) {
-            tracing::warn!(path = %path.display(), error = %e, "could not remove a log segment");
+        state.doomed.push(segment);
+    }
+
+    /// Deletes the doomed segments older than `before`. The index's write-ahead log replays
+    /// frames from its checkpoint on, so a segment may go only once it lies wholly before a
+    /// durable checkpoint: until then its frames may still be needed to redo a removal.
+    pub fn collect(&self, before: u64) {
+        let gone: Vec<u64> = {
+            let mut state = self.state.lock().expect("segments lock");
+            let (gone, kept) = state.doomed.iter().partition(|&&id| id < before);
+            state.doomed = kept;
+            gone
+        };
+        for segment in gone {
+            let path = segment_path(&self.dir, segment);
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove a log segment");
+            }
         }
     }
 
     /// How many segment files exist (the active one included).
-    pub fn count(&self) -> usize {
-        let state = self.state.lock().expect("segments lock");
-        state.live.len() + usize::from(!state.live.contains_key(&state.active.id))
+    #[cfg(test)]
+    pub(crate) fn count(&self) -> usize {
+        Segments::list(&self.dir).map_or(0, |ids| ids.len())
     }
 }
 
@@ -302,7 +463,7 @@ mod tests {
     use super::*;
 
     fn framed(body: &[u8]) -> Vec<u8> {
-        let mut frame = vec![0; FRAME_HEADER];
+        let (mut frame, _) = tagged_frame(b"tag", body.len()).unwrap();
         frame.extend_from_slice(body);
         frame
     }
@@ -311,8 +472,8 @@ mod tests {
     fn records_read_back_and_a_torn_one_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let segments = Segments::open(dir.path(), HashMap::new()).unwrap();
-        let a = segments.write(&mut framed(b"first")).unwrap();
-        let b = segments.write(&mut framed(b"second")).unwrap();
+        let a = segments.write(&mut framed(b"first"), true).unwrap();
+        let b = segments.write(&mut framed(b"second"), true).unwrap();
         segments.sync().unwrap();
         assert_eq!(segments.read(a).unwrap().unwrap().body(), b"first");
         assert_eq!(segments.read(b).unwrap().unwrap().body(), b"second");
@@ -334,31 +495,85 @@ mod tests {
     }
 
     #[test]
-    fn a_segment_is_deleted_once_nothing_points_into_it() {
+    fn a_segment_is_deleted_once_nothing_points_into_it_and_a_checkpoint_passed_it() {
         let dir = tempfile::tempdir().unwrap();
         let first;
         {
             let segments = Segments::open(dir.path(), HashMap::new()).unwrap();
-            first = segments.write(&mut framed(b"kept")).unwrap();
-            segments.write(&mut framed(b"dropped")).unwrap();
+            first = segments.write(&mut framed(b"kept"), true).unwrap();
+            segments.write(&mut framed(b"dropped"), true).unwrap();
             segments.sync().unwrap();
         }
         // Reopened with one live entry in the old segment: it stays, a new one starts.
         let segments = Segments::open(dir.path(), HashMap::from([(first.segment, 1)])).unwrap();
         assert_eq!(segments.count(), 2);
-        let next = segments.write(&mut framed(b"new")).unwrap();
+        let next = segments.write(&mut framed(b"new"), true).unwrap();
         assert_eq!(next.segment, first.segment + 1);
         assert_eq!(segments.read(first).unwrap().unwrap().body(), b"kept");
         segments.release(first.segment);
+        // Unreadable at once, but on disk until a checkpoint lies past it.
         assert!(segments.read(first).unwrap().is_none());
+        segments.collect(first.segment);
+        assert!(segment_path(dir.path(), first.segment).exists());
+        segments.collect(next.segment);
         assert!(!segment_path(dir.path(), first.segment).exists());
         // The active segment stays even when its last record goes.
         segments.release(next.segment);
+        segments.collect(u64::MAX);
         assert!(segment_path(dir.path(), next.segment).exists());
-        // A reopening that finds no entry for a segment removes it.
+        // A reopening that finds no entry for a segment removes it at the first collection.
         drop(segments);
         let segments = Segments::open(dir.path(), HashMap::new()).unwrap();
+        assert_eq!(segments.count(), 2);
+        segments.collect(segments.position().segment);
         assert_eq!(segments.count(), 1);
         assert_eq!(Segments::lengths(dir.path()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_scan_returns_tagged_frames_in_order_from_a_position_up_to_a_torn_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = Segments::open(dir.path(), HashMap::new()).unwrap();
+        let tagged = |tag: &[u8], record: &[u8]| {
+            let (mut frame, _) = tagged_frame(tag, record.len()).unwrap();
+            frame.extend_from_slice(record);
+            frame
+        };
+        segments.write(&mut tagged(b"a", b"one"), true).unwrap();
+        let from = segments.position();
+        segments.write(&mut tagged(b"b", b"two"), true).unwrap();
+        let removal = segments.write(&mut tagged(b"c", b""), false).unwrap();
+        let torn = segments.write(&mut tagged(b"d", b"four"), true).unwrap();
+        segments.write(&mut tagged(b"e", b"five"), true).unwrap();
+        segments.sync().unwrap();
+        let seen = |from| {
+            let mut seen = Vec::new();
+            Segments::scan(dir.path(), from, |at, tag, record| {
+                seen.push((at.offset, tag.to_vec(), record.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+            seen
+        };
+        let all = seen(from);
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[0].0, from.offset);
+        assert_eq!(
+            (all[0].1.as_slice(), all[0].2.as_slice()),
+            (&b"b"[..], &b"two"[..])
+        );
+        assert_eq!((all[1].0, all[1].2.is_empty()), (removal.offset, true));
+        // A frame torn by a power loss ends the segment's frames: nothing after it was synced.
+        let file = OpenOptions::new()
+            .write(true)
+            .open(segment_path(dir.path(), torn.segment))
+            .unwrap();
+        file.write_all_at(b"X", torn.offset + torn.len as u64)
+            .unwrap();
+        let kept = seen(from);
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[1].1, b"c");
+        // A tagged frame reads back as its record alone.
+        assert_eq!(segments.read(removal).unwrap().unwrap().body(), b"");
     }
 }

@@ -14,15 +14,26 @@
 //! into several records. Retention that cuts a record in two writes the kept part as a new
 //! record under its new first serial. A second tree keeps each channel's head (its newest
 //! serial ever), so serials are never reused after retention has emptied a channel.
+//!
+//! The segments are also the write-ahead log of the index. Every change to an index entry
+//! is first written as a tagged frame ([`Op`]): a record appended, a range of records
+//! removed, a record replaced by its kept part. An ACK waits only for the segments'
+//! `fdatasync`; sled is flushed once a second by a checkpoint thread, which then records
+//! the position up to which the index is durable. After an unclean stop, opening replays
+//! every frame from that position on, so nothing acknowledged is lost with the index's
+//! unflushed tail. Replaying is idempotent (each op sets or removes keys outright), and a
+//! segment is deleted only once a durable checkpoint lies past it.
 
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use protocol::Message;
 
-use super::segments::{Location, Segments, FRAME_HEADER};
+use super::segments::{tagged_frame, Location, Position, Segments, FRAME_HEADER};
 use super::{Bounds, ChannelLog, Direction, Query, Retained, StoreError, UNCLEAN_STOP_SKIP};
 
 const SEPARATOR: u8 = 0xFF;
@@ -38,10 +49,19 @@ const RUNNING: &str = "running";
 /// How long opening waits for another process (or a just-dropped database) to release the
 /// data directory's lock.
 const LOCK_WAIT_MS: u64 = 2000;
-/// The on-disk layout: index entries in sled, records in segment files.
-const FORMAT: &str = "records-2";
-/// The layout before, whole records as sled values, which opening converts.
+/// The on-disk layout: index entries in sled, records in segment files that are also the
+/// index's write-ahead log.
+const FORMAT: &str = "records-3";
+/// The layout before, the same without the write-ahead log: sled was flushed at every sync,
+/// so there is nothing to replay, and opening only records the new format.
+const FORMAT_UNLOGGED: &str = "records-2";
+/// The layout before that, whole records as sled values, which opening converts.
 const FORMAT_RECORDS_IN_SLED: &str = "records-1";
+/// The meta key of the durable checkpoint: the [`Position`] before which every index change
+/// is in sled and flushed.
+const CHECKPOINT: &str = "checkpoint";
+/// How often the checkpoint thread flushes sled.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// The index trees of the two logs, and the trees that held whole records before.
 const MESSAGE_INDEX: &str = "message-index";
 const PRESENCE_INDEX: &str = "presence-index";
@@ -51,10 +71,200 @@ const OLD_TREES: [(&str, &str); 2] = [("messages", MESSAGE_INDEX), ("presence", 
 /// and the segments it shares with the other log of the same data directory.
 pub struct SledLog {
     db: sled::Db,
+    /// Which log this is in the frames' tags ([`LogId`]).
+    log: LogId,
     index: sled::Tree,
     heads: sled::Tree,
     segments: Arc<Segments>,
+    /// Held (shared) from writing an op's frame until its change is in sled; the checkpoint
+    /// takes it alone to read a position that no half-done op straddles.
+    gate: Arc<RwLock<()>>,
+    /// The checkpoint thread, stopped when the last log of the database goes.
+    _checkpoints: Arc<Checkpoints>,
     epoch: String,
+}
+
+/// The two logs of a data directory, as named in frame tags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LogId {
+    Messages = 0,
+    Presence = 1,
+}
+
+impl LogId {
+    fn from_byte(byte: u8) -> Option<LogId> {
+        match byte {
+            0 => Some(LogId::Messages),
+            1 => Some(LogId::Presence),
+            _ => None,
+        }
+    }
+
+    fn trees(self) -> (&'static str, &'static str) {
+        match self {
+            LogId::Messages => (MESSAGE_INDEX, "messages-heads"),
+            LogId::Presence => (PRESENCE_INDEX, "presence-heads"),
+        }
+    }
+}
+
+/// What a frame does to the index, as its tag says: the op's code, the log, its serials
+/// (big-endian u64s), then the channel name to the end of the tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    /// The frame's record is indexed under its first serial.
+    Append,
+    /// The records keyed `from..=to` are removed; the frame has no record.
+    Remove { from: u64, to: u64 },
+    /// The record keyed `old` is removed and the frame's record indexed instead.
+    Replace { old: u64 },
+}
+
+impl Op {
+    fn tag(self, log: LogId, channel: &str) -> Vec<u8> {
+        let mut tag = Vec::with_capacity(2 + 16 + channel.len());
+        match self {
+            Op::Append => tag.extend_from_slice(&[1, log as u8]),
+            Op::Remove { from, to } => {
+                tag.extend_from_slice(&[2, log as u8]);
+                tag.extend_from_slice(&from.to_be_bytes());
+                tag.extend_from_slice(&to.to_be_bytes());
+            }
+            Op::Replace { old } => {
+                tag.extend_from_slice(&[3, log as u8]);
+                tag.extend_from_slice(&old.to_be_bytes());
+            }
+        }
+        tag.extend_from_slice(channel.as_bytes());
+        tag
+    }
+
+    /// The op, log and channel of a tag; `None` for one this version does not know.
+    fn parse(tag: &[u8]) -> Option<(Op, LogId, &[u8])> {
+        let log = LogId::from_byte(*tag.get(1)?)?;
+        let serial = |at: usize| tag.get(at..at + 8).map(be_u64);
+        match tag.first()? {
+            1 => Some((Op::Append, log, tag.get(2..)?)),
+            2 => Some((
+                Op::Remove {
+                    from: serial(2)?,
+                    to: serial(10)?,
+                },
+                log,
+                tag.get(18..)?,
+            )),
+            3 => Some((Op::Replace { old: serial(2)? }, log, tag.get(10..)?)),
+            _ => None,
+        }
+    }
+}
+
+/// The checkpoint thread: once a second it reads the segments' position (under the gate),
+/// syncs the segments, flushes sled, and records that position as durable; then segments
+/// older than it that nothing points into may go.
+struct Checkpoints {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpoints {
+    fn start(
+        db: sled::Db,
+        segments: Arc<Segments>,
+        gate: Arc<RwLock<()>>,
+        every: Duration,
+    ) -> Result<Checkpoints, StoreError> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("log-checkpoint".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                    if let Err(e) = checkpoint(&db, &segments, &gate) {
+                        tracing::warn!(error = %e, "log checkpoint failed; retrying");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Engine(format!("starting the checkpoint thread: {e}")))?;
+        Ok(Checkpoints {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpoints {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Makes every index change so far durable and records where replay would start.
+fn checkpoint(
+    db: &sled::Db,
+    segments: &Segments,
+    gate: &RwLock<()>,
+) -> Result<Position, StoreError> {
+    let position = {
+        let _alone = gate.write().unwrap_or_else(|e| e.into_inner());
+        segments.position()
+    };
+    // Syncing the segments too bounds what `fsync = false` can lose to about this interval.
+    segments.sync()?;
+    db.flush()?;
+    db.open_tree("meta")?
+        .insert(CHECKPOINT, &position.encode())?;
+    db.flush()?;
+    segments.collect(position.segment);
+    Ok(position)
+}
+
+/// Redoes every index change logged from `from` on (after an unclean stop). Returns how many
+/// frames it applied.
+fn replay(db: &sled::Db, segments_dir: &Path, from: Position) -> Result<u64, StoreError> {
+    let trees = |log: LogId| -> Result<(sled::Tree, sled::Tree), StoreError> {
+        let (index, heads) = log.trees();
+        Ok((db.open_tree(index)?, db.open_tree(heads)?))
+    };
+    let (messages, presence) = (trees(LogId::Messages)?, trees(LogId::Presence)?);
+    let mut applied = 0;
+    Segments::scan(segments_dir, from, |at, tag, record| {
+        let Some((op, log, channel)) = Op::parse(tag) else {
+            return Ok(());
+        };
+        let (index, heads) = match log {
+            LogId::Messages => &messages,
+            LogId::Presence => &presence,
+        };
+        let channel = String::from_utf8_lossy(channel);
+        let removed = match op {
+            Op::Append => None,
+            Op::Remove { from, to } => Some((from, to)),
+            Op::Replace { old } => Some((old, old)),
+        };
+        if let Some((from, to)) = removed {
+            for item in index.range(key(&channel, from)..=key(&channel, to)) {
+                index.remove(item?.0)?;
+            }
+        }
+        let header = Header::parse(record);
+        let first = record.get(HEADER_LEN..HEADER_LEN + 8).map(be_u64);
+        if let (Some(header), Some(first)) = (header, first) {
+            let mut value = Vec::with_capacity(INDEX_LEN);
+            value.extend_from_slice(&record[..HEADER_LEN]);
+            at.encode(&mut value);
+            index.insert(key(&channel, first), value)?;
+            let head = heads.get(channel.as_bytes())?.map_or(0, |v| be_u64(&v));
+            if header.last_serial > head {
+                heads.insert(channel.as_bytes(), &header.last_serial.to_be_bytes())?;
+            }
+        }
+        applied += 1;
+        Ok(())
+    })?;
+    Ok(applied)
 }
 
 impl From<sled::Error> for StoreError {
@@ -80,10 +290,21 @@ impl SledLog {
     /// the previous run did not stop cleanly, every channel's head skips
     /// [`UNCLEAN_STOP_SKIP`] serials ahead.
     pub fn open_logs(dir: &Path, cache_bytes: u64) -> Result<(SledLog, SledLog), StoreError> {
+        SledLog::open_with_checkpoints(dir, cache_bytes, Some(CHECKPOINT_EVERY))
+    }
+
+    /// [`SledLog::open_logs`], checkpointing every `every` (`None`: only at opening and at a
+    /// clean stop, which tests use to keep changes out of sled's flushed state).
+    fn open_with_checkpoints(
+        dir: &Path,
+        cache_bytes: u64,
+        every: Option<Duration>,
+    ) -> Result<(SledLog, SledLog), StoreError> {
+        // The checkpoint thread flushes; sled's own flusher would only add writes.
         let config = sled::Config::new()
             .path(dir.join("log"))
             .cache_capacity(cache_bytes)
-            .flush_every_ms(Some(1000));
+            .flush_every_ms(None);
         // A broker that just stopped (a supervisor's quick restart, or a test restarting in
         // one process) may hold the file lock a moment longer; wait for it, briefly.
         let mut waited = 0;
@@ -107,7 +328,8 @@ impl SledLog {
             Some(bytes) => {
                 let format = meta.get("format")?;
                 convert = format.as_deref() == Some(FORMAT_RECORDS_IN_SLED.as_bytes());
-                if !convert && format.as_deref() != Some(FORMAT.as_bytes()) {
+                let known = [FORMAT, FORMAT_UNLOGGED].map(str::as_bytes);
+                if !convert && !format.is_some_and(|f| known.contains(&f.as_ref())) {
                     return Err(StoreError::Engine(format!(
                         "{} holds a message log in an older layout than {FORMAT}; \
                          move it aside to start afresh",
@@ -124,27 +346,49 @@ impl SledLog {
                 epoch
             }
         };
+        let unclean = meta.get(RUNNING)?.is_some();
         if convert {
             // An interrupted conversion starts over: its index trees and segments are redone.
             for (_, index) in OLD_TREES {
                 db.drop_tree(index)?;
             }
+        } else if let Some(from) = meta.get(CHECKPOINT)?.and_then(|p| Position::decode(&p)) {
+            if unclean {
+                let applied = replay(&db, &segments_dir, from)?;
+                db.flush()?;
+                tracing::info!(
+                    applied,
+                    "replayed the log index's changes since its checkpoint"
+                );
+            }
         }
         let live = count_live(&db, &segments_dir)?;
         let segments = Arc::new(Segments::open(&segments_dir, live)?);
-        let logs = (
+        let gate = Arc::new(RwLock::new(()));
+        // Not yet running: opening makes its own checkpoint first, below.
+        let checkpoints = Arc::new(Checkpoints {
+            stop: None,
+            thread: None,
+        });
+        let mut logs = (
             SledLog {
                 db: db.clone(),
+                log: LogId::Messages,
                 index: db.open_tree(MESSAGE_INDEX)?,
-                heads: db.open_tree("messages-heads")?,
+                heads: db.open_tree(LogId::Messages.trees().1)?,
                 segments: segments.clone(),
+                gate: gate.clone(),
+                _checkpoints: checkpoints.clone(),
                 epoch: epoch.clone(),
             },
             SledLog {
                 index: db.open_tree(PRESENCE_INDEX)?,
-                heads: db.open_tree("presence-heads")?,
+                heads: db.open_tree(LogId::Presence.trees().1)?,
                 db: db.clone(),
-                segments,
+                log: LogId::Presence,
+                segments: segments.clone(),
+                gate: gate.clone(),
+                _checkpoints: checkpoints,
                 epoch,
             },
         );
@@ -159,7 +403,8 @@ impl SledLog {
             }
             tracing::info!("converted the message log to {FORMAT} (records in segment files)");
         }
-        if meta.insert(RUNNING, "1")?.is_some() {
+        meta.insert(RUNNING, "1")?;
+        if unclean {
             let channels = logs.0.skip_heads(UNCLEAN_STOP_SKIP)?;
             logs.1.skip_heads(UNCLEAN_STOP_SKIP)?;
             tracing::warn!(
@@ -168,7 +413,13 @@ impl SledLog {
                 "the last run did not stop cleanly: serials continue past any it may have lost"
             );
         }
-        db.flush()?;
+        meta.insert("format", FORMAT)?;
+        checkpoint(&db, &segments, &gate)?;
+        if let Some(every) = every {
+            let checkpoints = Arc::new(Checkpoints::start(db, segments, gate, every)?);
+            logs.0._checkpoints = checkpoints.clone();
+            logs.1._checkpoints = checkpoints;
+        }
         Ok(logs)
     }
 
@@ -176,10 +427,14 @@ impl SledLog {
     fn convert_from(&self, old: &sled::Tree) -> Result<(), StoreError> {
         for item in old.iter() {
             let (key, record) = item?;
-            let mut frame = vec![0; FRAME_HEADER];
+            let Some((channel, _)) = split_key(&key) else {
+                continue;
+            };
+            let tag = Op::Append.tag(self.log, &String::from_utf8_lossy(channel));
+            let (mut frame, record_at) = tagged_frame(&tag, record.len())?;
             frame.extend_from_slice(&record);
-            let at = self.segments.write(&mut frame)?;
-            self.index.insert(key, index_value(&frame, at))?;
+            let at = self.segments.write(&mut frame, true)?;
+            self.index.insert(key, index_value(&frame, record_at, at))?;
         }
         Ok(())
     }
@@ -252,10 +507,11 @@ fn be_u64(bytes: &[u8]) -> u64 {
         .map_or(0, u64::from_be_bytes)
 }
 
-/// The index entry of the record in `frame` (a frame written at `at`): its header, then `at`.
-fn index_value(frame: &[u8], at: Location) -> Vec<u8> {
+/// The index entry of the record at `record_at` in `frame` (a frame written at `at`): the
+/// record's header, then `at`.
+fn index_value(frame: &[u8], record_at: usize, at: Location) -> Vec<u8> {
     let mut value = Vec::with_capacity(INDEX_LEN);
-    value.extend_from_slice(&frame[FRAME_HEADER..FRAME_HEADER + HEADER_LEN]);
+    value.extend_from_slice(&frame[record_at..record_at + HEADER_LEN]);
     at.encode(&mut value);
     value
 }
@@ -331,25 +587,37 @@ impl<'a> Record<'a> {
     }
 }
 
-/// Builds one record, entry by entry, in serial order, in a buffer that starts with room for
-/// the segment frame's header.
+/// Builds one record, entry by entry, in serial order, in a tagged frame
+/// ([`tagged_frame`]).
 struct RecordBuilder {
     frame: Vec<u8>,
+    record_at: usize,
     first: Option<u64>,
     count: u32,
     last_serial: u64,
     last_timestamp: i64,
 }
 
+/// A record ready for [`Segments::write`]: its first serial (its key), its frame, and where
+/// in the frame the record starts.
+struct Finished {
+    first: u64,
+    frame: Vec<u8>,
+    record_at: usize,
+}
+
 impl RecordBuilder {
-    fn new() -> RecordBuilder {
-        RecordBuilder {
-            frame: vec![0; FRAME_HEADER + HEADER_LEN],
+    fn new(tag: &[u8]) -> Result<RecordBuilder, StoreError> {
+        let (mut frame, record_at) = tagged_frame(tag, HEADER_LEN + 256)?;
+        frame.resize(record_at + HEADER_LEN, 0);
+        Ok(RecordBuilder {
+            frame,
+            record_at,
             first: None,
             count: 0,
             last_serial: 0,
             last_timestamp: 0,
-        }
+        })
     }
 
     /// Adds an entry whose message `write_body` appends to the record in place.
@@ -369,18 +637,21 @@ impl RecordBuilder {
 
     /// Bytes of entries so far.
     fn entry_bytes(&self) -> usize {
-        self.frame.len() - FRAME_HEADER - HEADER_LEN
+        self.frame.len() - self.record_at - HEADER_LEN
     }
 
-    /// The record's first serial (its key) and its frame, ready for
-    /// [`Segments::write`]; `None` when it has no entry.
-    fn finish(mut self) -> Option<(u64, Vec<u8>)> {
+    /// The finished record; `None` when it has no entry.
+    fn finish(mut self) -> Option<Finished> {
         let first = self.first?;
-        let header = &mut self.frame[FRAME_HEADER..FRAME_HEADER + HEADER_LEN];
+        let header = &mut self.frame[self.record_at..self.record_at + HEADER_LEN];
         header[..4].copy_from_slice(&self.count.to_be_bytes());
         header[4..12].copy_from_slice(&self.last_serial.to_be_bytes());
         header[12..20].copy_from_slice(&self.last_timestamp.to_be_bytes());
-        Some((first, self.frame))
+        Some(Finished {
+            first,
+            frame: self.frame,
+            record_at: self.record_at,
+        })
     }
 }
 
@@ -400,17 +671,28 @@ impl SledLog {
     }
 
     /// Writes a finished record to the segments and returns its index key and value.
-    fn store(
-        &self,
-        channel: &str,
-        (first, mut frame): (u64, Vec<u8>),
-    ) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
-        let at = self.segments.write(&mut frame)?;
-        Ok((key(channel, first), index_value(&frame, at)))
+    fn store(&self, channel: &str, mut record: Finished) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+        let at = self.segments.write(&mut record.frame, true)?;
+        Ok((
+            key(channel, record.first),
+            index_value(&record.frame, record.record_at, at),
+        ))
     }
 
-    /// Removes index entries in one batch, then releases their segments.
-    fn remove_all(&self, keys: Vec<(sled::IVec, u64)>) -> Result<(), StoreError> {
+    /// Shares the gate: from an op's frame until its change is in sled.
+    fn gate(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Removes the index entries keyed `from..=to` of `channel` (`keys`, with the segment
+    /// each points into) in one batch, logged as one [`Op::Remove`], then releases their
+    /// segments.
+    fn remove_all(
+        &self,
+        channel: &str,
+        (from, to): (u64, u64),
+        keys: Vec<(sled::IVec, u64)>,
+    ) -> Result<(), StoreError> {
         if keys.is_empty() {
             return Ok(());
         }
@@ -418,7 +700,12 @@ impl SledLog {
         for (k, _) in &keys {
             batch.remove(k);
         }
-        self.index.apply_batch(batch)?;
+        {
+            let _gate = self.gate();
+            let (mut frame, _) = tagged_frame(&Op::Remove { from, to }.tag(self.log, channel), 0)?;
+            self.segments.write(&mut frame, false)?;
+            self.index.apply_batch(batch)?;
+        }
         for (_, segment) in keys {
             self.segments.release(segment);
         }
@@ -445,17 +732,28 @@ impl SledLog {
         if gone.is_empty() {
             return Ok(0);
         }
+        let old = split_key(key_bytes).map_or(0, |(_, s)| s);
         let mut batch = sled::Batch::default();
         batch.remove(key_bytes);
-        let mut record = RecordBuilder::new();
+        let mut record = RecordBuilder::new(&Op::Replace { old }.tag(self.log, channel))?;
         for e in &kept {
             record.push(e.serial, e.timestamp, |v| v.extend_from_slice(e.body));
         }
-        if let Some(finished) = record.finish() {
-            let (k, v) = self.store(channel, finished)?;
-            batch.insert(k, v);
+        {
+            let _gate = self.gate();
+            match record.finish() {
+                Some(finished) => {
+                    let (k, v) = self.store(channel, finished)?;
+                    batch.insert(k, v);
+                }
+                None => {
+                    let op = Op::Remove { from: old, to: old };
+                    let (mut frame, _) = tagged_frame(&op.tag(self.log, channel), 0)?;
+                    self.segments.write(&mut frame, false)?;
+                }
+            }
+            self.index.apply_batch(batch)?;
         }
-        self.index.apply_batch(batch)?;
         self.segments.release(index.at.segment);
         Ok(gone.len() as u64)
     }
@@ -512,18 +810,20 @@ impl ChannelLog for SledLog {
         };
         // One record per append, cut where it would pass RECORD_BYTES, so that reading one
         // message never means fetching megabytes. Messages are encoded straight into it.
+        let tag = Op::Append.tag(self.log, channel);
         let mut records = Vec::new();
-        let mut record = RecordBuilder::new();
+        let mut record = RecordBuilder::new(&tag)?;
         for (serial, m) in messages {
             record.push(*serial, m.timestamp.unwrap_or(0), |value| {
                 // Our own plain data types always serialize (as in protocol::codec).
                 rmp_serde::encode::write_named(value, *m).expect("messages serialize to msgpack")
             });
             if record.entry_bytes() >= RECORD_BYTES {
-                records.extend(std::mem::replace(&mut record, RecordBuilder::new()).finish());
+                records.extend(std::mem::replace(&mut record, RecordBuilder::new(&tag)?).finish());
             }
         }
         records.extend(record.finish());
+        let _gate = self.gate();
         if records.len() == 1 {
             // The common case, one record: a plain insert. A batch would take sled's
             // tree-wide write lock, which stalls every other channel's append and read.
@@ -542,25 +842,10 @@ impl ChannelLog for SledLog {
     }
 
     fn sync(&self) -> Result<(), StoreError> {
-        // The two syncs run side by side, which halves the latency of a lone publisher's
-        // ACK; no order between them is needed. sled flushes on its own every second, so an
-        // index entry can reach the disk before its record anyway: opening drops entries
-        // past the end of their segment, and a read checks each record's CRC. What is
-        // acknowledged waited for both.
-        std::thread::scope(|scope| {
-            let records = std::thread::Builder::new()
-                .name("segment-sync".into())
-                .spawn_scoped(scope, || self.segments.sync());
-            let index = self.db.flush().map(drop).map_err(StoreError::from);
-            let records = match records {
-                Ok(thread) => thread
-                    .join()
-                    .unwrap_or_else(|_| Err(StoreError::Engine("segment sync panicked".into()))),
-                // No thread to be had: one after the other, then.
-                Err(_) => self.segments.sync(),
-            };
-            records.and(index)
-        })
+        // The segments hold every record and every index change (the write-ahead log), so
+        // they alone need syncing; sled's copy of the index catches up at each checkpoint,
+        // and opening replays what it missed.
+        self.segments.sync()
     }
 
     fn close_cleanly(&self) -> Result<(), StoreError> {
@@ -648,7 +933,12 @@ impl ChannelLog for SledLog {
                 None => gone.push((k, u64::MAX)),
             }
         }
-        self.remove_all(gone)?;
+        // Only the record holding `first_kept` can straddle it, and it is the last key.
+        let below = straddling
+            .as_ref()
+            .and_then(|(k, _)| split_key(k))
+            .map_or(first_kept, |(_, s)| s);
+        self.remove_all(channel, (0, below.saturating_sub(1)), gone)?;
         if let Some((k, index)) = straddling {
             self.rewrite(channel, &k, &index, |e| e.serial >= first_kept)?;
         }
@@ -696,14 +986,15 @@ impl ChannelLog for SledLog {
 
     fn truncate_after(&self, channel: &str, last_kept: u64) -> Result<(), StoreError> {
         let mut gone = Vec::new();
+        let from = last_kept.saturating_add(1);
         for item in self
             .index
-            .range(key(channel, last_kept.saturating_add(1))..=key(channel, u64::MAX))
+            .range(key(channel, from)..=key(channel, u64::MAX))
         {
             let (k, v) = item?;
             gone.push((k, Index::parse(&v).map_or(u64::MAX, |i| i.at.segment)));
         }
-        self.remove_all(gone)?;
+        self.remove_all(channel, (from, u64::MAX), gone)?;
         if let Some((k, v)) = self.record_at(channel, last_kept)? {
             if let Some(index) = Index::parse(&v) {
                 if index.header.last_serial > last_kept {
@@ -728,17 +1019,20 @@ impl ChannelLog for SledLog {
                 cursor = Bound::Excluded(k.to_vec());
                 continue;
             };
+            let name_text = String::from_utf8_lossy(name).into_owned();
             if index.header.last_timestamp < cutoff_ms {
                 removed += index.header.count;
-                if self.index.remove(&k)?.is_some() {
-                    self.segments.release(index.at.segment);
-                }
+                let serial = split_key(&k).map_or(0, |(_, s)| s);
+                self.remove_all(
+                    &name_text,
+                    (serial, serial),
+                    vec![(k.clone(), index.at.segment)],
+                )?;
                 cursor = Bound::Excluded(k.to_vec());
                 continue;
             }
             // A record cut by the cutoff keeps its newer part; the rest of this channel is
             // newer still, so jump past its last possible key.
-            let name_text = String::from_utf8_lossy(name).into_owned();
             removed += self.rewrite(&name_text, &k, &index, |e| e.timestamp >= cutoff_ms)?;
             let mut end = name.to_vec();
             end.push(SEPARATOR);
@@ -972,16 +1266,16 @@ mod tests {
             let meta = db.open_tree("meta").unwrap();
             meta.insert("epoch", "e1").unwrap();
             meta.insert("format", FORMAT_RECORDS_IN_SLED).unwrap();
-            let mut record = RecordBuilder::new();
+            let mut record = RecordBuilder::new(b"").unwrap();
             for (serial, m) in [(1, message(10, "old1")), (2, message(20, "old2"))] {
                 record.push(serial, 10 * serial as i64, |v| {
                     rmp_serde::encode::write_named(v, &m).unwrap()
                 });
             }
-            let (first, frame) = record.finish().unwrap();
+            let record = record.finish().unwrap();
             db.open_tree("messages")
                 .unwrap()
-                .insert(key("c", first), &frame[FRAME_HEADER..])
+                .insert(key("c", record.first), &record.frame[record.record_at..])
                 .unwrap();
             db.flush().unwrap();
         }
@@ -1050,6 +1344,9 @@ mod tests {
         log.append("s", &[(2, &message(2, "b"))]).unwrap();
         assert_eq!(log.segments.count(), 2);
         log.trim_before("s", 2).unwrap();
+        // Not before a checkpoint lies past it: a replay may still need its frames.
+        assert_eq!(log.segments.count(), 2);
+        checkpoint(&log.db, &log.segments, &log.gate).unwrap();
         assert_eq!(log.segments.count(), 1);
         let left = log.read("s", &query(Direction::Forwards, 10)).unwrap();
         assert_eq!(left.len(), 1);
@@ -1126,5 +1423,83 @@ mod tests {
             .map(|(_, m)| m.name.unwrap())
             .collect();
         assert_eq!(names, ["m5", "after"]);
+    }
+
+    #[test]
+    fn acknowledged_changes_survive_a_crash_that_loses_the_index_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m1, m2, m3, d1, p1) = (
+            message(1, "m1"),
+            message(2, "m2"),
+            message(3, "m3"),
+            message(1, "d1"),
+            message(1, "p1"),
+        );
+        {
+            let (log, presence) =
+                SledLog::open_with_checkpoints(dir.path(), 1 << 20, None).unwrap();
+            log.append("c", &[(1, &m1), (2, &m2)]).unwrap();
+            let before_trim = log.index.get(key("c", 1)).unwrap().unwrap();
+            log.append("c", &[(3, &m3)]).unwrap();
+            log.append("d", &[(1, &d1)]).unwrap();
+            // Cuts the first record: its kept part replaces it under serial 2.
+            log.trim_before("c", 2).unwrap();
+            presence.append("c", &[(1, &p1)]).unwrap();
+            log.sync().unwrap();
+            // sled keeps any subset of its unflushed changes after a crash. Here: the trim's
+            // replacement is undone, the later appends and the heads are gone.
+            log.index.remove(key("c", 2)).unwrap();
+            log.index.insert(key("c", 1), before_trim).unwrap();
+            log.index.remove(key("c", 3)).unwrap();
+            log.index.remove(key("d", 1)).unwrap();
+            log.heads.clear().unwrap();
+            presence.index.clear().unwrap();
+            // Dropped without a clean stop: the next start finds the run unfinished.
+        }
+        let (log, presence) = SledLog::open_logs(dir.path(), 1 << 20).unwrap();
+        let names = |log: &SledLog, channel| -> Vec<String> {
+            log.read(channel, &query(Direction::Forwards, 10))
+                .unwrap()
+                .into_iter()
+                .map(|(_, m)| m.name.unwrap())
+                .collect()
+        };
+        assert_eq!(names(&log, "c"), ["m2", "m3"]);
+        assert_eq!(names(&log, "d"), ["d1"]);
+        assert_eq!(names(&presence, "c"), ["p1"]);
+        let bounds = log.bounds("c").unwrap().unwrap();
+        assert_eq!(bounds.first, 2);
+        assert!(
+            bounds.last > 3,
+            "the head skips past serials that may have been seen"
+        );
+        // A clean stop leaves nothing to replay, and the next start reads the same.
+        log.close_cleanly().unwrap();
+        drop((log, presence));
+        let log = reopen(dir.path());
+        assert_eq!(names(&log, "c"), ["m2", "m3"]);
+    }
+
+    #[test]
+    fn a_log_in_the_layout_without_its_write_ahead_log_opens_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = SledLog::open(dir.path(), 1 << 20).unwrap();
+            log.append("c", &[(1, &message(1, "kept"))]).unwrap();
+            log.close_cleanly().unwrap();
+            let meta = log.db().open_tree("meta").unwrap();
+            meta.insert("format", FORMAT_UNLOGGED).unwrap();
+            meta.remove(CHECKPOINT).unwrap();
+            meta.insert(RUNNING, "1").unwrap();
+            log.db().flush().unwrap();
+        }
+        let log = reopen(dir.path());
+        let kept = log.read("c", &query(Direction::Forwards, 10)).unwrap();
+        assert_eq!(kept.len(), 1);
+        let meta = log.db().open_tree("meta").unwrap();
+        assert_eq!(
+            meta.get("format").unwrap().as_deref(),
+            Some(FORMAT.as_bytes())
+        );
     }
 }
