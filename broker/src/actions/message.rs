@@ -14,13 +14,19 @@ use super::{new_msg_serial, track};
 use crate::channel::{validate_name, Command, Origin, Publish};
 use crate::connection::session::Seen;
 use crate::connection::Connection;
+use crate::store::push_decimal;
 
 pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
     let items = message.messages.as_ref().map_or(0, Vec::len);
     let Some(msg_serial) = new_msg_serial(conn, &message, items) else {
         return;
     };
-    let (channel, messages, app_ids) = match prepare(conn, message, msg_serial) {
+    // `<connectionId>:<msgSerial>`: the ProtocolMessage's id, and the base of its messages'.
+    let mut pm_id = String::with_capacity(conn.connection_id.len() + 12);
+    pm_id.push_str(&conn.connection_id);
+    pm_id.push(':');
+    push_decimal(&mut pm_id, msg_serial, 0);
+    let (channel, messages, app_ids) = match prepare(conn, message, &pm_id) {
         Ok(prepared) => prepared,
         Err(e) => return refuse(conn, msg_serial, e),
     };
@@ -28,7 +34,7 @@ pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
         messages,
         origin: Some(Origin {
             connection_id: conn.connection_id.clone(),
-            pm_id: format!("{}:{msg_serial}", conn.connection_id),
+            pm_id,
         }),
         app_ids,
         received: Instant::now(),
@@ -57,7 +63,7 @@ pub(super) fn refuse(conn: &mut Connection, msg_serial: u64, error: ErrorInfo) {
 fn prepare(
     conn: &Connection,
     message: ProtocolMessage,
-    msg_serial: u64,
+    pm_id: &str,
 ) -> Result<(String, Vec<Message>, bool), ErrorInfo> {
     let limits = &conn.broker.config.limits;
     let channel = message
@@ -86,7 +92,7 @@ fn prepare(
         &mut messages,
         &conn.authority.identity,
         Some(&connection_id),
-        &format!("{connection_id}:{msg_serial}"),
+        pm_id,
         limits.max_message_size,
     )?;
     Ok((channel, messages, app_ids))
@@ -111,7 +117,13 @@ pub fn stamp(
         m.client_id = identity.message_client_id(m.client_id.as_deref())?;
         match &m.id {
             Some(id) if !id.is_empty() => app_ids = true,
-            _ => m.id = Some(format!("{id_base}:{index}")),
+            _ => {
+                let mut id = String::with_capacity(id_base.len() + 4);
+                id.push_str(id_base);
+                id.push(':');
+                push_decimal(&mut id, index as u64, 0);
+                m.id = Some(id);
+            }
         }
         m.connection_id = connection_id.map(str::to_owned);
         m.connection_key = None;
