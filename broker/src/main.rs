@@ -6,6 +6,12 @@ use std::io::Write;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than glibc's malloc: under durable publishing, glibc's allocator took
+/// about a fifth of the broker's CPU (fastbin consolidation among it), and mimalloc lifts
+/// ACKs/s by 8-10 % at a cost of 1-2 % more memory per idle connection (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
