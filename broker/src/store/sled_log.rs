@@ -252,10 +252,7 @@ fn replay(db: &sled::Db, segments_dir: &Path, from: Position) -> Result<u64, Sto
         let header = Header::parse(record);
         let first = record.get(HEADER_LEN..HEADER_LEN + 8).map(be_u64);
         if let (Some(header), Some(first)) = (header, first) {
-            let mut value = Vec::with_capacity(INDEX_LEN);
-            value.extend_from_slice(&record[..HEADER_LEN]);
-            at.encode(&mut value);
-            index.insert(key(&channel, first), value)?;
+            index.insert(key(&channel, first), index_value(record, 0, at))?;
             let head = heads.get(channel.as_bytes())?.map_or(0, |v| be_u64(&v));
             if header.last_serial > head {
                 heads.insert(channel.as_bytes(), &header.last_serial.to_be_bytes())?;
@@ -679,6 +676,15 @@ impl SledLog {
         ))
     }
 
+    /// Writes the [`Op::Remove`] frame of the entries keyed `from..=to`; call it under the
+    /// gate, before removing them from sled.
+    fn log_removal(&self, channel: &str, from: u64, to: u64) -> Result<(), StoreError> {
+        let tag = Op::Remove { from, to }.tag(self.log, channel);
+        let (mut frame, _) = tagged_frame(&tag, 0)?;
+        self.segments.write(&mut frame, false)?;
+        Ok(())
+    }
+
     /// Shares the gate: from an op's frame until its change is in sled.
     fn gate(&self) -> std::sync::RwLockReadGuard<'_, ()> {
         self.gate.read().unwrap_or_else(|e| e.into_inner())
@@ -702,8 +708,7 @@ impl SledLog {
         }
         {
             let _gate = self.gate();
-            let (mut frame, _) = tagged_frame(&Op::Remove { from, to }.tag(self.log, channel), 0)?;
-            self.segments.write(&mut frame, false)?;
+            self.log_removal(channel, from, to)?;
             self.index.apply_batch(batch)?;
         }
         for (_, segment) in keys {
@@ -746,11 +751,7 @@ impl SledLog {
                     let (k, v) = self.store(channel, finished)?;
                     batch.insert(k, v);
                 }
-                None => {
-                    let op = Op::Remove { from: old, to: old };
-                    let (mut frame, _) = tagged_frame(&op.tag(self.log, channel), 0)?;
-                    self.segments.write(&mut frame, false)?;
-                }
+                None => self.log_removal(channel, old, old)?,
             }
             self.index.apply_batch(batch)?;
         }
