@@ -124,7 +124,10 @@ SECTION="$WORK/section.md"
   echo '  ```'
   echo
   echo "Latency is measured from each message's scheduled send time (carried in the payload) to"
-  echo "its delivery, so a stalled publisher shows up as latency (no coordinated omission)."
+  echo "its delivery, so a stalled publisher shows up as latency (no coordinated omission). A"
+  echo "publisher that was on time and slept until its send carries the moment its timer woke it"
+  echo "instead: tokio's timers overshoot by up to 1 ms, the same for every send of a run, and that"
+  echo "overshoot is the load generator's, not the server's (\`loadtest/src/rate.rs\`)."
   echo "Plots of p99 latency and deliveries/s over time: \`target/perf/<scenario>.svg\`."
   echo
   cat "$OUT/results.md"

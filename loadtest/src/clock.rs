@@ -1,6 +1,7 @@
 //! One clock for the whole process and the payload that carries it. Every publish carries its
 //! *scheduled* send time (not the moment it actually left), so a stalled publisher shows up as
-//! latency instead of silently sending less: the coordinated-omission-safe measurement.
+//! latency instead of silently sending less: the coordinated-omission-safe measurement. (A
+//! publisher that was on time carries the moment its timer woke it; see `rate`.)
 
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
