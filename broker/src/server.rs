@@ -119,8 +119,9 @@ pub async fn run_then(
     let log: Arc<dyn ChannelLog> = Arc::new(messages);
     let presence_log: Arc<dyn ChannelLog> = Arc::new(presence);
     let metrics = Arc::new(Metrics::new());
-    let (committer, committer_task) =
-        Committer::start(log.clone(), config.storage.fsync, metrics.clone());
+    let synced = log.clone();
+    let (committer, sync_threads) =
+        Committer::start(move || synced.sync(), config.storage.fsync, metrics.clone())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (tasks, tasks_done) = Tasks::new();
     let channels = Channels::new(ChannelContext {
@@ -207,8 +208,9 @@ pub async fn run_then(
         tracing::warn!("some connections did not finish within 10 s");
     }
     // Every sequencer is gone, so the committer's last handle is too.
-    if let Some(task) = committer_task {
-        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    if let Some(threads) = sync_threads {
+        let joined = tokio::task::spawn_blocking(move || threads.join());
+        let _ = tokio::time::timeout(Duration::from_secs(10), joined).await;
     }
     sync(log).await
 }
