@@ -230,7 +230,7 @@ fn replay(db: &sled::Db, segments_dir: &Path, from: Position) -> Result<u64, Sto
     };
     let (messages, presence) = (trees(LogId::Messages)?, trees(LogId::Presence)?);
     let mut applied = 0;
-    Segments::scan(segments_dir, from, |at, tag, record| {
+    let ends = Segments::scan(segments_dir, from, |at, tag, record| {
         let Some((op, log, channel)) = Op::parse(tag) else {
             return Ok(());
         };
@@ -261,6 +261,9 @@ fn replay(db: &sled::Db, segments_dir: &Path, from: Position) -> Result<u64, Sto
         applied += 1;
         Ok(())
     })?;
+    // Past the intact frames lies only what was never acknowledged, or allocated ahead; the
+    // index is checked against the files' lengths next (`count_live`).
+    Segments::cut(segments_dir, &ends)?;
     Ok(applied)
 }
 
@@ -850,7 +853,9 @@ impl ChannelLog for SledLog {
     }
 
     fn close_cleanly(&self) -> Result<(), StoreError> {
-        self.sync()?;
+        // The next opening trusts the segments' lengths, so the active one is cut to its
+        // frames before the log is marked as stopped cleanly.
+        self.segments.close()?;
         self.db.open_tree("meta")?.remove(RUNNING)?;
         self.db.flush()?;
         Ok(())
@@ -1047,6 +1052,7 @@ impl ChannelLog for SledLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::segments::PREALLOCATE;
 
     /// Opens the log in `dir` again; `open_logs` waits for the lock the dropped one may still
     /// hold for a moment.
@@ -1311,18 +1317,18 @@ mod tests {
             log.append("p", &[(2, &message(2, "lost"))]).unwrap();
             log.sync().unwrap();
         }
-        // As if the second record's bytes never reached the disk while sled kept its entry.
-        let segment = std::fs::read_dir(dir.path().join("segments"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-            .unwrap();
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&segment)
-            .unwrap();
-        let len = file.metadata().unwrap().len();
-        file.set_len(len - 3).unwrap();
+        // As if the second record's last bytes never reached the disk while sled kept its
+        // entry: the segment was allocated ahead, so what was never written reads as zeros.
+        let segments_dir = dir.path().join("segments");
+        let start = Position {
+            segment: 0,
+            offset: 0,
+        };
+        let ends = Segments::scan(&segments_dir, start, |_, _, _| Ok(())).unwrap();
+        let (&segment, &end) = ends.iter().max().unwrap();
+        let path = segments_dir.join(format!("{segment:016x}.seg"));
+        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &[0; 3], end - 3).unwrap();
         drop(file);
         let log = reopen(dir.path());
         let left = log.read("p", &query(Direction::Forwards, 10)).unwrap();
@@ -1330,6 +1336,41 @@ mod tests {
         assert_eq!(left[0].1.name.as_deref(), Some("synced"));
         // Serial 2 may have reached subscribers: it is never given out again.
         assert!(log.bounds("p").unwrap().unwrap().last > 2);
+    }
+
+    #[test]
+    fn opening_after_an_unclean_stop_cuts_the_segment_allocated_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments_dir = dir.path().join("segments");
+        let newest_length = || {
+            let lengths = Segments::lengths(&segments_dir).unwrap();
+            let newest = lengths.keys().max().copied().unwrap();
+            lengths[&newest]
+        };
+        {
+            let log = SledLog::open(dir.path(), 1 << 20).unwrap();
+            log.append("u", &[(1, &message(1, "kept"))]).unwrap();
+            log.sync().unwrap();
+            assert!(newest_length() >= PREALLOCATE);
+        }
+        let log = reopen(dir.path());
+        let cut = Segments::lengths(&segments_dir).unwrap();
+        // The crashed run's segment now ends with its frame; the new run's is still empty.
+        let crashed = cut.keys().min().copied().unwrap();
+        assert!(cut[&crashed] > 0 && cut[&crashed] < 1024, "{cut:?}");
+        let left = log.read("u", &query(Direction::Forwards, 10)).unwrap();
+        assert_eq!(left[0].1.name.as_deref(), Some("kept"));
+        let next = log.bounds("u").unwrap().unwrap().last + 1;
+        log.append("u", &[(next, &message(2, "next"))]).unwrap();
+        log.close_cleanly().unwrap();
+        drop(log);
+        let log = reopen(dir.path());
+        assert_eq!(
+            log.read("u", &query(Direction::Forwards, 10))
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]
