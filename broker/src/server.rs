@@ -120,8 +120,12 @@ pub async fn run_then(
     let presence_log: Arc<dyn ChannelLog> = Arc::new(presence);
     let metrics = Arc::new(Metrics::new());
     let synced = log.clone();
-    let (committer, sync_threads) =
-        Committer::start(move || synced.sync(), config.storage.fsync, metrics.clone())?;
+    let linger = Duration::from_micros(config.storage.commit_linger_us);
+    let (committer, sync_threads) = Committer::start(
+        move || synced.sync(),
+        config.storage.fsync.then_some(linger),
+        metrics.clone(),
+    )?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (tasks, tasks_done) = Tasks::new();
     let channels = Channels::new(ChannelContext {

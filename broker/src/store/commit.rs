@@ -4,6 +4,14 @@
 //! sequencer that does not want to wait registers a callback with [`Committer::when_durable`]
 //! instead and goes on with its next batch while the sync runs (pipelining).
 //!
+//! A sync for a small backlog (under 64 messages) lingers first: it waits up to the configured
+//! `storage.commit_linger_us` after the first waiter queued, so that light traffic spread over
+//! many channels shares one `fdatasync` instead of paying one per message. In chat-rooms (a
+//! thousand lone publishes a second over a hundred channels) a 1 ms linger cut the syncs from
+//! about 1,000 to about 400 a second, the broker's CPU by a sixth and its p99 delivery latency
+//! by a seventh (delivery does not wait for syncs, but shares the two cores with them). A
+//! larger backlog syncs at once, so heavy traffic is not slowed.
+//!
 //! The syncs run on two dedicated threads rather than on the runtime's blocking pool: a
 //! request then wakes the thread that syncs, and nothing else. Through a task and the
 //! blocking pool every sync took three wake-ups, which at a thousand lone publishes a second
@@ -12,6 +20,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -27,7 +36,8 @@ struct Waiter {
 
 /// Most syncs running at once: one thread each.
 const SYNCS_IN_FLIGHT: usize = 2;
-/// Messages waiting before a second sync overlaps a running one.
+/// Messages waiting before a sync starts without lingering, or a second one overlaps a
+/// running one.
 const OVERLAP_MESSAGES: usize = 64;
 
 /// What makes the log durable; `SledLog::sync` in the broker.
@@ -40,10 +50,13 @@ struct Started {
     outcome: Option<Result<(), StoreError>>,
 }
 
-#[derive(Default)]
 struct State {
     queued: Vec<Waiter>,
     queued_messages: usize,
+    /// When the oldest queued waiter asked.
+    oldest: Option<Instant>,
+    /// How long a small backlog waits for more before its sync starts.
+    linger: Duration,
     /// Syncs in the order they started; the front ones are answered once they are done.
     started: VecDeque<Started>,
     running: usize,
@@ -54,13 +67,26 @@ struct State {
 }
 
 impl State {
-    /// A sync starts at once when none runs. A second one overlaps the first only for a
-    /// backlog worth it (OVERLAP_MESSAGES): each sync costs CPU and a disk round trip, and
-    /// delivery does not wait for it, only the ACKs do.
-    fn may_start(&self) -> bool {
-        !self.queued.is_empty()
-            && (self.running == 0
-                || (self.running < SYNCS_IN_FLIGHT && self.queued_messages >= OVERLAP_MESSAGES))
+    /// A sync starts when none runs and its backlog has lingered long enough, or is big
+    /// enough (OVERLAP_MESSAGES) not to wait. A second one overlaps the first only for such a
+    /// backlog: each sync costs CPU and a disk round trip, and delivery does not wait for it,
+    /// only the ACKs do. Once the committer is closing, nothing lingers.
+    fn may_start(&self, now: Instant) -> bool {
+        if self.queued.is_empty() {
+            return false;
+        }
+        let big = self.queued_messages >= OVERLAP_MESSAGES || !self.open;
+        let lingered = self.oldest.is_some_and(|t| now >= t + self.linger);
+        (self.running == 0 && (big || lingered)) || (self.running < SYNCS_IN_FLIGHT && big)
+    }
+
+    /// When a lingering backlog is due, if one is (only when no sync runs: a running sync's
+    /// thread looks at the backlog when it is done).
+    fn due(&self) -> Option<Instant> {
+        let oldest = self
+            .oldest
+            .filter(|_| self.running == 0 && !self.queued.is_empty())?;
+        Some(oldest + self.linger)
     }
 }
 
@@ -108,20 +134,27 @@ impl SyncThreads {
 }
 
 impl Committer {
-    /// Starts the sync threads, which call `sync`; they end when the last handle is dropped.
-    /// With `fsync` off, [`Committer::durable`] returns at once and there are no threads.
+    /// Starts the sync threads, which call `sync` for backlogs that lingered up to `linger`;
+    /// they end when the last handle is dropped. With `linger` `None` (fsync off),
+    /// [`Committer::durable`] returns at once and there are no threads.
     pub fn start(
         sync: impl Fn() -> Result<(), StoreError> + Send + Sync + 'static,
-        fsync: bool,
+        linger: Option<Duration>,
         metrics: Arc<Metrics>,
     ) -> Result<(Committer, Option<SyncThreads>), std::io::Error> {
-        if !fsync {
+        let Some(linger) = linger else {
             return Ok((Committer { requests: None }, None));
-        }
+        };
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
+                queued: Vec::new(),
+                queued_messages: 0,
+                oldest: None,
+                linger,
+                started: VecDeque::new(),
+                running: 0,
+                next: 0,
                 open: true,
-                ..State::default()
             }),
             wake: Condvar::new(),
         });
@@ -167,13 +200,20 @@ impl Committer {
         let Some(requests) = &self.requests else {
             return then(Ok(()));
         };
+        let now = Instant::now();
         let mut state = requests.shared.lock();
+        if state.queued.is_empty() {
+            state.oldest = Some(now);
+        }
         state.queued_messages += messages;
         state.queued.push(Waiter {
             messages,
             then: Box::new(then),
         });
-        if state.may_start() {
+        // Wake a thread when a sync may start now, or to time the linger of a new backlog
+        // (a running sync's thread takes the backlog over when it is done).
+        let first = state.queued.len() == 1 && state.running == 0;
+        if first || state.may_start(now) {
             drop(state);
             requests.shared.wake.notify_one();
         }
@@ -186,14 +226,22 @@ impl Committer {
 fn run(shared: &Shared, sync: &SyncFn, metrics: &Metrics) {
     let mut state = shared.lock();
     loop {
-        while !state.may_start() {
+        while !state.may_start(Instant::now()) {
             if !state.open && state.queued.is_empty() {
                 return;
             }
-            state = shared.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+            state = match state.due() {
+                Some(due) => {
+                    let left = due.saturating_duration_since(Instant::now());
+                    let waited = shared.wake.wait_timeout(state, left);
+                    waited.unwrap_or_else(|p| p.into_inner()).0
+                }
+                None => shared.wake.wait(state).unwrap_or_else(|p| p.into_inner()),
+            };
         }
         let waiters = std::mem::take(&mut state.queued);
         state.queued_messages = 0;
+        state.oldest = None;
         state.running += 1;
         let number = state.next;
         state.next += 1;
@@ -256,7 +304,7 @@ mod tests {
                 counted.fetch_add(1, Ordering::SeqCst);
                 Ok(())
             },
-            true,
+            Some(Duration::ZERO),
             metrics(),
         )
         .unwrap();
@@ -284,7 +332,7 @@ mod tests {
     fn a_failed_sync_is_reported_to_its_waiters() {
         let (committer, threads) = Committer::start(
             || Err(StoreError::Engine("disk on fire".to_owned())),
-            true,
+            Some(Duration::ZERO),
             metrics(),
         )
         .unwrap();
@@ -313,7 +361,7 @@ mod tests {
                 }
                 Ok(())
             },
-            true,
+            Some(Duration::ZERO),
             metrics(),
         )
         .unwrap();
@@ -331,10 +379,50 @@ mod tests {
         threads.unwrap().join();
     }
 
+    /// A committer whose sync counts itself, lingering `linger`.
+    fn counting(linger: Duration) -> (Committer, SyncThreads, Arc<AtomicUsize>) {
+        let syncs = Arc::new(AtomicUsize::new(0));
+        let counted = syncs.clone();
+        let sync = move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        };
+        let (committer, threads) = Committer::start(sync, Some(linger), metrics()).unwrap();
+        (committer, threads.unwrap(), syncs)
+    }
+
+    #[test]
+    fn a_small_backlog_lingers_and_a_big_one_takes_it_along_at_once() {
+        let (committer, threads, syncs) = counting(Duration::from_secs(3600));
+        let (tx, rx) = mpsc::channel();
+        let small = tx.clone();
+        committer.when_durable(1, move |r| small.send(("small", r.is_ok())).unwrap());
+        committer.when_durable(OVERLAP_MESSAGES, move |r| {
+            tx.send(("big", r.is_ok())).unwrap()
+        });
+        assert_eq!(rx.recv().unwrap(), ("small", true));
+        assert_eq!(rx.recv().unwrap(), ("big", true));
+        // One sync for both: the small one waited (its linger is an hour) for the big one.
+        assert_eq!(syncs.load(Ordering::SeqCst), 1);
+        drop(committer);
+        threads.join();
+    }
+
+    #[test]
+    fn a_lingering_backlog_is_synced_when_the_committer_closes() {
+        let (committer, threads, syncs) = counting(Duration::from_secs(3600));
+        let (tx, rx) = mpsc::channel();
+        committer.when_durable(1, move |r| tx.send(r.is_ok()).unwrap());
+        drop(committer);
+        threads.join();
+        assert!(rx.recv().unwrap());
+        assert_eq!(syncs.load(Ordering::SeqCst), 1);
+    }
+
     #[test]
     fn without_fsync_a_waiter_is_answered_at_once() {
         let (committer, threads) =
-            Committer::start(|| panic!("no sync without fsync"), false, metrics()).unwrap();
+            Committer::start(|| panic!("no sync without fsync"), None, metrics()).unwrap();
         assert!(threads.is_none());
         let (tx, rx) = mpsc::channel();
         committer.when_durable(1, move |r| tx.send(r).unwrap());
