@@ -255,7 +255,10 @@ fn run(shared: &Shared, sync: &SyncFn, metrics: &Metrics) {
 
         metrics.log_commit_batch.observe(waiters.len() as f64);
         let started = std::time::Instant::now();
-        let outcome = sync();
+        // A panicking sync must not leave its entry unanswered at the front of `started`,
+        // where it would hold back every later answer.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(sync))
+            .unwrap_or_else(|_| Err(StoreError::Engine("the log sync panicked".to_owned())));
         metrics
             .log_sync_duration
             .observe(started.elapsed().as_secs_f64());
@@ -339,6 +342,26 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         committer.when_durable(1, move |r| tx.send(r).unwrap());
         assert!(rx.recv().unwrap().is_err());
+        drop(committer);
+        threads.unwrap().join();
+    }
+
+    #[test]
+    fn a_panicking_sync_is_a_failed_one_and_later_syncs_still_answer() {
+        let calls = AtomicUsize::new(0);
+        let sync = move || {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("first sync panics");
+            }
+            Ok(())
+        };
+        let (committer, threads) = Committer::start(sync, Some(Duration::ZERO), metrics()).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let first = tx.clone();
+        committer.when_durable(1, move |r| first.send(r.is_ok()).unwrap());
+        assert!(!rx.recv().unwrap());
+        committer.when_durable(1, move |r| tx.send(r.is_ok()).unwrap());
+        assert!(rx.recv().unwrap());
         drop(committer);
         threads.unwrap().join();
     }

@@ -17,8 +17,8 @@
 //! index at start.
 //!
 //! The active segment is allocated ahead of its writes, [`PREALLOCATE`] bytes at a time, so
-//! that an append's `fdatasync` need not also journal a new file size: that made each sync
-//! about a third cheaper in CPU and time. The unwritten part reads as zeros, which no frame
+//! that an append's `fdatasync` need not also persist a new file size: that made a lone
+//! append's sync about a quarter cheaper (209 → 153 µs in the log bench). The unwritten part reads as zeros, which no frame
 //! starts with, so a scan stops there. A segment is cut back to its frames when it is closed,
 //! at a clean stop, and by replay after an unclean one ([`Segments::cut`]), so that a file's
 //! length is where its frames end whenever the index is checked against it.
