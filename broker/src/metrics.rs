@@ -2,9 +2,11 @@
 //! `GET /metrics`. Names are prefixed `broker_`; `docs/operations.md` lists them.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
+
+use crate::store::CheckpointHealth;
 
 /// Every metric the broker keeps.
 pub struct Metrics {
@@ -44,6 +46,12 @@ pub struct Metrics {
     pub presence_events: IntCounterVec,
     /// Presence SYNC pages sent.
     pub sync_pages: IntCounter,
+    /// Seconds since the log's last successful checkpoint (set when `/metrics` is read).
+    pub log_checkpoint_age: Gauge,
+    /// Seconds the last successful checkpoint took.
+    pub log_checkpoint_duration: Gauge,
+    /// Checkpoints failed since the last that succeeded.
+    pub log_checkpoint_failures: IntGauge,
 }
 
 impl Metrics {
@@ -78,6 +86,13 @@ impl Metrics {
                 .register(Box::new(c.clone()))
                 .expect("unique metric");
             c
+        };
+        let seconds = |name: &str, help: &str| {
+            let g = Gauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
         };
         let latency = prometheus::exponential_buckets(0.000_05, 2.0, 18).expect("valid buckets");
         Metrics {
@@ -144,8 +159,29 @@ impl Metrics {
                 "broker_presence_sync_pages_total",
                 "Presence SYNC pages sent",
             ),
+            log_checkpoint_age: seconds(
+                "broker_log_checkpoint_age_seconds",
+                "Seconds since the log's last successful checkpoint",
+            ),
+            log_checkpoint_duration: seconds(
+                "broker_log_checkpoint_duration_seconds",
+                "Seconds the last successful checkpoint took",
+            ),
+            log_checkpoint_failures: gauge(
+                "broker_log_checkpoint_failures",
+                "Checkpoints failed since the last that succeeded",
+            ),
             registry,
         }
+    }
+
+    /// Sets the checkpoint gauges from `health` (the log's, read when `/metrics` is served).
+    pub fn observe_checkpoints(&self, health: CheckpointHealth) {
+        self.log_checkpoint_age.set(health.age.as_secs_f64());
+        self.log_checkpoint_duration
+            .set(health.last_duration.as_secs_f64());
+        self.log_checkpoint_failures
+            .set(i64::try_from(health.failures_in_a_row).unwrap_or(i64::MAX));
     }
 
     /// The Prometheus text exposition of every metric.

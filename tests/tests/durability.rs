@@ -80,3 +80,41 @@ async fn shutdown_tells_clients_to_resume_later() {
     again.stop().await;
     drop(keep);
 }
+
+/// The value of an unlabelled metric in a Prometheus text exposition.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[tokio::test]
+async fn metrics_show_the_log_checkpointing() {
+    let broker = TestBroker::start().await;
+    let read = || async {
+        tests::send(tests::http().get(broker.url("/metrics")))
+            .await
+            .text()
+            .await
+            .unwrap()
+    };
+    let first = read().await;
+    assert_eq!(metric(&first, "broker_log_checkpoint_failures"), 0.0);
+    assert!(metric(&first, "broker_log_checkpoint_duration_seconds") >= 0.0);
+    // The age is read at each scrape and falls back when the next checkpoint (once a second)
+    // lands: the thread runs and the gauge follows it.
+    let mut age = metric(&first, "broker_log_checkpoint_age_seconds");
+    let deadline = tokio::time::Instant::now() + tests::SAFETY;
+    loop {
+        let now = metric(&read().await, "broker_log_checkpoint_age_seconds");
+        if now < age {
+            break;
+        }
+        age = now;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no checkpoint landed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

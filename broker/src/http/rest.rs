@@ -57,11 +57,16 @@ pub async fn route(
                 broker.channels.active()
             ),
         )),
-        (&Method::GET, ["metrics"]) => Ok(negotiated.text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            broker.metrics.render(),
-        )),
+        (&Method::GET, ["metrics"]) => {
+            if let Some(health) = broker.log.checkpoint_health() {
+                broker.metrics.observe_checkpoints(health);
+            }
+            Ok(negotiated.text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                broker.metrics.render(),
+            ))
+        }
         (&Method::GET, [""]) => Ok(negotiated.ok(
             StatusCode::OK,
             &serde_json::json!({"service": "broker", "protocol": 6}),

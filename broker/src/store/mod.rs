@@ -100,6 +100,23 @@ pub trait ChannelLog: Send + Sync + 'static {
     /// Syncs and records that the broker stopped cleanly, so the next start trusts the
     /// channels' heads as they are (see [`UNCLEAN_STOP_SKIP`]).
     fn close_cleanly(&self) -> Result<(), StoreError>;
+    /// How the log's background checkpoints are doing, for `/metrics`; `None` for a log
+    /// without them.
+    fn checkpoint_health(&self) -> Option<CheckpointHealth> {
+        None
+    }
+}
+
+/// How a log's checkpoints are doing (see "Storage layout" in `architecture.md`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CheckpointHealth {
+    /// Time since the last checkpoint that succeeded. It grows past the interval only while
+    /// checkpoints fail: then a start after a crash replays more, and no segment is deleted.
+    pub age: std::time::Duration,
+    /// How long the last successful checkpoint took.
+    pub last_duration: std::time::Duration,
+    /// Checkpoints failed since the last that succeeded.
+    pub failures_in_a_row: u64,
 }
 
 /// How far every channel's serials jump after an unclean stop. Subscribers may receive a

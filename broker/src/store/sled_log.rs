@@ -27,14 +27,16 @@
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::{mpsc, Arc, RwLock};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protocol::Message;
 
 use super::segments::{tagged_frame, Location, Position, Segments, FRAME_HEADER};
-use super::{Bounds, ChannelLog, Direction, Query, Retained, StoreError, UNCLEAN_STOP_SKIP};
+use super::{
+    Bounds, ChannelLog, CheckpointHealth, Direction, Query, Retained, StoreError, UNCLEAN_STOP_SKIP,
+};
 
 const SEPARATOR: u8 = 0xFF;
 const HEADER_LEN: usize = 4 + 8 + 8;
@@ -80,7 +82,7 @@ pub struct SledLog {
     /// takes it alone to read a position that no half-done op straddles.
     gate: Arc<RwLock<()>>,
     /// The checkpoint thread, stopped when the last log of the database goes.
-    _checkpoints: Arc<Checkpoints>,
+    checkpoints: Arc<Checkpoints>,
     epoch: String,
 }
 
@@ -165,6 +167,24 @@ impl Op {
 struct Checkpoints {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    health: Arc<Mutex<Health>>,
+}
+
+/// What [`CheckpointHealth`] is made from.
+struct Health {
+    last_success: Instant,
+    last_duration: Duration,
+    failures_in_a_row: u64,
+}
+
+impl Health {
+    fn new(last_duration: Duration) -> Health {
+        Health {
+            last_success: Instant::now(),
+            last_duration,
+            failures_in_a_row: 0,
+        }
+    }
 }
 
 impl Checkpoints {
@@ -173,14 +193,23 @@ impl Checkpoints {
         segments: Arc<Segments>,
         gate: Arc<RwLock<()>>,
         every: Duration,
+        health: Arc<Mutex<Health>>,
     ) -> Result<Checkpoints, StoreError> {
         let (stop, stopped) = mpsc::channel::<()>();
+        let kept = health.clone();
         let thread = std::thread::Builder::new()
             .name("log-checkpoint".into())
             .spawn(move || {
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                    if let Err(e) = checkpoint(&db, &segments, &gate) {
-                        tracing::warn!(error = %e, "log checkpoint failed; retrying");
+                    let started = Instant::now();
+                    let result = checkpoint(&db, &segments, &gate);
+                    let mut health = kept.lock().unwrap_or_else(|e| e.into_inner());
+                    match result {
+                        Ok(_) => *health = Health::new(started.elapsed()),
+                        Err(e) => {
+                            health.failures_in_a_row += 1;
+                            tracing::warn!(error = %e, "log checkpoint failed; retrying");
+                        }
                     }
                 }
             })
@@ -188,6 +217,7 @@ impl Checkpoints {
         Ok(Checkpoints {
             stop: Some(stop),
             thread: Some(thread),
+            health,
         })
     }
 }
@@ -290,12 +320,12 @@ impl SledLog {
     /// the previous run did not stop cleanly, every channel's head skips
     /// [`UNCLEAN_STOP_SKIP`] serials ahead.
     pub fn open_logs(dir: &Path, cache_bytes: u64) -> Result<(SledLog, SledLog), StoreError> {
-        SledLog::open_with_checkpoints(dir, cache_bytes, Some(CHECKPOINT_EVERY))
+        SledLog::open_withcheckpoints(dir, cache_bytes, Some(CHECKPOINT_EVERY))
     }
 
     /// [`SledLog::open_logs`], checkpointing every `every` (`None`: only at opening and at a
     /// clean stop, which tests use to keep changes out of sled's flushed state).
-    fn open_with_checkpoints(
+    fn open_withcheckpoints(
         dir: &Path,
         cache_bytes: u64,
         every: Option<Duration>,
@@ -369,6 +399,7 @@ impl SledLog {
         let checkpoints = Arc::new(Checkpoints {
             stop: None,
             thread: None,
+            health: Arc::new(Mutex::new(Health::new(Duration::ZERO))),
         });
         let mut logs = (
             SledLog {
@@ -378,7 +409,7 @@ impl SledLog {
                 heads: db.open_tree(LogId::Messages.trees().1)?,
                 segments: segments.clone(),
                 gate: gate.clone(),
-                _checkpoints: checkpoints.clone(),
+                checkpoints: checkpoints.clone(),
                 epoch: epoch.clone(),
             },
             SledLog {
@@ -388,7 +419,7 @@ impl SledLog {
                 log: LogId::Presence,
                 segments: segments.clone(),
                 gate: gate.clone(),
-                _checkpoints: checkpoints,
+                checkpoints,
                 epoch,
             },
         );
@@ -414,11 +445,13 @@ impl SledLog {
             );
         }
         meta.insert("format", FORMAT)?;
+        let started = Instant::now();
         checkpoint(&db, &segments, &gate)?;
+        let health = Arc::new(Mutex::new(Health::new(started.elapsed())));
         if let Some(every) = every {
-            let checkpoints = Arc::new(Checkpoints::start(db, segments, gate, every)?);
-            logs.0._checkpoints = checkpoints.clone();
-            logs.1._checkpoints = checkpoints;
+            let checkpoints = Arc::new(Checkpoints::start(db, segments, gate, every, health)?);
+            logs.0.checkpoints = checkpoints.clone();
+            logs.1.checkpoints = checkpoints;
         }
         Ok(logs)
     }
@@ -850,6 +883,21 @@ impl ChannelLog for SledLog {
         // they alone need syncing; sled's copy of the index catches up at each checkpoint,
         // and opening replays what it missed.
         self.segments.sync()
+    }
+
+    fn checkpoint_health(&self) -> Option<CheckpointHealth> {
+        // Without the thread (tests), nothing checkpoints after opening: no health to tell.
+        self.checkpoints.thread.as_ref()?;
+        let health = self
+            .checkpoints
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Some(CheckpointHealth {
+            age: health.last_success.elapsed(),
+            last_duration: health.last_duration,
+            failures_in_a_row: health.failures_in_a_row,
+        })
     }
 
     fn close_cleanly(&self) -> Result<(), StoreError> {
@@ -1478,8 +1526,7 @@ mod tests {
             message(1, "p1"),
         );
         {
-            let (log, presence) =
-                SledLog::open_with_checkpoints(dir.path(), 1 << 20, None).unwrap();
+            let (log, presence) = SledLog::open_withcheckpoints(dir.path(), 1 << 20, None).unwrap();
             log.append("c", &[(1, &m1), (2, &m2)]).unwrap();
             let before_trim = log.index.get(key("c", 1)).unwrap().unwrap();
             log.append("c", &[(3, &m3)]).unwrap();
