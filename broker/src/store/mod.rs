@@ -4,6 +4,7 @@
 //! (group commit) so that an ACK always means "on disk" without one fsync per message.
 
 pub mod commit;
+mod indexer;
 pub mod segments;
 pub mod sled_log;
 

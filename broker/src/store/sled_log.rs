@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use protocol::Message;
 
+use super::indexer::{Change, Indexer};
 use super::segments::{tagged_frame, Location, Position, Segments, FRAME_HEADER};
 use super::{
     Bounds, ChannelLog, CheckpointHealth, Direction, Query, Retained, StoreError, UNCLEAN_STOP_SKIP,
@@ -83,6 +84,8 @@ pub struct SledLog {
     gate: Arc<RwLock<()>>,
     /// The checkpoint thread, stopped when the last log of the database goes.
     checkpoints: Arc<Checkpoints>,
+    /// Index changes written as frames but not yet given to sled; shared by both logs.
+    indexer: Arc<Indexer>,
     epoch: String,
 }
 
@@ -192,6 +195,7 @@ impl Checkpoints {
         db: sled::Db,
         segments: Arc<Segments>,
         gate: Arc<RwLock<()>>,
+        indexer: Arc<Indexer>,
         every: Duration,
         health: Arc<Mutex<Health>>,
     ) -> Result<Checkpoints, StoreError> {
@@ -202,7 +206,7 @@ impl Checkpoints {
             .spawn(move || {
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
                     let started = Instant::now();
-                    let result = checkpoint(&db, &segments, &gate);
+                    let result = checkpoint(&db, &segments, &gate, &indexer);
                     let mut health = kept.lock().unwrap_or_else(|e| e.into_inner());
                     match result {
                         Ok(_) => *health = Health::new(started.elapsed()),
@@ -236,11 +240,14 @@ fn checkpoint(
     db: &sled::Db,
     segments: &Segments,
     gate: &RwLock<()>,
+    indexer: &Indexer,
 ) -> Result<Position, StoreError> {
     let position = {
         let _alone = gate.write().unwrap_or_else(|e| e.into_inner());
         segments.position()
     };
+    // Every frame before `position` has its change in sled or queued: apply the queue.
+    indexer.catch_up()?;
     // Syncing the segments too bounds what `fsync = false` can lose to about this interval.
     segments.sync()?;
     db.flush()?;
@@ -395,6 +402,12 @@ impl SledLog {
         let live = count_live(&db, &segments_dir)?;
         let segments = Arc::new(Segments::open(&segments_dir, live)?);
         let gate = Arc::new(RwLock::new(()));
+        let trees = [LogId::Messages, LogId::Presence].map(|log| {
+            let (index, heads) = log.trees();
+            Ok::<_, StoreError>((db.open_tree(index)?, db.open_tree(heads)?))
+        });
+        let [messages, presence] = trees;
+        let indexer = Indexer::new(vec![messages?, presence?]);
         // Not yet running: opening makes its own checkpoint first, below.
         let checkpoints = Arc::new(Checkpoints {
             stop: None,
@@ -410,6 +423,7 @@ impl SledLog {
                 segments: segments.clone(),
                 gate: gate.clone(),
                 checkpoints: checkpoints.clone(),
+                indexer: Arc::new(Indexer::new(Vec::new())),
                 epoch: epoch.clone(),
             },
             SledLog {
@@ -420,6 +434,7 @@ impl SledLog {
                 segments: segments.clone(),
                 gate: gate.clone(),
                 checkpoints,
+                indexer: Arc::new(Indexer::new(Vec::new())),
                 epoch,
             },
         );
@@ -446,13 +461,26 @@ impl SledLog {
         }
         meta.insert("format", FORMAT)?;
         let started = Instant::now();
-        checkpoint(&db, &segments, &gate)?;
+        checkpoint(&db, &segments, &gate, &indexer)?;
         let health = Arc::new(Mutex::new(Health::new(started.elapsed())));
+        let indexer = Arc::new(match every {
+            Some(_) => indexer.start()?,
+            None => indexer,
+        });
         if let Some(every) = every {
-            let checkpoints = Arc::new(Checkpoints::start(db, segments, gate, every, health)?);
+            let checkpoints = Arc::new(Checkpoints::start(
+                db,
+                segments,
+                gate,
+                indexer.clone(),
+                every,
+                health,
+            )?);
             logs.0.checkpoints = checkpoints.clone();
             logs.1.checkpoints = checkpoints;
         }
+        logs.0.indexer = indexer.clone();
+        logs.1.indexer = indexer;
         Ok(logs)
     }
 
@@ -816,6 +844,7 @@ impl ChannelLog for SledLog {
     }
 
     fn bounds(&self, channel: &str) -> Result<Option<Bounds>, StoreError> {
+        self.indexer.catch_up()?;
         let range = key(channel, 0)..=key(channel, u64::MAX);
         let head = self.heads.get(channel)?.map(|v| be_u64(&v));
         let first = self.index.range(range.clone()).next().transpose()?;
@@ -860,21 +889,25 @@ impl ChannelLog for SledLog {
             }
         }
         records.extend(record.finish());
-        let _gate = self.gate();
-        if records.len() == 1 {
-            // The common case, one record: a plain insert. A batch would take sled's
-            // tree-wide write lock, which stalls every other channel's append and read.
-            let (k, v) = self.store(channel, records.remove(0))?;
-            self.index.insert(k, v)?;
-        } else {
-            let mut batch = sled::Batch::default();
+        let log = self.log as usize;
+        let mut changes = Vec::with_capacity(records.len() + 1);
+        let too_many = {
+            let _gate = self.gate();
             for finished in records {
-                let (k, v) = self.store(channel, finished)?;
-                batch.insert(k, v);
+                let (key, value) = self.store(channel, finished)?;
+                changes.push(Change::Insert { log, key, value });
             }
-            self.index.apply_batch(batch)?;
+            changes.push(Change::Head {
+                log,
+                channel: channel.as_bytes().to_vec(),
+                last: *last,
+            });
+            // Sled gets the entries later (see `store::indexer`): the fan-out need not wait.
+            self.indexer.queue(changes)
+        };
+        if too_many {
+            self.indexer.catch_up()?;
         }
-        self.heads.insert(channel, &last.to_be_bytes())?;
         Ok(())
     }
 
@@ -901,6 +934,8 @@ impl ChannelLog for SledLog {
     }
 
     fn close_cleanly(&self) -> Result<(), StoreError> {
+        // The next opening replays nothing, so sled must hold every change.
+        self.indexer.catch_up()?;
         // The next opening trusts the segments' lengths, so the active one is cut to its
         // frames before the log is marked as stopped cleanly.
         self.segments.close()?;
@@ -913,6 +948,7 @@ impl ChannelLog for SledLog {
         if query.from > query.to || query.limit == 0 {
             return Ok(Vec::new());
         }
+        self.indexer.catch_up()?;
         // Start at the record that holds `from`, which may begin before it.
         let start = self
             .record_at(channel, query.from)?
@@ -977,6 +1013,7 @@ impl ChannelLog for SledLog {
     }
 
     fn trim_before(&self, channel: &str, first_kept: u64) -> Result<(), StoreError> {
+        self.indexer.catch_up()?;
         let mut gone = Vec::new();
         let mut straddling = None;
         for item in self.index.range(key(channel, 0)..key(channel, first_kept)) {
@@ -1000,6 +1037,7 @@ impl ChannelLog for SledLog {
     }
 
     fn retain_newest(&self, channel: &str, keep: u64) -> Result<Retained, StoreError> {
+        self.indexer.catch_up()?;
         let mut held = 0;
         let mut first = None;
         let mut cut = None;
@@ -1039,6 +1077,7 @@ impl ChannelLog for SledLog {
     }
 
     fn truncate_after(&self, channel: &str, last_kept: u64) -> Result<(), StoreError> {
+        self.indexer.catch_up()?;
         let mut gone = Vec::new();
         let from = last_kept.saturating_add(1);
         for item in self
@@ -1060,6 +1099,7 @@ impl ChannelLog for SledLog {
     }
 
     fn expire_before(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
+        self.indexer.catch_up()?;
         let mut removed = 0;
         let mut cursor: Bound<Vec<u8>> = Bound::Unbounded;
         loop {
@@ -1436,7 +1476,7 @@ mod tests {
         log.trim_before("s", 2).unwrap();
         // Not before a checkpoint lies past it: a replay may still need its frames.
         assert_eq!(log.segments.count(), 2);
-        checkpoint(&log.db, &log.segments, &log.gate).unwrap();
+        checkpoint(&log.db, &log.segments, &log.gate, &log.indexer).unwrap();
         assert_eq!(log.segments.count(), 1);
         let left = log.read("s", &query(Direction::Forwards, 10)).unwrap();
         assert_eq!(left.len(), 1);
@@ -1453,6 +1493,7 @@ mod tests {
         let msgs: Vec<Message> = (1..=40).map(big).collect();
         let refs: Vec<(u64, &Message)> = msgs.iter().zip(1..).map(|(m, s)| (s, m)).collect();
         log.append("big", &refs).unwrap();
+        log.indexer.catch_up().unwrap();
         assert!(log.index.len() > 1, "160 KB in more than one record");
         let serials: Vec<u64> = log
             .read("big", &query(Direction::Forwards, 100))
@@ -1528,6 +1569,7 @@ mod tests {
         {
             let (log, presence) = SledLog::open_withcheckpoints(dir.path(), 1 << 20, None).unwrap();
             log.append("c", &[(1, &m1), (2, &m2)]).unwrap();
+            log.indexer.catch_up().unwrap();
             let before_trim = log.index.get(key("c", 1)).unwrap().unwrap();
             log.append("c", &[(3, &m3)]).unwrap();
             log.append("d", &[(1, &d1)]).unwrap();
@@ -1535,6 +1577,7 @@ mod tests {
             log.trim_before("c", 2).unwrap();
             presence.append("c", &[(1, &p1)]).unwrap();
             log.sync().unwrap();
+            log.indexer.catch_up().unwrap();
             // sled keeps any subset of its unflushed changes after a crash. Here: the trim's
             // replacement is undone, the later appends and the heads are gone.
             log.index.remove(key("c", 2)).unwrap();
