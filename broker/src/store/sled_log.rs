@@ -1557,6 +1557,25 @@ mod tests {
     }
 
     #[test]
+    fn queued_index_entries_are_in_sled_before_a_checkpoint_records_their_position() {
+        let dir = tempfile::tempdir().unwrap();
+        // No index thread: only the checkpoint itself can apply the queue here.
+        let (log, presence) = SledLog::open_withcheckpoints(dir.path(), 1 << 20, None).unwrap();
+        let (m1, p1) = (message(1, "m1"), message(1, "p1"));
+        log.append("c", &[(1, &m1)]).unwrap();
+        presence.append("c", &[(1, &p1)]).unwrap();
+        assert!(
+            log.index.get(key("c", 1)).unwrap().is_none(),
+            "still queued"
+        );
+        checkpoint(&log.db, &log.segments, &log.gate, &log.indexer).unwrap();
+        // A replay would start past both frames: sled must have them.
+        assert!(log.index.get(key("c", 1)).unwrap().is_some());
+        assert!(presence.index.get(key("c", 1)).unwrap().is_some());
+        assert_eq!(be_u64(&log.heads.get("c").unwrap().unwrap()), 1);
+    }
+
+    #[test]
     fn acknowledged_changes_survive_a_crash_that_loses_the_index_tail() {
         let dir = tempfile::tempdir().unwrap();
         let (m1, m2, m3, d1, p1) = (
