@@ -47,7 +47,7 @@ pub(super) enum Change {
 /// started with [`Indexer::start`].
 pub(super) struct Indexer {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 struct Shared {
@@ -83,19 +83,19 @@ impl Indexer {
                 woken: Condvar::new(),
                 applying: Mutex::new(()),
             }),
-            thread: None,
+            thread: Mutex::new(None),
         }
     }
 
-    /// The same queue, applied also by a `log-index` thread until dropped.
-    pub(super) fn start(mut self) -> Result<Indexer, StoreError> {
+    /// From now on a `log-index` thread applies the queue too, until this is dropped.
+    pub(super) fn start(&self) -> Result<(), StoreError> {
         let shared = self.shared.clone();
         let thread = std::thread::Builder::new()
             .name("log-index".into())
             .spawn(move || run(&shared))
             .map_err(|e| StoreError::Engine(format!("starting the index thread: {e}")))?;
-        self.thread = Some(thread);
-        Ok(self)
+        *lock(&self.thread) = Some(thread);
+        Ok(())
     }
 
     /// Queues changes whose frames are written. Call it under the gate, so the checkpoint
@@ -123,7 +123,7 @@ impl Drop for Indexer {
     fn drop(&mut self) {
         lock(&self.shared.queue).stopping = true;
         self.shared.woken.notify_all();
-        if let Some(thread) = self.thread.take() {
+        if let Some(thread) = lock(&self.thread).take() {
             let _ = thread.join();
         }
     }
@@ -226,7 +226,8 @@ mod tests {
     #[test]
     fn the_thread_applies_the_queue_without_being_asked() {
         let (_db, trees) = trees();
-        let indexer = Indexer::new(trees.clone()).start().unwrap();
+        let indexer = Indexer::new(trees.clone());
+        indexer.start().unwrap();
         let mut watch = trees[0].0.watch_prefix("k");
         indexer.queue([insert("k", "v")]);
         // The subscriber's next event is the thread's insert: no catch_up was called.

@@ -327,12 +327,12 @@ impl SledLog {
     /// the previous run did not stop cleanly, every channel's head skips
     /// [`UNCLEAN_STOP_SKIP`] serials ahead.
     pub fn open_logs(dir: &Path, cache_bytes: u64) -> Result<(SledLog, SledLog), StoreError> {
-        SledLog::open_withcheckpoints(dir, cache_bytes, Some(CHECKPOINT_EVERY))
+        SledLog::open_with_checkpoints(dir, cache_bytes, Some(CHECKPOINT_EVERY))
     }
 
     /// [`SledLog::open_logs`], checkpointing every `every` (`None`: only at opening and at a
     /// clean stop, which tests use to keep changes out of sled's flushed state).
-    fn open_withcheckpoints(
+    fn open_with_checkpoints(
         dir: &Path,
         cache_bytes: u64,
         every: Option<Duration>,
@@ -407,7 +407,7 @@ impl SledLog {
             Ok::<_, StoreError>((db.open_tree(index)?, db.open_tree(heads)?))
         });
         let [messages, presence] = trees;
-        let indexer = Indexer::new(vec![messages?, presence?]);
+        let indexer = Arc::new(Indexer::new(vec![messages?, presence?]));
         // Not yet running: opening makes its own checkpoint first, below.
         let checkpoints = Arc::new(Checkpoints {
             stop: None,
@@ -423,7 +423,7 @@ impl SledLog {
                 segments: segments.clone(),
                 gate: gate.clone(),
                 checkpoints: checkpoints.clone(),
-                indexer: Arc::new(Indexer::new(Vec::new())),
+                indexer: indexer.clone(),
                 epoch: epoch.clone(),
             },
             SledLog {
@@ -434,7 +434,7 @@ impl SledLog {
                 segments: segments.clone(),
                 gate: gate.clone(),
                 checkpoints,
-                indexer: Arc::new(Indexer::new(Vec::new())),
+                indexer: indexer.clone(),
                 epoch,
             },
         );
@@ -463,24 +463,14 @@ impl SledLog {
         let started = Instant::now();
         checkpoint(&db, &segments, &gate, &indexer)?;
         let health = Arc::new(Mutex::new(Health::new(started.elapsed())));
-        let indexer = Arc::new(match every {
-            Some(_) => indexer.start()?,
-            None => indexer,
-        });
         if let Some(every) = every {
+            indexer.start()?;
             let checkpoints = Arc::new(Checkpoints::start(
-                db,
-                segments,
-                gate,
-                indexer.clone(),
-                every,
-                health,
+                db, segments, gate, indexer, every, health,
             )?);
             logs.0.checkpoints = checkpoints.clone();
             logs.1.checkpoints = checkpoints;
         }
-        logs.0.indexer = indexer.clone();
-        logs.1.indexer = indexer;
         Ok(logs)
     }
 
@@ -1560,7 +1550,7 @@ mod tests {
     fn queued_index_entries_are_in_sled_before_a_checkpoint_records_their_position() {
         let dir = tempfile::tempdir().unwrap();
         // No index thread: only the checkpoint itself can apply the queue here.
-        let (log, presence) = SledLog::open_withcheckpoints(dir.path(), 1 << 20, None).unwrap();
+        let (log, presence) = SledLog::open_with_checkpoints(dir.path(), 1 << 20, None).unwrap();
         let (m1, p1) = (message(1, "m1"), message(1, "p1"));
         log.append("c", &[(1, &m1)]).unwrap();
         presence.append("c", &[(1, &p1)]).unwrap();
@@ -1586,7 +1576,8 @@ mod tests {
             message(1, "p1"),
         );
         {
-            let (log, presence) = SledLog::open_withcheckpoints(dir.path(), 1 << 20, None).unwrap();
+            let (log, presence) =
+                SledLog::open_with_checkpoints(dir.path(), 1 << 20, None).unwrap();
             log.append("c", &[(1, &m1), (2, &m2)]).unwrap();
             log.indexer.catch_up().unwrap();
             let before_trim = log.index.get(key("c", 1)).unwrap().unwrap();
