@@ -60,8 +60,12 @@ pub struct ProtocolMessage {
     /// The presence items of PRESENCE and SYNC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presence: Option<Vec<PresenceMessage>>,
-    /// Channel params on ATTACH/ATTACHED.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Channel params on ATTACH/ATTACHED, as text (numbers and booleans arrive as their text).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "params_as_text"
+    )]
     pub params: Option<BTreeMap<String, String>>,
     /// The new token of a client AUTH.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -337,6 +341,43 @@ impl<'de> Visitor<'de> for DataVisitor {
     }
 }
 
+/// Reads channel params as text. ably-js passes `ChannelOptions.params` through as the app
+/// gave them, so `{ rewind: 1 }` arrives as a number and a flag as a boolean; each is taken as
+/// its text, as Ably does, rather than failing the channel with a decode error (§5.4). A null
+/// value is dropped.
+fn params_as_text<'de, D>(deserializer: D) -> Result<Option<BTreeMap<String, String>>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Param {
+        Text(String),
+        Flag(bool),
+        Whole(i64),
+        Natural(u64),
+        Real(f64),
+        Null(()),
+    }
+    let raw: Option<BTreeMap<String, Param>> = Option::deserialize(deserializer)?;
+    Ok(raw.map(|params| {
+        params
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let text = match value {
+                    Param::Text(text) => text,
+                    Param::Flag(flag) => flag.to_string(),
+                    Param::Whole(n) => n.to_string(),
+                    Param::Natural(n) => n.to_string(),
+                    Param::Real(x) => x.to_string(),
+                    Param::Null(()) => return None,
+                };
+                Some((name, text))
+            })
+            .collect()
+    }))
+}
+
 fn normalise(data: &mut Option<Data>, encoding: &mut Option<String>) -> Result<(), ErrorInfo> {
     if encoding.as_deref() == Some("") {
         *encoding = None;
@@ -390,6 +431,24 @@ fn base64_binary(data: &mut Option<Data>, encoding: &mut Option<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn params_take_numbers_and_booleans_as_text_in_both_formats() {
+        let json =
+            r#"{"action":10,"channel":"c","params":{"rewind":1,"echo":false,"s":"x","n":null}}"#;
+        let decoded: ProtocolMessage = serde_json::from_str(json).unwrap();
+        let params = decoded.params.unwrap();
+        assert_eq!(params["rewind"], "1");
+        assert_eq!(params["echo"], "false");
+        assert_eq!(params["s"], "x");
+        assert!(!params.contains_key("n"));
+        let value = serde_json::json!({"action": 10, "channel": "c", "params": {"rewind": 1, "delta": 2.5}});
+        let packed = rmp_serde::to_vec_named(&value).unwrap();
+        let decoded: ProtocolMessage = rmp_serde::from_slice(&packed).unwrap();
+        let params = decoded.params.unwrap();
+        assert_eq!(params["rewind"], "1");
+        assert_eq!(params["delta"], "2.5");
+    }
 
     #[test]
     fn base64_from_a_json_client_becomes_binary_and_back() {
