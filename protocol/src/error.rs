@@ -50,6 +50,8 @@ pub mod codes {
     pub const BAD_REQUEST: u32 = 40000;
     /// Invalid parameter value.
     pub const INVALID_PARAMETER: u32 = 40003;
+    /// A REST publish names a connectionKey that is no live connection's.
+    pub const INVALID_MESSAGE_CONNECTION_KEY: u32 = 40006;
     /// Message too large.
     pub const MESSAGE_TOO_LARGE: u32 = 40009;
     /// Invalid channel name.
@@ -116,6 +118,8 @@ pub mod codes {
     pub const PRESENCE_NEEDS_CLIENT_ID: u32 = 91000;
     /// The channel has the maximum number of presence members.
     pub const PRESENCE_LIMIT: u32 = 91003;
+    /// Message updates, deletes and appends are not enabled on the channel.
+    pub const MESSAGE_UPDATES_DISABLED: u32 = 93002;
 
     /// The HTTP status that usually goes with `code`: the code's first three digits, with the
     /// few exceptions Ably makes.

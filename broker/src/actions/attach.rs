@@ -1,5 +1,5 @@
 //! ATTACH (§5.1–5.6): check the name and capability, grant the requested modes the capability
-//! permits (§8.8), work out where delivery starts — after the client's `channelSerial` on a
+//! permits (§8.8) and confirm them in ATTACHED's `modes` param, work out where delivery starts — after the client's `channelSerial` on a
 //! re-attach, or a rewind on a first attach — and hand the rest to the channel's sequencer,
 //! which sends ATTACHED before any MESSAGE (§5.5).
 
@@ -77,6 +77,8 @@ pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
         },
         (None, None) => StartFrom::Live,
     };
+    // ably-js exposes ATTACHED's params as `channel.params`: the granted modes are one of them.
+    accepted.insert("modes".to_owned(), mode_names(modes));
     let subscriber = Subscriber {
         connection_id: conn.connection_id.clone(),
         socket_id: conn.socket_id,
@@ -95,6 +97,26 @@ pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
     if let Err(e) = conn.broker.channels.send(&channel, command).await {
         channel_error(conn, &channel, e);
     }
+}
+
+/// The granted modes as ATTACHED's `modes` param: their lowercase names, comma-separated, in
+/// the order of their flags (§8.8), e.g. `presence,publish,subscribe,presence_subscribe`.
+fn mode_names(modes: u64) -> String {
+    [
+        (flags::MODE_PRESENCE, "presence"),
+        (flags::MODE_PUBLISH, "publish"),
+        (flags::MODE_SUBSCRIBE, "subscribe"),
+        (flags::MODE_PRESENCE_SUBSCRIBE, "presence_subscribe"),
+        (flags::MODE_ANNOTATION_PUBLISH, "annotation_publish"),
+        (flags::MODE_ANNOTATION_SUBSCRIBE, "annotation_subscribe"),
+        (flags::MODE_OBJECT_SUBSCRIBE, "object_subscribe"),
+        (flags::MODE_OBJECT_PUBLISH, "object_publish"),
+    ]
+    .iter()
+    .filter(|(flag, _)| modes & flag != 0)
+    .map(|(_, name)| *name)
+    .collect::<Vec<_>>()
+    .join(",")
 }
 
 /// `rewind` is a count (`10`) or a duration (`30s`, `2m`, `1h`) (§5.4).
@@ -126,6 +148,16 @@ fn parse_rewind(value: &str) -> Result<StartFrom, ErrorInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modes_are_named_as_ably_js_names_them() {
+        assert_eq!(
+            mode_names(flags::MODE_SUBSCRIBE | flags::MODE_PUBLISH),
+            "publish,subscribe"
+        );
+        assert_eq!(mode_names(flags::MODE_SUBSCRIBE), "subscribe");
+        assert_eq!(mode_names(0), "");
+    }
 
     #[test]
     fn rewind_takes_counts_and_durations() {

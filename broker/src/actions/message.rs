@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use futures_util::FutureExt;
 use protocol::error::codes;
-use protocol::{ErrorInfo, Message, Operation, ProtocolMessage};
+use protocol::{flags, ErrorInfo, Message, Operation, ProtocolMessage};
 
-use super::{new_msg_serial, track};
+use super::{mode_not_attached, new_msg_serial, track};
 use crate::channel::{validate_name, Command, Origin, Publish};
 use crate::connection::session::Seen;
 use crate::connection::Connection;
@@ -80,6 +80,15 @@ fn prepare(
             format!("Unable to publish: no publish capability on channel {channel}"),
         ));
     }
+    // §8.8: an attachment publishes only in the modes it was granted (ably-js `modes`); a
+    // channel this socket has not attached publishes by capability alone (RTL6c).
+    if conn
+        .attached
+        .get(&channel)
+        .is_some_and(|modes| modes & flags::MODE_PUBLISH == 0)
+    {
+        return Err(mode_not_attached(&channel, "publish"));
+    }
     let mut messages = message.messages.unwrap_or_default();
     if messages.is_empty() {
         return Err(ErrorInfo::new(
@@ -98,9 +107,10 @@ fn prepare(
     Ok((channel, messages, app_ids))
 }
 
-/// Validates and stamps messages from any publisher (realtime or REST): canonical data,
-/// clientId per §8.6, size per §7.5, and an id (`<base>:<index>`) where the app set none.
-/// Returns whether the app set any ids (idempotent publishing).
+/// Validates and stamps messages from any publisher (realtime or REST): only new messages
+/// (no updates, deletes or appends), no server-set fields, canonical data, clientId per §8.6,
+/// size per §7.5, and an id (`<base>:<index>`) where the app set none. Returns whether the
+/// app set any ids (idempotent publishing).
 pub fn stamp(
     messages: &mut [Message],
     identity: &crate::auth::Identity,
@@ -111,6 +121,8 @@ pub fn stamp(
     let mut size = 0;
     let mut app_ids = false;
     for (index, m) in messages.iter_mut().enumerate() {
+        refuse_mutation(m)?;
+        strip_server_fields(&mut m.extras);
         m.normalise_data()?;
         // §7.5 counts what the client sent; the clientId the broker fills in is not counted.
         size += m.size();
@@ -137,4 +149,32 @@ pub fn stamp(
         ));
     }
     Ok(app_ids)
+}
+
+/// Refuses an update, delete or append (`action` 1, 2 or 5 with the original's `serial`, as
+/// ably-js `updateMessage()`, `deleteMessage()` and `appendMessage()` send them,
+/// `../shared/ably-chat.md` §2): mutable messages do not exist yet, and storing one as a new
+/// message would deliver an edit as a duplicate. Only an absent action or 0 (create) passes.
+fn refuse_mutation(message: &Message) -> Result<(), ErrorInfo> {
+    match message.action {
+        None | Some(0) => Ok(()),
+        Some(action) => Err(ErrorInfo::new(
+            codes::MESSAGE_UPDATES_DISABLED,
+            format!(
+                "message updates are not enabled on this broker (message action {action}); \
+                 publish a new message instead"
+            ),
+        )),
+    }
+}
+
+/// Removes what only the server may set from a client's `extras`: `userClaim`, which
+/// `@ably/chat` shows as a trusted, server-set value (CHA-M2h, `../shared/ably-chat.md`
+/// §5.10). Everything else (`headers`, `ref`, `push`, `ephemeral`…) is the app's and stays.
+pub fn strip_server_fields(extras: &mut Option<serde_json::Value>) {
+    if let Some(serde_json::Value::Object(map)) = extras {
+        if map.remove("userClaim").is_some() && map.is_empty() {
+            *extras = None;
+        }
+    }
 }

@@ -10,6 +10,7 @@ mod detach;
 mod heartbeat;
 mod message;
 mod presence;
+mod sync;
 
 pub use message::stamp;
 
@@ -38,8 +39,9 @@ pub async fn dispatch(conn: &mut Connection, message: ProtocolMessage) {
             conn.ending = Some(Ending::Resumable);
         }
         Action::Presence => presence::apply(conn, message).await,
-        // A client SYNC may be ignored (§6.4); ACTIVATE is ignored by design.
-        Action::Sync | Action::Activate => {}
+        Action::Sync => sync::apply(conn, message).await,
+        // ACTIVATE is ignored by design.
+        Action::Activate => {}
         other => unsupported(conn, &message, other),
     }
 }
@@ -108,6 +110,15 @@ fn track(conn: &mut Connection, msg_serial: u64) -> oneshot::Sender<PublishOutco
     conn.pending
         .push_back(Box::pin(async move { (msg_serial, outcome.await) }));
     reply
+}
+
+/// The refusal of an operation outside the modes an attachment was granted (§8.8): 40160, as
+/// Ably answers it.
+fn mode_not_attached(channel: &str, mode: &str) -> ErrorInfo {
+    ErrorInfo::new(
+        codes::CAPABILITY_DENIED,
+        format!("Unable to {mode} on channel {channel}: the {mode} mode was not requested when attaching"),
+    )
 }
 
 /// Fails one channel (§5.7): ERROR with `channel`. The connection stays up; the channel stops

@@ -1,14 +1,16 @@
 //! PRESENCE from a client (§6.2, §6.3): enter, update and leave, including `enterClient` and
 //! friends on wildcard or key connections. Checks the `presence` capability, that the channel
-//! is attached, the clientId rules and the size limit; stamps each item with its clientId,
+//! is attached in a mode that allows presence, the clientId rules and the size limit; strips
+//! server-set extras (`userClaim`); stamps each item with its clientId,
 //! connectionId, id (`<connId>:<msgSerial>:<index>`, or the client's own on an automatic
 //! re-enter) and timestamp; and lets the channel's sequencer apply and broadcast it. The ACK
 //! or NACK goes out in msgSerial order with publishes.
 
 use protocol::error::codes;
-use protocol::{ErrorInfo, Operation, PresenceMessage, ProtocolMessage};
+use protocol::{flags, ErrorInfo, Operation, PresenceMessage, ProtocolMessage};
 
-use super::message::refuse;
+use super::message::{refuse, strip_server_fields};
+use super::mode_not_attached;
 use super::{new_msg_serial, track};
 use crate::auth::now_ms;
 use crate::channel::presence::action;
@@ -58,11 +60,14 @@ fn prepare(
             format!("Unable to enter presence: no presence capability on channel {channel}"),
         ));
     }
-    if !conn.attached.contains_key(&channel) {
+    let Some(modes) = conn.attached.get(&channel) else {
         return Err(ErrorInfo::new(
             codes::CHANNEL_STATE,
             format!("attach channel {channel} before using presence on it"),
         ));
+    };
+    if modes & flags::MODE_PRESENCE == 0 {
+        return Err(mode_not_attached(&channel, "presence"));
     }
     let mut items = message.presence.unwrap_or_default();
     if items.is_empty() {
@@ -90,6 +95,7 @@ fn prepare(
                     "Cannot enter presence without a clientId",
                 )
             })?;
+        strip_server_fields(&mut item.extras);
         normalise(item)?;
         // As for messages (§7.5), only a clientId the client sent counts.
         size += item.client_id.as_ref().map_or(0, String::len)
