@@ -1,7 +1,7 @@
 //! Channels: a sharded registry ([`Channels`]) of per-channel sequencer tasks. Every command
 //! for a channel (publish, attach, detach) goes through its one sequencer, which appends to
-//! the log, waits for group commit, and fans out in log order (habit 8 of
-//! `../shared/style.md`). A sequencer idle with no subscribers retires; commands that race its
+//! the log and fans out in log order (habit 8 of `../shared/style.md`); the ACKs wait for
+//! group commit. A sequencer idle with no subscribers retires; commands that race its
 //! retirement wait for it to finish and go to its successor, so there is never more than one
 //! sequencer per channel.
 
@@ -148,6 +148,13 @@ pub enum Command {
         /// The newly granted modes.
         modes: u64,
     },
+    /// Send the presence set afresh to a socket that asked with SYNC (RTP19).
+    SyncPresence {
+        /// The connectionId.
+        connection_id: Arc<str>,
+        /// The socket that asked.
+        socket_id: u64,
+    },
     /// A connection is gone for good: its members leave (§6.6).
     LeaveConnection {
         /// The connectionId.
@@ -160,6 +167,23 @@ pub enum Command {
         /// Where the answer goes.
         reply: oneshot::Sender<Occupancy>,
     },
+}
+
+impl Command {
+    /// Answers the command's waiter, if it has one, with `error` instead of running it: a
+    /// publish or presence operation is NACKed with why the channel refused it (50300 while
+    /// the broker shuts down) rather than with a generic failure.
+    fn refuse(self, error: ErrorInfo) {
+        match self {
+            Command::Publish(p) => {
+                let _ = p.reply.send(Err(error));
+            }
+            Command::Presence(op) => {
+                let _ = op.reply.send(Err(error));
+            }
+            _ => {}
+        }
+    }
 }
 
 /// A client's presence operations on one channel, already validated and stamped with
@@ -242,7 +266,13 @@ impl Channels {
         mut command: Command,
     ) -> Result<(), ErrorInfo> {
         loop {
-            let handle = self.handle(channel)?;
+            let handle = match self.handle(channel) {
+                Ok(handle) => handle,
+                Err(e) => {
+                    command.refuse(e.clone());
+                    return Err(e);
+                }
+            };
             if handle.commands.is_closed() {
                 let mut retired = handle.retired.clone();
                 let _ = retired.wait_for(|done| *done).await;
@@ -277,6 +307,7 @@ impl Channels {
                         tokio::spawn(seq.run(id, rx, self.clone(), retired_tx, guard));
                     }
                     (None, _) => {
+                        tracing::warn!(channel, "command refused: the broker is shutting down");
                         failure = Some(ErrorInfo::new(
                             codes::UNAVAILABLE,
                             "the broker is shutting down",
@@ -301,11 +332,7 @@ impl Channels {
             .clone();
         if let Some(e) = failure {
             self.map.remove_if(channel, |_, h| h.id == handle.id);
-            tracing::error!(channel, error = %e, "cannot open channel log");
-            return Err(ErrorInfo::new(
-                codes::INTERNAL_CHANNEL,
-                "channel log unavailable",
-            ));
+            return Err(e);
         }
         Ok(handle)
     }
@@ -321,7 +348,8 @@ impl Channels {
 }
 
 /// Checks a channel name (§11 code 40010): non-empty, at most `max_len` bytes, no control
-/// characters, and no `[qualifier]` prefix (derived channels are not supported, §5.4).
+/// characters, no empty namespace (a leading `:`, as in `:hell` or `::`, which Ably refuses),
+/// and no `[qualifier]` prefix (derived channels are not supported, §5.4).
 pub fn validate_name(name: &str, max_len: usize) -> Result<(), ErrorInfo> {
     let invalid = |why: &str| {
         ErrorInfo::new(
@@ -338,10 +366,61 @@ pub fn validate_name(name: &str, max_len: usize) -> Result<(), ErrorInfo> {
     if name.chars().any(char::is_control) {
         return Err(invalid("contains control characters"));
     }
+    if name.starts_with(':') {
+        return Err(invalid("the namespace before the first ':' is empty"));
+    }
     if name.starts_with('[') {
         return Err(invalid(
             "channel qualifiers such as [?rewind=1] are not supported; use channel params",
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sled_log::SledLog;
+
+    /// Issue 15 item 6: a command refused because the broker shuts down is answered with
+    /// 50300, the publisher's NACK included, not with a generic channel failure.
+    #[tokio::test]
+    async fn commands_during_shutdown_are_refused_with_50300() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, presence_log) = SledLog::open_logs(dir.path(), 1 << 20).unwrap();
+        let log: Arc<dyn ChannelLog> = Arc::new(log);
+        let metrics = Arc::new(Metrics::new());
+        let synced = log.clone();
+        let (committer, _threads) =
+            Committer::start(move || synced.sync(), None, metrics.clone()).unwrap();
+        let (tasks, _done) = Tasks::new();
+        let (_stop, shutdown) = watch::channel(true);
+        let channels = Channels::new(ChannelContext {
+            log,
+            presence_log: Arc::new(presence_log),
+            committer,
+            deliver_after_sync: false,
+            metrics,
+            max_messages: 100,
+            max_rewind: 100,
+            max_resume_replay: 100,
+            max_presence_members: 100,
+            presence_sync_page_size: 100,
+            shutdown,
+            tasks: tasks.clone(),
+        });
+        tasks.close();
+        let (reply, outcome) = oneshot::channel();
+        let publish = Publish {
+            messages: vec![Message::default()],
+            origin: None,
+            app_ids: false,
+            received: Instant::now(),
+            reply,
+        };
+        let refused = channels.send("c", Command::Publish(publish)).await;
+        assert_eq!(refused.unwrap_err().code, codes::UNAVAILABLE);
+        assert_eq!(outcome.await.unwrap().unwrap_err().code, codes::UNAVAILABLE);
+        assert_eq!(channels.active(), 0);
+    }
 }

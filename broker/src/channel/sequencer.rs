@@ -1,7 +1,8 @@
 //! One channel's sequencer: the single task that orders the channel. It gives each accepted
-//! message the next serial and a non-decreasing timestamp, appends a batch to the log, waits
-//! for group commit, and only then fans the batch out and answers the publishers — so an ACK
-//! means "on disk" and every subscriber sees the log's order. Each outgoing ProtocolMessage is
+//! message the next serial and a non-decreasing timestamp, appends a batch to the log, fans
+//! the batch out at once, and answers the publishers when group commit has made it durable —
+//! so an ACK means "on disk" and every subscriber sees the log's order. Delivery waits for the
+//! sync too with `deliver_after_sync`, or when it has run too far ahead of the disk. Each outgoing ProtocolMessage is
 //! encoded once per wire format and the same frame is handed to every subscriber (habit 6).
 //! Attaches are ordered with publishes here too, so a replay joins live traffic without a gap
 //! or a duplicate (§5.6).
@@ -235,6 +236,20 @@ impl Sequencer {
                     }
                 }
             }
+            Command::SyncPresence {
+                connection_id,
+                socket_id,
+            } => {
+                let asker = self
+                    .attachers
+                    .get(&connection_id)
+                    .filter(|a| a.socket_id == socket_id)
+                    .cloned();
+                // A full outbox closes the socket on its own; the client resumes.
+                if let Some(asker) = asker {
+                    let _ = self.sync_presence(&asker);
+                }
+            }
             Command::LeaveConnection { connection_id } => self.leave_connection(&connection_id),
             Command::ListPresence(list) => {
                 let members = self.presence.list(
@@ -364,7 +379,7 @@ impl Sequencer {
             .enumerate()
             .map(|(i, r)| (self.presence_last + 1 + i as u64, r))
             .collect();
-        // Presence history is not waited for: the next group commit or sled's periodic flush
+        // Presence history is not waited for: the next group commit or checkpoint
         // makes it durable; presence itself lives in memory.
         match self.context.presence_log.append(&self.name, &numbered) {
             Ok(()) => {
