@@ -59,13 +59,7 @@ pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
         capability: grant.capability,
         expires_at: grant.expires_at,
     };
-    // Ask again only if this token outlives the renewal lead; a token that expires as soon
-    // as the old one (a cached JWT) would otherwise be asked for in a loop until expiry.
-    let lead = conn.broker.config.connection.token_renewal_lead_ms as i64;
-    conn.renewal_requested = conn
-        .authority
-        .expires_at
-        .is_some_and(|e| e <= crate::auth::now_ms() + lead);
+    conn.plan_renewal();
     conn.session.set_authority(conn.authority.clone());
     let mut lost = Vec::new();
     let mut narrowed = Vec::new();

@@ -106,7 +106,8 @@ pub struct Connection {
     pub pending: FuturesOrdered<PendingAck>,
     /// Set by an action to end the read loop.
     pub ending: Option<Ending>,
-    /// Whether AUTH was already sent for the current token.
+    /// Whether AUTH was already sent for the current token, or is not to be sent for it (see
+    /// [`Connection::plan_renewal`]).
     pub renewal_requested: bool,
 }
 
@@ -114,11 +115,12 @@ impl Connection {
     /// The CONNECTED message for this connection (§4.3).
     pub fn connected_message(&self, error: Option<ErrorInfo>) -> ProtocolMessage {
         let config = &self.broker.config;
+        let connection_key = self.session.connection_key();
         ProtocolMessage {
             connection_id: Some(self.session.id.clone()),
-            connection_key: Some(self.session.connection_key().to_owned()),
+            connection_key: Some(connection_key.clone()),
             connection_details: Some(ConnectionDetails {
-                connection_key: self.session.connection_key().to_owned(),
+                connection_key,
                 client_id: self.authority.identity.reported.clone(),
                 max_idle_interval: Some(config.connection.max_idle_interval_ms),
                 connection_state_ttl: Some(config.connection.connection_state_ttl_ms),
@@ -130,6 +132,20 @@ impl Connection {
             error,
             ..ProtocolMessage::new(Action::Connected)
         }
+    }
+
+    /// Decides, for a newly accepted credential, whether the broker asks for a new token
+    /// before it expires (§4.7). Only a token that outlives the renewal lead is asked for
+    /// early. One that expires sooner (a short-lived token, or a cached JWT no newer than the
+    /// last) is not: a server AUTH would fail a client that cannot renew (40171), and asking
+    /// again at once would loop until expiry. Such a connection is DISCONNECTED with 40142 at
+    /// expiry instead, which a client that can renew answers with a new token and a resume.
+    pub fn plan_renewal(&mut self) {
+        let lead = self.broker.config.connection.token_renewal_lead_ms as i64;
+        self.renewal_requested = self
+            .authority
+            .expires_at
+            .is_some_and(|e| e <= now_ms() + lead);
     }
 
     /// Queues a frame; a full or closed outbox ends the connection on its own.
@@ -388,7 +404,7 @@ async fn handshake(
     if let Some(old) = session.bind(socket_id, outbox.clone()) {
         old.close(None);
     }
-    let conn = Connection {
+    let mut conn = Connection {
         broker: broker.clone(),
         connection_id: Arc::from(session.id.as_str()),
         session,
@@ -400,6 +416,7 @@ async fn handshake(
         ending: None,
         renewal_requested: false,
     };
+    conn.plan_renewal();
     conn.send(&conn.connected_message(connect_error));
     Some(conn)
 }

@@ -42,13 +42,15 @@ pub struct Authority {
 pub struct Session {
     /// The connectionId (no `:`, §4.3).
     pub id: String,
-    key: String,
     /// Echo own messages back (`echo` query param).
     pub echo: bool,
     state: Mutex<State>,
 }
 
 struct State {
+    /// The key a client presents to resume; a new one on every bind, so only the socket that
+    /// bound last can resume (checklist 12e).
+    key: String,
     authority: Authority,
     socket: Option<(u64, Outbox)>,
     generation: u64,
@@ -68,6 +70,11 @@ pub enum Seen {
     Forgotten,
 }
 
+/// A connection key: `<connectionId>!<secret>`.
+fn new_key(id: &str) -> String {
+    format!("{id}!{}", random_text(24))
+}
+
 fn random_text(len: usize) -> String {
     rand::thread_rng()
         .sample_iter(&Alphanumeric)
@@ -78,8 +85,8 @@ fn random_text(len: usize) -> String {
 
 impl Session {
     /// The key the client presents to resume: `<connectionId>!<secret>`.
-    pub fn connection_key(&self) -> &str {
-        &self.key
+    pub fn connection_key(&self) -> String {
+        self.state.lock().expect("session lock").key.clone()
     }
 
     /// The current identity and capability.
@@ -92,10 +99,15 @@ impl Session {
         self.state.lock().expect("session lock").authority = authority;
     }
 
-    /// Makes socket `socket_id` the one serving this connection; returns the outbox of the
-    /// socket it replaces, which the caller closes (a half-open old socket, §4.6).
+    /// Makes socket `socket_id` the one serving this connection and gives the connection a new
+    /// key (as Ably does on every resume and recover), so the socket it replaces can no longer
+    /// resume it: a recovered copy and a still-running original then settle as two
+    /// connections, the original's resume failing with 80008, instead of taking the connection
+    /// from each other in turn. Returns the outbox of the socket it replaces, which the caller
+    /// closes (a half-open old socket, §4.6).
     pub fn bind(&self, socket_id: u64, outbox: Outbox) -> Option<Outbox> {
         let mut state = self.state.lock().expect("session lock");
+        state.key = new_key(&self.id);
         state.generation += 1;
         state
             .socket
@@ -196,10 +208,9 @@ impl Sessions {
         loop {
             let id = random_text(12);
             let session = Arc::new(Session {
-                key: format!("{id}!{}", random_text(24)),
-                id: id.clone(),
                 echo,
                 state: Mutex::new(State {
+                    key: new_key(&id),
                     authority: authority.clone(),
                     socket: None,
                     generation: 0,
@@ -208,6 +219,7 @@ impl Sessions {
                     ledger: VecDeque::new(),
                     closed: false,
                 }),
+                id: id.clone(),
             });
             if let dashmap::Entry::Vacant(slot) = self.map.entry(id) {
                 slot.insert(session.clone());
@@ -233,14 +245,12 @@ impl Sessions {
             )
         };
         let session = self.map.get(id).map(|s| s.clone()).ok_or_else(expired)?;
-        let matches: bool = session
-            .key
-            .as_bytes()
-            .ct_eq(connection_key.as_bytes())
-            .into();
-        if !matches || session.state.lock().expect("session lock").closed {
+        let state = session.state.lock().expect("session lock");
+        let matches: bool = state.key.as_bytes().ct_eq(connection_key.as_bytes()).into();
+        if !matches || state.closed {
             return Err(expired());
         }
+        drop(state);
         Ok(session)
     }
 
