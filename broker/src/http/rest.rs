@@ -16,7 +16,7 @@ use super::response::{HttpResponse, Negotiated};
 use crate::actions::stamp;
 use crate::auth::{now_ms, Credential, Grant, Identity, TokenRequest};
 use crate::channel::presence::from_record;
-use crate::channel::{validate_name, Command, ListPresence, Publish};
+use crate::channel::{validate_name, Command, ListPresence, Origin, Publish};
 use crate::connection::await_outcome;
 use crate::server::Broker;
 use crate::store::{parse_serial, Direction, Query};
@@ -228,17 +228,18 @@ async fn publish(
         return Err(ErrorInfo::new(codes::BAD_REQUEST, "no messages to publish"));
     }
     let id_base = format!("rest-{:016x}", rand::random::<u64>());
+    let origin = on_behalf_of(broker, &messages, &id_base)?;
     let app_ids = stamp(
         &mut messages,
         &identity,
-        None,
+        origin.as_ref().map(|o| &*o.connection_id),
         &id_base,
         broker.config.limits.max_message_size,
     )?;
     let (reply, outcome) = tokio::sync::oneshot::channel();
     let publish = Publish {
         messages,
-        origin: None,
+        origin,
         app_ids,
         received: std::time::Instant::now(),
         reply,
@@ -257,6 +258,39 @@ async fn publish(
         },
         Vec::new(),
     ))
+}
+
+/// The realtime connection a REST publish is made on behalf of: messages that carry a
+/// `connectionKey` are attributed to that connection (their `connectionId` is its id, and its
+/// `echo` setting applies), as Ably does. Every message of one request must name the same
+/// connection; an unknown or expired key is refused (40006, HTTP 400).
+fn on_behalf_of(
+    broker: &Broker,
+    messages: &[Message],
+    id_base: &str,
+) -> Result<Option<Origin>, ErrorInfo> {
+    let Some(key) = messages.iter().find_map(|m| m.connection_key.as_deref()) else {
+        return Ok(None);
+    };
+    if messages
+        .iter()
+        .any(|m| m.connection_key.as_deref() != Some(key))
+    {
+        return Err(ErrorInfo::new(
+            codes::BAD_REQUEST,
+            "every message of one publish must carry the same connectionKey",
+        ));
+    }
+    let session = broker.sessions.find(key).map_err(|e| {
+        ErrorInfo::new(
+            codes::INVALID_MESSAGE_CONNECTION_KEY,
+            format!("invalid connectionKey: {}", e.message),
+        )
+    })?;
+    Ok(Some(Origin {
+        connection_id: std::sync::Arc::from(session.id.as_str()),
+        pm_id: id_base.to_owned(),
+    }))
 }
 
 /// The parameters of a history request, kept to build the next page's link.
