@@ -363,10 +363,10 @@ async fn an_idle_connection_gets_protocol_heartbeats() {
 /// DISCONNECTED 40142.
 #[tokio::test]
 async fn token_expiry_asks_once_then_disconnects_with_40142() {
-    let broker = TestBroker::start().await;
+    let broker = TestBroker::start_with(|c| c.connection.token_renewal_lead_ms = 1_000).await;
     let token = ably_jwt(
         KEY,
-        serde_json::json!({"exp": now_secs() + 2, "x-ably-clientId": "tim"}),
+        serde_json::json!({"exp": now_secs() + 3, "x-ably-clientId": "tim"}),
     );
     let mut client = broker
         .connect(&format!("access_token={token}&format=json"))
@@ -384,4 +384,22 @@ async fn token_expiry_asks_once_then_disconnects_with_40142() {
     client.expect(Action::Connected).await;
     let last = client.expect(Action::Disconnected).await;
     assert_eq!(last.error.unwrap().code, 40142);
+}
+
+/// Issue 15 item 11: a token that expires sooner than the renewal lead gets no AUTH (a client
+/// that cannot renew would fail with 40171); it is DISCONNECTED with 40142 at expiry, which a
+/// client that can renew answers with a new token and a resume.
+#[tokio::test]
+async fn a_token_shorter_than_the_renewal_lead_is_not_asked_to_renew() {
+    let broker = TestBroker::start_with(|c| c.connection.token_renewal_lead_ms = 30_000).await;
+    let token = ably_jwt(
+        KEY,
+        serde_json::json!({"exp": now_secs() + 2, "x-ably-clientId": "sam"}),
+    );
+    let mut client = broker
+        .connect(&format!("access_token={token}&format=json"))
+        .await;
+    client.expect(Action::Connected).await;
+    let next = client.expect(Action::Disconnected).await;
+    assert_eq!(next.error.unwrap().code, 40142);
 }
