@@ -62,6 +62,20 @@ async fn message_updates_and_deletes_are_refused_and_nothing_is_stored() {
     assert_eq!(response.status(), 400);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], 93002);
+    // ably-js REST `updateMessage()` sends PATCH to the message's own path.
+    let patch = send(
+        http()
+            .patch(broker.url(&format!(
+                "/channels/edits/messages/{}",
+                urlencode(serial.as_deref().unwrap())
+            )))
+            .header("authorization", basic_auth())
+            .json(&serde_json::json!({"data": "edited", "action": 1})),
+    )
+    .await;
+    assert_eq!(patch.status(), 400);
+    let body: serde_json::Value = patch.json().await.unwrap();
+    assert_eq!(body["error"]["code"], 93002);
     let stored = history(&broker, "edits", "").await;
     assert_eq!(stored.len(), 1, "{stored:?}");
     assert_eq!(stored[0]["data"], "original");

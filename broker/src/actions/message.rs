@@ -158,14 +158,16 @@ pub fn stamp(
 fn refuse_mutation(message: &Message) -> Result<(), ErrorInfo> {
     match message.action {
         None | Some(0) => Ok(()),
-        Some(action) => Err(ErrorInfo::new(
-            codes::MESSAGE_UPDATES_DISABLED,
-            format!(
-                "message updates are not enabled on this broker (message action {action}); \
-                 publish a new message instead"
-            ),
-        )),
+        Some(action) => Err(updates_not_enabled(&format!("message action {action}"))),
     }
+}
+
+/// 93002: message updates, deletes and appends are not enabled (`what` says which request).
+pub fn updates_not_enabled(what: &str) -> ErrorInfo {
+    ErrorInfo::new(
+        codes::MESSAGE_UPDATES_DISABLED,
+        format!("message updates are not enabled on this broker ({what}); publish a new message instead"),
+    )
 }
 
 /// Removes what only the server may set from a client's `extras`: `userClaim`, which

@@ -12,7 +12,7 @@ mod message;
 mod presence;
 mod sync;
 
-pub use message::stamp;
+pub use message::{stamp, updates_not_enabled};
 
 use protocol::error::codes;
 use protocol::{Action, DecodeError, ErrorInfo, Format, ProtocolMessage};

@@ -13,7 +13,7 @@ use protocol::{ErrorInfo, Format, Message, Operation};
 use serde::{Deserialize, Serialize};
 
 use super::response::{HttpResponse, Negotiated};
-use crate::actions::stamp;
+use crate::actions::{stamp, updates_not_enabled};
 use crate::auth::{now_ms, Credential, Grant, Identity, TokenRequest};
 use crate::channel::presence::from_record;
 use crate::channel::{validate_name, Command, ListPresence, Origin, Publish};
@@ -86,6 +86,9 @@ pub async fn route(
                     (&Method::GET, []) => status(broker, parts, &channel, negotiated).await,
                     (&Method::POST, ["messages"]) => {
                         publish(broker, parts, &channel, &body, negotiated).await
+                    }
+                    (&Method::PATCH, ["messages", _serial]) => {
+                        update_message(broker, parts, &channel).await
                     }
                     (&Method::GET, ["messages"]) => {
                         history(broker, parts, &channel, query, negotiated, Log::Messages).await
@@ -258,6 +261,18 @@ async fn publish(
         },
         Vec::new(),
     ))
+}
+
+/// `PATCH /channels/{name}/messages/{serial}`, which ably-js REST `updateMessage()`,
+/// `deleteMessage()` and `appendMessage()` send: refused with 93002 (HTTP 400) until mutable
+/// messages exist, once the caller is known to be allowed to publish there.
+async fn update_message(
+    broker: &Broker,
+    parts: &Parts,
+    channel: &str,
+) -> Result<HttpResponse, ErrorInfo> {
+    authorize(broker, parts, channel, Operation::Publish, "publish").await?;
+    Err(updates_not_enabled("PATCH of a message"))
 }
 
 /// The realtime connection a REST publish is made on behalf of: messages that carry a
