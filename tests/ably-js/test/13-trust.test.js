@@ -164,7 +164,8 @@ describe('issue 15: trust boundaries (API keys and broker tokens)', () => {
           'REST updateMessage() (PATCH)',
         );
         ctx.note(`REST updateMessage(): ${patch.code}/${patch.statusCode} ${patch.message}`);
-        assert.ok(patch.statusCode >= 400 && patch.statusCode < 500, `REST updateMessage(): a client error, got ${patch.statusCode} ${patch.code}`);
+        assert.equal(patch.statusCode, 400, `REST updateMessage(): ${patch.statusCode} ${patch.code} ${patch.message}`);
+        assert.equal(patch.code, 93002, `REST updateMessage(): ${patch.code} ${patch.message}`);
 
         // Nothing of the refused operations was delivered or stored: a sentinel published
         // afterwards follows the original directly (fan-out and log are in one order, §7.4).
