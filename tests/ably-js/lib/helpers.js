@@ -13,6 +13,7 @@ import net from 'node:net';
 import http from 'node:http';
 import crypto from 'node:crypto';
 import readline from 'node:readline';
+import assert from 'node:assert/strict';
 import { fileURLToPath } from 'node:url';
 import Ably from 'ably';
 
@@ -1033,6 +1034,14 @@ export async function rejectionOf(promise, what, ms = T.event) {
     return e;
   }
   throw new Error(`${what}: expected a rejection, but it succeeded`);
+}
+
+/** Await `promise`, expecting a rejection with `code` (and `statusCode` when given). */
+export async function expectCode(promise, code, what, statusCode) {
+  const err = await rejectionOf(promise, what);
+  assert.equal(err.code, code, `${what}: rejected with ${err.code} ${err.message}`);
+  if (statusCode !== undefined) assert.equal(err.statusCode, statusCode, `${what}: statusCode`);
+  return err;
 }
 
 /** Extract an ErrorInfo-like code from a rejection or state change. */

@@ -19,7 +19,7 @@ import {
   deferred,
   uniqueChannel,
   collector,
-  rejectionOf,
+  expectCode,
 } from '../lib/helpers.js';
 
 // Tokens live 45 s in the renewal tests; with a lead of 43 s the broker sends AUTH about
@@ -35,14 +35,6 @@ const PROFILE = {
   family_name: 'Liddell',
   picture: 'http://127.0.0.1/alice.png',
 };
-
-/** Await `promise`, expecting a rejection with `code` (and `statusCode` when given). */
-async function expectCode(promise, code, what, statusCode) {
-  const err = await rejectionOf(promise, what);
-  assert.equal(err.code, code, `${what}: rejected with ${err.code} ${err.message}`);
-  if (statusCode !== undefined) assert.equal(err.statusCode, statusCode, `${what}: statusCode`);
-  return err;
-}
 
 /** Record every connection state change of `client` (including 'update') as text. */
 function trackConnection(client) {

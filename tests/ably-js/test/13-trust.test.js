@@ -25,15 +25,8 @@ import {
   uniqueChannel,
   collector,
   rejectionOf,
+  expectCode,
 } from '../lib/helpers.js';
-
-/** Await `promise`, expecting a rejection with `code` (and `statusCode` when given). */
-async function expectCode(promise, code, what, statusCode) {
-  const err = await rejectionOf(promise, what);
-  assert.equal(err.code, code, `${what}: rejected with ${err.code} ${err.message}`);
-  if (statusCode !== undefined) assert.equal(err.statusCode, statusCode, `${what}: statusCode`);
-  return err;
-}
 
 /**
  * A promise registered before the action that settles it: its rejection (a safety timeout)
