@@ -10,7 +10,9 @@ use base64::Engine as _;
 use broker::config::KeyConfig;
 use protocol::{flags, Action, AuthDetails, ProtocolMessage};
 use serde_json::{json, Value};
-use tests::{basic_auth, http, json, send, urlencode, Client, TestBroker, KEY};
+use tests::{
+    basic_auth, clock_passes, http, json, send, token_issued_at, urlencode, Client, TestBroker, KEY,
+};
 
 const CHAT_KEY: &str = "test.chat:chatsecret";
 
@@ -57,23 +59,6 @@ async fn connect_token(broker: &TestBroker, token: &str) -> Client {
 fn claims(token: &str) -> Value {
     let middle = token.split('.').nth(1).unwrap();
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(middle).unwrap()).unwrap()
-}
-
-/// Waits until the broker's clock (`GET /time`) is past `ms`, so that what happens next is
-/// in a later millisecond: revocation compares issue times to the millisecond.
-async fn clock_passes(broker: &TestBroker, ms: i64) {
-    loop {
-        let time = json(http().get(broker.url("/time"))).await;
-        if time[0].as_i64().unwrap() > ms {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
-}
-
-/// The issue time (ms) of a token the broker made.
-fn issued(token: &str) -> i64 {
-    (claims(token)["iat"].as_f64().unwrap() * 1000.0).round() as i64
 }
 
 /// The Ably error body of a refused request, after checking its status.
@@ -221,7 +206,7 @@ async fn revoking_a_client_id_closes_its_connections_and_refuses_its_older_token
     alice_live.expect(Action::Connected).await;
     let mut bob_live = connect_token(&broker, &bob).await;
     bob_live.expect(Action::Connected).await;
-    clock_passes(&broker, issued(&spare)).await;
+    clock_passes(&broker, token_issued_at(&spare)).await;
 
     let response = revoke(
         &broker,
@@ -315,7 +300,7 @@ async fn only_the_key_itself_may_revoke_its_tokens() {
 async fn revocations_survive_a_restart() {
     let broker = TestBroker::start().await;
     let old = token_for(&broker, "carol").await;
-    clock_passes(&broker, issued(&old)).await;
+    clock_passes(&broker, token_issued_at(&old)).await;
     let response = revoke(&broker, KEY, json!({"targets": ["clientId:carol"]})).await;
     assert_eq!(response.status(), 200);
     let result: Value = response.json().await.unwrap();
