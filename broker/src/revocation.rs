@@ -134,6 +134,11 @@ impl Revocations {
         })
     }
 
+    /// Makes the records written so far durable now rather than at the next checkpoint.
+    pub fn flush(&self) -> Result<(), sled::Error> {
+        self.tree.flush().map(|_| ())
+    }
+
     /// Drops records whose tokens have all expired by `now` (call after revoking: it walks
     /// every record).
     pub fn prune(&self, now: i64) -> Result<(), sled::Error> {

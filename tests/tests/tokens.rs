@@ -328,3 +328,33 @@ async fn revocations_survive_a_restart() {
     .await;
     assert!(check.is_array(), "the key itself is never revoked");
 }
+
+#[tokio::test]
+async fn a_reauth_margin_asks_live_connections_to_renew_first() {
+    let broker = TestBroker::start().await;
+    let old = token_for(&broker, "dan").await;
+    let mut live = connect_token(&broker, &old).await;
+    live.expect(Action::Connected).await;
+    clock_passes(&broker, token_issued_at(&old)).await;
+    let body = json!({"targets": ["clientId:dan"], "allowReauthMargin": true});
+    let response = revoke(&broker, KEY, body).await;
+    assert_eq!(response.status(), 200);
+    let result: Value = response.json().await.unwrap();
+    let done = &result["results"][0];
+    let issued_before = done["issuedBefore"].as_i64().unwrap();
+    assert!(done["appliesAt"].as_i64().unwrap() >= issued_before + 30_000);
+
+    // §4.7: AUTH asks the client for a new token, which it sends in-band.
+    live.expect(Action::Auth).await;
+    clock_passes(&broker, issued_before).await;
+    let fresh = token_for(&broker, "dan").await;
+    live.send(&ProtocolMessage {
+        auth: Some(AuthDetails {
+            access_token: fresh,
+        }),
+        ..ProtocolMessage::new(Action::Auth)
+    })
+    .await;
+    live.expect(Action::Connected).await;
+    still_live(&mut live).await;
+}

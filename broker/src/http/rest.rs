@@ -201,7 +201,7 @@ struct RevokeRequest {
     #[serde(default)]
     issued_before: Option<i64>,
     #[serde(default)]
-    allow_reauth_margin: bool,
+    allow_reauth_margin: Option<bool>,
 }
 
 /// `POST /keys/{keyName}/revokeTokens`: revokes the tokens the key issued to each
@@ -246,11 +246,8 @@ async fn revoke_tokens(
             "issuedBefore must be neither in the future nor more than an hour ago",
         ));
     }
-    let applies_at = if request.allow_reauth_margin {
-        now + REAUTH_MARGIN_MS
-    } else {
-        now
-    };
+    let margin = request.allow_reauth_margin.unwrap_or(false);
+    let applies_at = if margin { now + REAUTH_MARGIN_MS } else { now };
     let record = crate::revocation::Revocation {
         issued_before,
         applies_at,
@@ -283,8 +280,9 @@ async fn revoke_tokens(
     broker
         .revocations
         .prune(now)
+        .and_then(|()| broker.revocations.flush())
         .map_err(revocation_store_error)?;
-    if request.allow_reauth_margin {
+    if margin {
         ask_to_reauthenticate(broker, &key_name, &request.targets, issued_before);
     } else {
         crate::revocation::disconnect_revoked(&broker.sessions, &broker.revocations, now);
@@ -842,6 +840,7 @@ async fn api(
         broker
             .revocations
             .revoke(None, user, record)
+            .and_then(|()| broker.revocations.flush())
             .map_err(revocation_store_error)?;
         for session in broker.sessions.of_client(user) {
             // Not a token error, so ably-js goes FAILED instead of fetching a new token.
