@@ -21,7 +21,7 @@ use protocol::ErrorInfo;
 use sha2::{Digest, Sha256};
 
 pub use config::Auth0Config;
-pub use routes::{ApiRequest, ApiResponse};
+pub use routes::{ApiKey, ApiRequest, ApiResponse};
 pub use users::{PublicProfile, User, UserStore};
 use verify::{Verifier, VerifyError};
 
@@ -49,6 +49,15 @@ pub struct AuthPlugin {
     verifier: Verifier,
     users: UserStore,
     verified: DashMap<[u8; 32], (Principal, Instant)>,
+}
+
+fn banned() -> ErrorInfo {
+    ErrorInfo::new(codes::FORBIDDEN, "the user was deleted")
+}
+
+fn store_error(e: users::UserError) -> ErrorInfo {
+    tracing::error!(error = %e, "user table");
+    ErrorInfo::new(codes::INTERNAL, "user table unavailable")
 }
 
 /// Milliseconds since the Unix epoch.
@@ -91,13 +100,20 @@ impl AuthPlugin {
     }
 
     /// Verifies an Auth0 token, records the login, and maps its grants. Errors are Ably
-    /// errors: 40142 expired, 40144 invalid, 40140 when the keys cannot be fetched now.
+    /// errors: 40142 expired, 40144 invalid, 40140 when the keys cannot be fetched now, 40300
+    /// (HTTP 403) for a deleted user, even one whose token was verified before.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, ErrorInfo> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(entry) = self.verified.get(&digest) {
-            if entry.1 > Instant::now() {
-                return Ok(entry.0.clone());
+        let cached = self
+            .verified
+            .get(&digest)
+            .filter(|entry| entry.1 > Instant::now())
+            .map(|entry| entry.0.clone());
+        if let Some(principal) = cached {
+            if self.users.is_banned(&principal.sub).map_err(store_error)? {
+                return Err(banned());
             }
+            return Ok(principal);
         }
         let verified = self.verifier.verify(token).await.map_err(|e| {
             tracing::debug!(error = %e, "token refused");
@@ -125,9 +141,9 @@ impl AuthPlugin {
         } else {
             self.users
                 .login(&verified.sub, &verified.profile, now)
-                .map_err(|e| {
-                    tracing::error!(error = %e, "user table");
-                    ErrorInfo::new(codes::INTERNAL, "user table unavailable")
+                .map_err(|e| match e {
+                    users::UserError::Banned => banned(),
+                    other => store_error(other),
                 })?
                 .id
         };

@@ -1,8 +1,9 @@
 //! The app's auth routes, as plain request/response values the broker's HTTP layer converts:
 //! `GET /api/oauth/config` (public values the login page needs), `GET`/`PATCH /api/users/me`,
-//! and the admin routes `GET /api/users`, `GET`/`PATCH`/`DELETE /api/users/{id}` (an API key,
-//! or the `admin:users` permission). Errors are Ably-style bodies: 401 with 40144/40142 for a
-//! bad token, 403 with 40160 for a missing permission. Two routes are the broker's:
+//! and the admin routes `GET /api/users`, `GET`/`PATCH`/`DELETE /api/users/{id}` and
+//! `POST /api/users/{id}/restore` (an API key the broker found to be an admin key, or the
+//! `admin:users` permission). Errors are Ably-style bodies: 401 with 40144/40142 for a bad
+//! token, 403 with 40160 for a missing permission, 403 with 40300 for a deleted user. Two routes are the broker's:
 //! `/api/auth/token` mints broker tokens with its own keys, and `/api/users/{id}/profile`
 //! accepts every credential the broker does, so it authenticates the caller itself and then
 //! asks [`AuthPlugin::public_profile`].
@@ -29,10 +30,23 @@ pub struct ApiRequest {
     pub query: Vec<(String, String)>,
     /// The `Authorization: Bearer` token, if any.
     pub bearer: Option<String>,
-    /// Whether the broker authenticated the caller with an API key (admin by definition).
-    pub api_key: bool,
+    /// The API key the broker authenticated the caller with, if any: whether it is an admin
+    /// key is the broker's decision (its capability), not the plugin's.
+    pub api_key: ApiKey,
     /// The body.
     pub body: Bytes,
+}
+
+/// What API key a request came with (`Authorization: Basic`), as the broker judged it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ApiKey {
+    /// No API key.
+    #[default]
+    None,
+    /// A valid key that is not an admin credential.
+    Restricted,
+    /// A valid key whose capability makes it an admin credential.
+    Admin,
 }
 
 /// The answer: a status and a JSON body.
@@ -42,7 +56,8 @@ pub struct ApiResponse {
     pub status: u16,
     /// JSON body.
     pub body: serde_json::Value,
-    /// A user whose live connections the broker should drop (after deletion).
+    /// A user who was just deleted (banned): the broker closes their live connections and
+    /// revokes the tokens it issued them.
     pub disconnect: Option<String>,
 }
 
@@ -70,7 +85,7 @@ fn forbidden(what: &str) -> ErrorInfo {
         status_code: 403,
         ..ErrorInfo::new(
             codes::CAPABILITY_DENIED,
-            format!("{what} needs the admin:users permission"),
+            format!("{what} needs the admin:users permission or an admin API key"),
         )
     }
 }
@@ -83,6 +98,7 @@ fn user_error(e: UserError) -> ErrorInfo {
             ..ErrorInfo::new(codes::BAD_REQUEST, e.to_string())
         },
         UserError::Invalid(why) => ErrorInfo::new(codes::INVALID_PARAMETER, why),
+        UserError::Banned => ErrorInfo::new(codes::FORBIDDEN, "the user was deleted"),
         UserError::Store(why) => {
             tracing::error!(error = %why, "user store");
             ErrorInfo::new(codes::INTERNAL, "user store unavailable")
@@ -100,6 +116,7 @@ impl AuthPlugin {
             (method, ["api", "users", "me"]) => self.me(method, &request).await,
             ("GET", ["api", "users"]) => self.list(&request).await,
             (method, ["api", "users", id]) => self.admin_user(method, id, &request).await,
+            ("POST", ["api", "users", id, "restore"]) => self.restore(id, &request).await,
             _ => return None,
         };
         Some(result.unwrap_or_else(ApiResponse::error))
@@ -162,11 +179,25 @@ impl AuthPlugin {
     }
 
     async fn require_admin(&self, request: &ApiRequest, what: &str) -> Result<(), ErrorInfo> {
-        if request.api_key || self.caller(request).await?.admin {
+        match request.api_key {
+            ApiKey::Admin => return Ok(()),
+            ApiKey::Restricted => return Err(forbidden(what)),
+            ApiKey::None => {}
+        }
+        if self.caller(request).await?.admin {
             Ok(())
         } else {
             Err(forbidden(what))
         }
+    }
+
+    async fn restore(&self, id: &str, request: &ApiRequest) -> Result<ApiResponse, ErrorInfo> {
+        self.require_admin(request, "restoring users").await?;
+        let user = self.users.restore(id).map_err(|e| match e {
+            UserError::NotFound => ErrorInfo::new(codes::NOT_FOUND, "no such deleted user"),
+            other => user_error(other),
+        })?;
+        Ok(ApiResponse::ok(json!(user)))
     }
 
     async fn list(&self, request: &ApiRequest) -> Result<ApiResponse, ErrorInfo> {

@@ -3,6 +3,8 @@
 //! `sub` and username is enforced by compare-and-swap on those index trees, so two concurrent
 //! first logins of one person create one user, and a username is never given out twice.
 //! Profile fields follow the IdP on each login unless the user edited them (`edited`).
+//! Deleting a user bans them: tombstones in `auth-banned` (id → the user as they were) and
+//! `auth-banned-subs` (each of their `sub`s → id) refuse their logins until a restore.
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -110,6 +112,9 @@ pub enum UserError {
     /// The value is not acceptable.
     #[error("{0}")]
     Invalid(String),
+    /// The user was deleted: their logins are refused until an admin restores them.
+    #[error("the user was deleted")]
+    Banned,
     /// The store failed.
     #[error("user store: {0}")]
     Store(String),
@@ -187,6 +192,8 @@ pub struct UserStore {
     users: sled::Tree,
     subs: sled::Tree,
     usernames: sled::Tree,
+    banned: sled::Tree,
+    banned_subs: sled::Tree,
 }
 
 impl UserStore {
@@ -196,7 +203,14 @@ impl UserStore {
             users: db.open_tree("auth-users")?,
             subs: db.open_tree("auth-subs")?,
             usernames: db.open_tree("auth-usernames")?,
+            banned: db.open_tree("auth-banned")?,
+            banned_subs: db.open_tree("auth-banned-subs")?,
         })
+    }
+
+    /// True when `sub` belongs to a deleted (banned) user.
+    pub fn is_banned(&self, sub: &str) -> Result<bool, UserError> {
+        Ok(self.banned_subs.contains_key(sub)?)
     }
 
     /// The user with `id`.
@@ -216,9 +230,13 @@ impl UserStore {
     }
 
     /// Records a verified login: creates the user on first sight of `sub` (race-free), and
-    /// otherwise refreshes `lastLoginAt` and the profile fields the user did not edit.
+    /// otherwise refreshes `lastLoginAt` and the profile fields the user did not edit. A
+    /// deleted user's `sub` is [`UserError::Banned`].
     pub fn login(&self, sub: &str, profile: &Profile, now: i64) -> Result<User, UserError> {
         loop {
+            if self.is_banned(sub)? {
+                return Err(UserError::Banned);
+            }
             if let Some(id) = self.subs.get(sub)? {
                 let id = String::from_utf8_lossy(&id).into_owned();
                 let updated = self.modify(&id, |user| {
@@ -247,6 +265,11 @@ impl UserStore {
                 }
             }
             if let Some(user) = self.create(sub, profile, now)? {
+                // A deletion that raced this first login banned the sub meanwhile.
+                if self.is_banned(sub)? {
+                    self.remove(&user)?;
+                    return Err(UserError::Banned);
+                }
                 return Ok(user);
             }
         }
@@ -400,23 +423,73 @@ impl UserStore {
         }
     }
 
-    /// Deletes the user, their identities and their username. True if there was one.
+    /// Deletes the user and bans them: the tombstones go in first, so no login of theirs
+    /// slips between, then the row, its identities and its username go. True if there was
+    /// one.
     pub fn delete(&self, id: &str) -> Result<bool, UserError> {
         let Some(user) = self.get(id)? else {
             return Ok(false);
         };
+        self.banned.insert(
+            id.as_bytes(),
+            serde_json::to_vec(&user).expect("user serializes"),
+        )?;
         for sub in &user.identities {
+            self.banned_subs.insert(sub.as_bytes(), id.as_bytes())?;
+        }
+        self.remove(&user)?;
+        self.banned.flush()?;
+        Ok(true)
+    }
+
+    /// Removes the user's row, identities and username (each only while still theirs).
+    fn remove(&self, user: &User) -> Result<(), UserError> {
+        let id = user.id.as_bytes();
+        for sub in &user.identities {
+            let _ = self
+                .subs
+                .compare_and_swap(sub.as_bytes(), Some(id), None::<&[u8]>)?;
+        }
+        let _ =
+            self.usernames
+                .compare_and_swap(user.username.as_bytes(), Some(id), None::<&[u8]>)?;
+        self.users.remove(id)?;
+        Ok(())
+    }
+
+    /// Lifts the ban on deleted user `id` and brings them back as they were: same id (their
+    /// clientId), identities and profile, and their username unless someone took it since
+    /// (then a free one near it). [`UserError::NotFound`] when no deleted user has that id.
+    pub fn restore(&self, id: &str) -> Result<User, UserError> {
+        let Some(bytes) = self.banned.get(id)? else {
+            return Err(UserError::NotFound);
+        };
+        let mut user: User = serde_json::from_slice(&bytes)
+            .map_err(|e| UserError::Store(format!("corrupt deleted user {id}: {e}")))?;
+        let kept = self
+            .usernames
+            .compare_and_swap(user.username.as_bytes(), None::<&[u8]>, Some(id.as_bytes()))?
+            .is_ok();
+        if !kept {
+            user.username = self.reserve_username(&user.username, id)?;
+        }
+        self.users.insert(
+            id.as_bytes(),
+            serde_json::to_vec(&user).expect("user serializes"),
+        )?;
+        for sub in &user.identities {
+            // A banned sub cannot have logged in since, so its link is free.
             let _ =
                 self.subs
-                    .compare_and_swap(sub.as_bytes(), Some(id.as_bytes()), None::<&[u8]>)?;
+                    .compare_and_swap(sub.as_bytes(), None::<&[u8]>, Some(id.as_bytes()))?;
+            let _ = self.banned_subs.compare_and_swap(
+                sub.as_bytes(),
+                Some(id.as_bytes()),
+                None::<&[u8]>,
+            )?;
         }
-        let _ = self.usernames.compare_and_swap(
-            user.username.as_bytes(),
-            Some(id.as_bytes()),
-            None::<&[u8]>,
-        )?;
-        self.users.remove(id)?;
-        Ok(true)
+        self.banned.remove(id)?;
+        Ok(user)
     }
 
     /// Users in id (creation) order after `after`, whose username, names or sub contain
@@ -584,18 +657,30 @@ mod tests {
     }
 
     #[test]
-    fn delete_removes_the_user_identities_and_username() {
+    fn delete_bans_the_user_until_restored() {
         let (_dir, users) = store();
         let u = users
             .login("auth0|gone", &profile("ghost", "G"), 1)
             .unwrap();
         assert!(users.delete(&u.id).unwrap());
         assert!(users.by_sub("auth0|gone").unwrap().is_none());
+        assert!(users.get(&u.id).unwrap().is_none());
+        assert_eq!(
+            users.login("auth0|gone", &profile("ghost", "G"), 2),
+            Err(UserError::Banned)
+        );
+        // Their username is free meanwhile; a restore finds another.
+        let taker = users.login("auth0|new", &profile("ghost", "N"), 3).unwrap();
+        assert_eq!(taker.username, "ghost");
+        let back = users.restore(&u.id).unwrap();
+        assert_eq!(back.id, u.id);
+        assert_eq!(back.username, "ghost2");
+        assert_eq!(users.restore(&u.id), Err(UserError::NotFound));
         let again = users
-            .login("auth0|gone", &profile("ghost", "G"), 2)
+            .login("auth0|gone", &profile("ghost", "G"), 4)
             .unwrap();
-        assert_ne!(again.id, u.id);
-        assert_eq!(again.username, "ghost");
+        assert_eq!(again.id, u.id);
+        assert_eq!(again.last_login_at, 4);
     }
 
     #[test]

@@ -57,6 +57,45 @@ pub struct Grant {
     pub capability: Capability,
     /// When the credential expires (ms since the epoch), for tokens.
     pub expires_at: Option<i64>,
+    /// When a token was issued (ms since the epoch, from its `iat`), for revocation.
+    pub issued_at: Option<i64>,
+}
+
+/// The key name of grants from the Auth0 plugin: no key of the broker's signed those tokens,
+/// and the space keeps it apart from every configured key name (which has no whitespace).
+pub const PLUGIN_KEY_NAME: &str = "auth0 plugin";
+
+/// What a revocation looks at in a token the broker's keys signed: the key, the clientId the
+/// token names (not the one a wildcard token connects as) and the issue time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenStamp {
+    /// The key that signed the token.
+    pub key_name: String,
+    /// The token's clientId claim, `*` for a wildcard token.
+    pub client_id: Option<String>,
+    /// When it was issued (ms), when the token says.
+    pub issued_at: Option<i64>,
+}
+
+impl Grant {
+    /// The stamp of a token signed by one of the broker's keys; `None` for an API key itself
+    /// and for Auth0 tokens (a deleted user's are refused by the plugin instead).
+    pub fn token_stamp(&self) -> Option<TokenStamp> {
+        let client_id = match &self.client_id {
+            ClientIdClaim::Any => return None,
+            ClientIdClaim::None => None,
+            ClientIdClaim::Wildcard => Some("*".to_owned()),
+            ClientIdClaim::Exactly(id) => Some(id.clone()),
+        };
+        if self.key_name == PLUGIN_KEY_NAME {
+            return None;
+        }
+        Some(TokenStamp {
+            key_name: self.key_name.clone(),
+            client_id,
+            issued_at: self.issued_at,
+        })
+    }
 }
 
 /// Verifies credentials. The broker core only sees this trait; identity providers (API keys
@@ -184,9 +223,9 @@ pub struct TokenRequest {
     /// Lifetime in ms (number or numeric string).
     #[serde(default)]
     pub ttl: Option<serde_json::Value>,
-    /// The requested capability, as JSON text.
+    /// The requested capability, as JSON text (ably-js) or, leniently, as an object.
     #[serde(default)]
-    pub capability: Option<String>,
+    pub capability: Option<serde_json::Value>,
     /// The requested clientId.
     #[serde(default)]
     pub client_id: Option<String>,
@@ -231,6 +270,8 @@ struct JwtHeader {
 struct AblyClaims {
     #[serde(default)]
     exp: Option<f64>,
+    #[serde(default)]
+    iat: Option<f64>,
     #[serde(default, rename = "x-ably-capability")]
     capability: Option<serde_json::Value>,
     #[serde(default, rename = "x-ably-clientId")]
@@ -256,6 +297,65 @@ fn number(value: &Option<serde_json::Value>) -> Option<i64> {
         serde_json::Value::String(s) => s.parse().ok(),
         _ => None,
     }
+}
+
+/// A token request's `ttl`: absent, null or empty means the default; otherwise a whole
+/// number of ms (or its text) from 1 ms to 24 h (§8.3), else 40003 (HTTP 400).
+fn requested_ttl(value: &Option<serde_json::Value>) -> Result<i64, ErrorInfo> {
+    let ttl = match value {
+        None | Some(serde_json::Value::Null) => return Ok(DEFAULT_TTL_MS),
+        Some(serde_json::Value::String(s)) if s.is_empty() => return Ok(DEFAULT_TTL_MS),
+        Some(serde_json::Value::Number(_) | serde_json::Value::String(_)) => number(value),
+        Some(_) => None,
+    };
+    match ttl {
+        Some(ttl) if (1..=MAX_TTL_MS).contains(&ttl) => Ok(ttl),
+        _ => Err(ErrorInfo::new(
+            codes::INVALID_PARAMETER,
+            "ttl must be a whole number of ms between 1 and 86400000 (24 h)",
+        )),
+    }
+}
+
+/// A token request's `capability`: `None` when absent or empty (the key's then), else the
+/// parsed capability; anything but a capability object (or its text) is 40003 (HTTP 400).
+fn requested_capability(
+    value: &Option<serde_json::Value>,
+) -> Result<Option<Capability>, ErrorInfo> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(text)) if text.is_empty() => Ok(None),
+        Some(serde_json::Value::String(text)) => Capability::parse(text).map(Some),
+        Some(other) => Capability::from_value(other).map(Some),
+    }
+}
+
+/// The text a token request's MAC covers for a field given as a string or a number.
+fn signed_text(value: &Option<serde_json::Value>) -> String {
+    match value {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        None | Some(serde_json::Value::Null) => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// The capability a token gets: what was asked for (all of the key's when nothing was)
+/// intersected with the key's, written out (§8.7); 40160 when nothing is left.
+fn granted(requested: Option<Capability>, key: &Capability) -> Result<Capability, ErrorInfo> {
+    let Some(requested) = requested else {
+        return Ok(key.clone());
+    };
+    requested.intersection(key).ok_or_else(|| {
+        ErrorInfo::new(
+            codes::CAPABILITY_DENIED,
+            "the requested capability has nothing in common with the key's",
+        )
+    })
+}
+
+/// ms since the epoch from a JWT NumericDate (seconds, possibly fractional).
+fn numeric_date_ms(seconds: f64) -> i64 {
+    (seconds * 1000.0).round() as i64
 }
 
 fn invalid_jwt(why: &str) -> ErrorInfo {
@@ -294,10 +394,13 @@ impl KeyAuthenticator {
             client_id: ClientIdClaim::Any,
             capability: key.capability.clone(),
             expires_at: None,
+            issued_at: None,
         })
     }
 
-    fn authenticate_jwt(&self, token: &str) -> Result<Grant, ErrorInfo> {
+    /// Verifies an Ably JWT (§8.2) signed by one of the keys: signature, expiry, key; the
+    /// capability is the token's intersected with the key's.
+    pub fn authenticate_jwt(&self, token: &str) -> Result<Grant, ErrorInfo> {
         let parts: Vec<&str> = token.split('.').collect();
         if parts.len() != 3 {
             return Err(ErrorInfo::new(
@@ -328,7 +431,7 @@ impl KeyAuthenticator {
             .map_err(|_| invalid_jwt("signature does not verify"))?;
         let claims: AblyClaims =
             serde_json::from_slice(&decode(parts[1])?).map_err(|_| invalid_jwt("bad claims"))?;
-        let expires_at = (claims.exp.ok_or_else(|| invalid_jwt("no exp"))? * 1000.0) as i64;
+        let expires_at = numeric_date_ms(claims.exp.ok_or_else(|| invalid_jwt("no exp"))?);
         if expires_at <= now_ms() {
             return Err(ErrorInfo::new(codes::TOKEN_EXPIRED, "Token expired"));
         }
@@ -348,6 +451,7 @@ impl KeyAuthenticator {
             client_id,
             capability,
             expires_at: Some(expires_at),
+            issued_at: claims.iat.map(numeric_date_ms),
         })
     }
 
@@ -369,6 +473,15 @@ impl KeyAuthenticator {
         let key = self.keys.get(key_name).ok_or_else(|| {
             ErrorInfo::new(codes::NOT_FOUND, format!("no key named {key_name:?}"))
         })?;
+        // The shape first: a malformed request is a 400 whoever signed it.
+        let ttl = requested_ttl(&request.ttl)?;
+        let capability = granted(requested_capability(&request.capability)?, &key.capability)?;
+        if request.client_id.as_deref() == Some("") {
+            return Err(ErrorInfo::new(
+                codes::INVALID_CLIENT_ID,
+                "clientId must not be empty",
+            ));
+        }
         let now = now_ms();
         match (&request.mac, basic) {
             (Some(mac), _) => {
@@ -381,14 +494,10 @@ impl KeyAuthenticator {
                     ));
                 }
                 let nonce = request.nonce.as_deref().unwrap_or("");
-                let ttl_text = request.ttl.as_ref().map(|v| match v {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                });
                 let signed = format!(
                     "{key_name}\n{}\n{}\n{}\n{}\n{nonce}\n",
-                    ttl_text.unwrap_or_default(),
-                    request.capability.as_deref().unwrap_or(""),
+                    signed_text(&request.ttl),
+                    signed_text(&request.capability),
                     request.client_id.as_deref().unwrap_or(""),
                     timestamp_text(&request.timestamp),
                 );
@@ -401,30 +510,16 @@ impl KeyAuthenticator {
                 }
                 self.use_nonce(key_name, nonce, now)?;
             }
-            (None, Some(grant)) if grant.key_name == key_name => {}
+            // Basic authentication with the key itself: a token the key signed must not mint
+            // itself a broader one.
+            (None, Some(grant))
+                if grant.key_name == key_name && grant.client_id == ClientIdClaim::Any => {}
             (None, _) => {
                 return Err(ErrorInfo::new(
                     codes::INVALID_CREDENTIALS,
                     "an unsigned token request needs Basic authentication with the key",
                 ))
             }
-        }
-        let ttl = number(&request.ttl).unwrap_or(DEFAULT_TTL_MS);
-        if ttl <= 0 || ttl > MAX_TTL_MS {
-            return Err(ErrorInfo::new(
-                codes::INVALID_PARAMETER,
-                "ttl must be between 1 ms and 24 h",
-            ));
-        }
-        let capability = match request.capability.as_deref() {
-            Some(text) if !text.is_empty() => Capability::parse(text)?,
-            _ => key.capability.clone(),
-        };
-        if request.client_id.as_deref() == Some("") {
-            return Err(ErrorInfo::new(
-                codes::INVALID_CLIENT_ID,
-                "clientId must not be empty",
-            ));
         }
         Ok(self.issue(
             key_name,
@@ -436,8 +531,9 @@ impl KeyAuthenticator {
         ))
     }
 
-    /// Mints a token with key `key_name` for `client_id` with `capability` (JSON text),
-    /// valid for `ttl_ms` (the `/api/auth/token` route for Auth0 users).
+    /// Mints a token with key `key_name` for `client_id` with `capability` (JSON text)
+    /// intersected with the key's, valid for `ttl_ms` (at least 1 ms): the `/api/auth/token`
+    /// route for Auth0 users and the development login. 40160 when the intersection is empty.
     pub fn mint(
         &self,
         key_name: &str,
@@ -449,14 +545,17 @@ impl KeyAuthenticator {
             .keys
             .get(key_name)
             .ok_or_else(|| ErrorInfo::new(codes::INTERNAL, "token signing key missing"))?;
-        let capability = Capability::parse(capability)?;
+        if ttl_ms <= 0 {
+            return Err(ErrorInfo::new(codes::TOKEN_EXPIRED, "Token expired"));
+        }
+        let capability = granted(Some(Capability::parse(capability)?), &key.capability)?;
         Ok(self.issue(
             key_name,
             &key.secret,
             &capability,
             client_id,
             now_ms(),
-            ttl_ms.max(1000),
+            ttl_ms,
         ))
     }
 
@@ -496,9 +595,11 @@ impl KeyAuthenticator {
     ) -> TokenDetails {
         let expires = now + ttl;
         let header = serde_json::json!({"typ": "JWT", "alg": "HS256", "kid": key_name});
+        // NumericDates may be fractional (RFC 7519 §2): ms precision, so `expires - issued`
+        // is exactly the ttl, however short, and revocation can compare issue times to the ms.
         let mut claims = serde_json::json!({
-            "iat": now / 1000,
-            "exp": expires / 1000,
+            "iat": now as f64 / 1000.0,
+            "exp": expires as f64 / 1000.0,
             "x-ably-capability": capability.as_json(),
         });
         if let Some(c) = client_id {
@@ -514,7 +615,7 @@ impl KeyAuthenticator {
             token: format!("{signing_input}.{signature}"),
             key_name: key_name.to_owned(),
             issued: now,
-            expires: (expires / 1000) * 1000,
+            expires,
             capability: capability.as_json().to_owned(),
             client_id: client_id.map(str::to_owned),
         }
@@ -545,6 +646,7 @@ impl Authenticator for KeyAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn auth() -> KeyAuthenticator {
         KeyAuthenticator::new(&[
@@ -644,6 +746,68 @@ mod tests {
                 .unwrap_err()
                 .code,
             40105
+        );
+    }
+
+    fn unsigned(ttl: Option<serde_json::Value>, capability: Option<&str>) -> TokenRequest {
+        TokenRequest {
+            key_name: Some("app.chat".into()),
+            ttl,
+            capability: capability.map(Into::into),
+            client_id: Some("bob".into()),
+            timestamp: None,
+            nonce: None,
+            mac: None,
+        }
+    }
+
+    #[test]
+    fn tokens_carry_the_intersection_with_their_key_and_the_exact_ttl() {
+        let a = auth();
+        let key = a.authenticate_key("app.chat:chatsecret").unwrap();
+        let asked = unsigned(
+            Some(500.into()),
+            Some(r#"{"*":["subscribe","presence","publish"]}"#),
+        );
+        let details = a.request_token("app.chat", &asked, Some(&key)).unwrap();
+        assert_eq!(details.expires - details.issued, 500);
+        assert_eq!(details.capability, r#"{"chat:*":["subscribe","publish"]}"#);
+        let grant = a.authenticate_jwt(&details.token).unwrap();
+        assert_eq!(grant.capability.as_json(), details.capability);
+        assert_eq!(grant.issued_at, Some(details.issued));
+        assert_eq!(grant.expires_at, Some(details.expires));
+
+        for bad in [
+            json!("abc"),
+            json!(true),
+            json!(0),
+            json!(86_400_001),
+            json!(1.5),
+        ] {
+            let refused = a
+                .request_token("app.chat", &unsigned(Some(bad.clone()), None), Some(&key))
+                .unwrap_err();
+            assert_eq!((refused.code, refused.status_code), (40003, 400), "{bad}");
+        }
+        let malformed = unsigned(None, Some(r#"["*","publish"]"#));
+        let refused = a
+            .request_token("app.chat", &malformed, Some(&key))
+            .unwrap_err();
+        assert_eq!(refused.status_code, 400);
+        let elsewhere = unsigned(None, Some(r#"{"news":["subscribe"]}"#));
+        let refused = a
+            .request_token("app.chat", &elsewhere, Some(&key))
+            .unwrap_err();
+        assert_eq!((refused.code, refused.status_code), (40160, 401));
+
+        // A token is no key: it cannot sign an unsigned request for a broader token.
+        let token_grant = a.authenticate_jwt(&details.token).unwrap();
+        let wider = unsigned(None, None);
+        assert_eq!(
+            a.request_token("app.chat", &wider, Some(&token_grant))
+                .unwrap_err()
+                .code,
+            40101
         );
     }
 

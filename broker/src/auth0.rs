@@ -10,17 +10,24 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use protocol::{Capability, ErrorInfo};
 
-use crate::auth::{Authenticator, BoxFuture, ClientIdClaim, Credential, Grant, KeyAuthenticator};
+use crate::auth::{
+    now_ms, Authenticator, BoxFuture, ClientIdClaim, Credential, Grant, KeyAuthenticator,
+    PLUGIN_KEY_NAME,
+};
+use crate::revocation::Revocations;
 
 /// Name of the internal key that signs tokens minted for plugin users.
 pub const TOKEN_KEY_PREFIX: &str = "broker-tokens";
 
-/// API keys first; Auth0 for tokens that are not Ably JWTs.
+/// API keys first; Auth0 for tokens that are not Ably JWTs. Tokens the keys signed are also
+/// checked against the revocations (40141).
 pub struct ChainAuthenticator {
     /// Keys and Ably JWTs.
     pub keys: Arc<KeyAuthenticator>,
     /// The Auth0 plugin, when configured.
     pub plugin: Option<Arc<AuthPlugin>>,
+    /// Revoked tokens.
+    pub revocations: Arc<Revocations>,
 }
 
 /// True when `token` is a JWT whose header says HS256: an Ably JWT (§8.2).
@@ -40,10 +47,11 @@ impl ChainAuthenticator {
     pub async fn authenticate_plugin(plugin: &AuthPlugin, token: &str) -> Result<Grant, ErrorInfo> {
         let principal = plugin.authenticate(token).await?;
         Ok(Grant {
-            key_name: "auth0".to_owned(),
+            key_name: PLUGIN_KEY_NAME.to_owned(),
             client_id: ClientIdClaim::Exactly(principal.client_id),
             capability: Capability::parse(&principal.capability)?,
             expires_at: Some(principal.expires_at),
+            issued_at: None,
         })
     }
 }
@@ -57,7 +65,17 @@ impl Authenticator for ChainAuthenticator {
             (Credential::Token(token), Some(plugin)) if !is_ably_jwt(token) => {
                 Box::pin(Self::authenticate_plugin(plugin, token))
             }
-            _ => self.keys.authenticate(credential),
+            (Credential::Token(token), _) => {
+                let result =
+                    self.keys
+                        .authenticate_jwt(token)
+                        .and_then(|grant| match grant.token_stamp() {
+                            Some(stamp) => self.revocations.check(&stamp, now_ms()).map(|_| grant),
+                            None => Ok(grant),
+                        });
+                Box::pin(std::future::ready(result))
+            }
+            (Credential::Key(_), _) => self.keys.authenticate(credential),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
+pub mod revocation;
 pub mod server;
 pub mod store;
 

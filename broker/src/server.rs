@@ -23,6 +23,7 @@ use crate::dev_users::DevUsers;
 use crate::error::Error;
 use crate::lifecycle::{TaskGuard, Tasks};
 use crate::metrics::Metrics;
+use crate::revocation::Revocations;
 use crate::store::commit::Committer;
 use crate::store::sled_log::SledLog;
 use crate::store::{ChannelLog, StoreError};
@@ -42,6 +43,8 @@ pub struct Broker {
     pub auth0: Option<Arc<auth_plugin::AuthPlugin>>,
     /// The development login's users, while the development login is on.
     pub dev_users: Option<DevUsers>,
+    /// Revoked tokens (revokeTokens, deleted users).
+    pub revocations: Arc<Revocations>,
     /// Running channel sequencers.
     pub channels: Arc<Channels>,
     /// Live and resumable connections.
@@ -116,6 +119,9 @@ pub async fn run_then(
     } else {
         None
     };
+    let revocations = Revocations::open(messages.db(), now_ms())
+        .map_err(|e| Error::Store(StoreError::Engine(e.to_string())))?;
+    let revocations = Arc::new(revocations);
     let log: Arc<dyn ChannelLog> = Arc::new(messages);
     let presence_log: Arc<dyn ChannelLog> = Arc::new(presence);
     let metrics = Arc::new(Metrics::new());
@@ -146,11 +152,13 @@ pub async fn run_then(
         authenticator: Arc::new(ChainAuthenticator {
             keys: keys.clone(),
             plugin: auth0.clone(),
+            revocations: revocations.clone(),
         }),
         keys,
         token_key: token_key_name,
         auth0,
         dev_users,
+        revocations,
         channels,
         sessions: Arc::new(Sessions::default()),
         log: log.clone(),

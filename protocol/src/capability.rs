@@ -1,9 +1,8 @@
 //! Capabilities (§8.7): which operations a credential may perform on which channels, with
 //! Ably's resource wildcards, and the channel modes they grant (§8.8). A token's effective
-//! capability is its own intersected with its key's; [`Capability::intersect`] keeps both and
-//! asks each, which is exact for any pair of wildcard patterns.
-
-use std::collections::BTreeMap;
+//! capability is its own intersected with its key's: [`Capability::intersect`] keeps both and
+//! asks each, which is exact for any pair of wildcard patterns, and
+//! [`Capability::intersection`] writes the intersection out as the text a token carries.
 
 use crate::error::{codes, ErrorInfo};
 use crate::flags;
@@ -97,11 +96,42 @@ impl Operations {
     }
 }
 
+/// One resource pattern of a capability with its operations, as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    pattern: String,
+    /// The operation names in the order given; `["*"]` when `*` was among them.
+    names: Vec<String>,
+    bits: u32,
+}
+
+impl Entry {
+    fn all_operations(&self) -> bool {
+        self.names.iter().any(|n| n == "*")
+    }
+
+    /// The operations both entries grant, by name: each side's `*` stands for the other's
+    /// list, so the result names what was asked for, in the order it was asked for.
+    fn common_operations(&self, other: &Entry) -> Vec<String> {
+        match (self.all_operations(), other.all_operations()) {
+            (true, true) => vec!["*".to_owned()],
+            (true, false) => other.names.clone(),
+            (false, true) => self.names.clone(),
+            (false, false) => self
+                .names
+                .iter()
+                .filter(|n| other.names.contains(n))
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
 /// A parsed capability: resource patterns with their operations, possibly intersected with
 /// further capabilities that must all agree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Capability {
-    grants: Vec<(String, u32)>,
+    entries: Vec<Entry>,
     also: Vec<Capability>,
     source: String,
 }
@@ -112,60 +142,130 @@ impl Capability {
         Capability::parse(r#"{"[*]*":["*"]}"#).expect("literal capability parses")
     }
 
-    /// Parses the JSON text form, e.g. `{"chat:*":["publish","subscribe"]}`.
+    /// Parses the JSON text form, e.g. `{"chat:*":["publish","subscribe"]}`, keeping the
+    /// resources and operations in the order written.
     pub fn parse(text: &str) -> Result<Capability, ErrorInfo> {
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|_| invalid())?;
-        Capability::from_value(&value)
+        let ordered: Ordered = serde_json::from_str(text).map_err(|_| invalid())?;
+        Capability::from_pairs(ordered.0)
     }
 
-    /// Parses the object form.
+    /// Parses the object form (whose keys serde_json has already sorted).
     pub fn from_value(value: &serde_json::Value) -> Result<Capability, ErrorInfo> {
         let object = value.as_object().ok_or_else(invalid)?;
-        let mut grants = Vec::with_capacity(object.len());
-        let mut canonical: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for (resource, ops) in object {
+        Capability::from_pairs(
+            object
+                .iter()
+                .map(|(resource, ops)| (resource.clone(), ops.clone()))
+                .collect(),
+        )
+    }
+
+    fn from_pairs(pairs: Vec<(String, serde_json::Value)>) -> Result<Capability, ErrorInfo> {
+        let mut entries: Vec<Entry> = Vec::with_capacity(pairs.len());
+        for (resource, ops) in pairs {
             let ops = ops.as_array().ok_or_else(invalid)?;
             if resource.is_empty() || ops.is_empty() {
                 return Err(invalid());
             }
-            let mut bits = 0;
-            let mut names = Vec::with_capacity(ops.len());
+            let mut entry = Entry {
+                pattern: resource,
+                names: Vec::with_capacity(ops.len()),
+                bits: 0,
+            };
             for op in ops {
                 let name = op.as_str().ok_or_else(invalid)?;
-                bits |= Operation::parse(name).ok_or_else(|| {
+                entry.bits |= Operation::parse(name).ok_or_else(|| {
                     ErrorInfo::new(
                         codes::INVALID_PARAMETER,
                         format!("unknown capability operation \"{name}\""),
                     )
                 })?;
-                names.push(name);
+                if !entry.names.iter().any(|n| n == name) {
+                    entry.names.push(name.to_owned());
+                }
             }
-            names.sort_unstable();
-            canonical.insert(resource, names);
-            grants.push((resource.clone(), bits));
+            if entry.all_operations() {
+                entry.names = vec!["*".to_owned()];
+            }
+            entries.push(entry);
         }
-        let source = serde_json::to_string(&canonical).expect("map of strings serializes");
-        Ok(Capability {
-            grants,
+        Ok(Capability::from_entries(merge_duplicates(entries)))
+    }
+
+    fn from_entries(entries: Vec<Entry>) -> Capability {
+        let mut source = String::from("{");
+        for (i, entry) in entries.iter().enumerate() {
+            if i > 0 {
+                source.push(',');
+            }
+            source.push_str(&serde_json::to_string(&entry.pattern).expect("string serializes"));
+            source.push(':');
+            source.push_str(&serde_json::to_string(&entry.names).expect("strings serialize"));
+        }
+        source.push('}');
+        Capability {
+            entries,
             also: Vec::new(),
             source,
-        })
+        }
     }
 
     /// This capability further limited by `other`: an operation is allowed only where both
-    /// allow it.
+    /// allow it. Lazy and exact; [`Capability::intersection`] writes the result out.
     pub fn intersect(mut self, other: Capability) -> Capability {
         self.also.push(other);
         self
     }
 
+    /// What both capabilities' own grants allow, written out as grants of its own (§8.7:
+    /// a token's capability is the requested one intersected with its key's). For each
+    /// resource of `self`, in order, and each of `other`, in order: the names both patterns
+    /// match, with the operations both grant. `None` when nothing is left.
+    ///
+    /// One case is approximate: a lone `*` (which excludes `[`-qualified names) against a
+    /// pattern whose first segment is `*` keeps the latter, which also matches `[`-names.
+    /// Enforcement stays exact, because a token is checked against its key again on use.
+    pub fn intersection(&self, other: &Capability) -> Option<Capability> {
+        let mut entries: Vec<Entry> = Vec::new();
+        for mine in &self.entries {
+            for theirs in &other.entries {
+                let Some(pattern) = pattern_intersection(&mine.pattern, &theirs.pattern) else {
+                    continue;
+                };
+                let names = mine.common_operations(theirs);
+                if names.is_empty() {
+                    continue;
+                }
+                let bits = names
+                    .iter()
+                    .filter_map(|n| Operation::parse(n))
+                    .fold(0, |acc, bit| acc | bit);
+                entries.push(Entry {
+                    pattern,
+                    names,
+                    bits,
+                });
+            }
+        }
+        let entries = merge_duplicates(entries);
+        (!entries.is_empty()).then(|| Capability::from_entries(entries))
+    }
+
+    /// True when one of this capability's own grants gives every operation (`*`) on a
+    /// pattern matching `resource`.
+    pub fn grants_all_operations_on(&self, resource: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.all_operations() && resource_matches(&e.pattern, resource))
+    }
+
     /// The operations granted on `channel`.
     pub fn operations(&self, channel: &str) -> Operations {
         let mut bits = self
-            .grants
+            .entries
             .iter()
-            .filter(|(pattern, _)| resource_matches(pattern, channel))
-            .fold(0, |acc, (_, ops)| acc | ops);
+            .filter(|e| resource_matches(&e.pattern, channel))
+            .fold(0, |acc, e| acc | e.bits);
         for other in &self.also {
             bits &= other.operations(channel).0;
         }
@@ -177,10 +277,59 @@ impl Capability {
         self.operations(channel).contains(op)
     }
 
-    /// The canonical JSON text of this capability's own grants (keys and operations sorted),
-    /// as TokenDetails carries it.
+    /// The JSON text of this capability's own grants, resources and operations in the order
+    /// given (an operation list holding `*` is just `["*"]`), as TokenDetails carries it.
     pub fn as_json(&self) -> &str {
         &self.source
+    }
+}
+
+/// Joins entries with the same pattern into the first of them (JSON text may repeat a key,
+/// and an intersection may reach one pattern twice), adding operations in order.
+fn merge_duplicates(entries: Vec<Entry>) -> Vec<Entry> {
+    let mut merged: Vec<Entry> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match merged.iter_mut().find(|m| m.pattern == entry.pattern) {
+            Some(first) => {
+                first.bits |= entry.bits;
+                for name in entry.names {
+                    if !first.names.contains(&name) {
+                        first.names.push(name);
+                    }
+                }
+                if first.all_operations() {
+                    first.names = vec!["*".to_owned()];
+                }
+            }
+            None => merged.push(entry),
+        }
+    }
+    merged
+}
+
+/// A JSON object's members in document order (serde_json's `Value` sorts them).
+struct Ordered(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Ordered {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Ordered, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, serde_json::Value>()? {
+                    members.push(member);
+                }
+                Ok(Ordered(members))
+            }
+        }
+        deserializer.deserialize_map(Members)
     }
 }
 
@@ -189,6 +338,86 @@ fn invalid() -> ErrorInfo {
         codes::INVALID_PARAMETER,
         "capability must be a JSON object of resource to a non-empty list of operations",
     )
+}
+
+/// One segment of a resource pattern other than the lone `*` and `[*]*`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Segment<'a> {
+    /// Exactly this text.
+    Literal(&'a str),
+    /// Any one segment.
+    One,
+}
+
+/// A pattern as its fixed segments and whether a trailing `*` follows them (one or more
+/// further segments of anything).
+fn split_pattern(pattern: &str) -> (Vec<Segment<'_>>, bool) {
+    let mut segments: Vec<Segment> = pattern
+        .split(':')
+        .map(|s| {
+            if s == "*" {
+                Segment::One
+            } else {
+                Segment::Literal(s)
+            }
+        })
+        .collect();
+    let tail = segments.last() == Some(&Segment::One);
+    if tail {
+        segments.pop();
+    }
+    (segments, tail)
+}
+
+/// The pattern matching exactly the names both `a` and `b` match (§8.7 wildcards), or `None`
+/// when no name matches both. See [`Capability::intersection`] for its one approximation.
+pub fn pattern_intersection(a: &str, b: &str) -> Option<String> {
+    match (a, b) {
+        ("[*]*", other) | (other, "[*]*") => return Some(other.to_owned()),
+        ("*", "*") => return Some("*".to_owned()),
+        ("*", other) | (other, "*") => {
+            // A lone `*` leaves out `[`-qualified names: a pattern starting with one
+            // matches none of its names; any other pattern matches only names it allows.
+            return (!other.starts_with('[')).then(|| other.to_owned());
+        }
+        _ => {}
+    }
+    let (mut short, short_tail) = split_pattern(a);
+    let (mut long, long_tail) = split_pattern(b);
+    let (mut short_tail, mut long_tail) = (short_tail, long_tail);
+    if short.len() > long.len() {
+        std::mem::swap(&mut short, &mut long);
+        std::mem::swap(&mut short_tail, &mut long_tail);
+    }
+    // A pattern without a tail matches names of exactly its length, one with a tail longer
+    // names than its fixed segments: the lengths must be able to meet.
+    let lengths_meet = match (short_tail, long_tail) {
+        (false, false) => short.len() == long.len(),
+        (false, true) => false,
+        (true, false) => long.len() > short.len(),
+        (true, true) => true,
+    };
+    if !lengths_meet {
+        return None;
+    }
+    let mut segments = Vec::with_capacity(long.len() + 1);
+    for (i, segment) in long.iter().enumerate() {
+        let common = match (short.get(i), *segment) {
+            (None, s) => s,
+            (Some(Segment::One), s) | (Some(&s), Segment::One) => s,
+            (Some(Segment::Literal(x)), Segment::Literal(y)) if *x == y => Segment::Literal(y),
+            (Some(_), _) => return None,
+        };
+        segments.push(match common {
+            Segment::Literal(text) => text,
+            Segment::One => "*",
+        });
+    }
+    // With both tails the longer prefix and a tail remain; with one, the other's exact length.
+    if short_tail && long_tail {
+        segments.push("*");
+    }
+    Some(segments.join(":"))
 }
 
 /// Ably's resource matching (§8.7): `:`-separated segments; `*` stands for one segment, a
@@ -268,6 +497,55 @@ mod tests {
             assert!(Capability::parse(text).is_err(), "{text}");
         }
         let cap = Capability::parse(r#"{"b":["subscribe","publish"],"a":["*"]}"#).unwrap();
-        assert_eq!(cap.as_json(), r#"{"a":["*"],"b":["publish","subscribe"]}"#);
+        assert_eq!(cap.as_json(), r#"{"b":["subscribe","publish"],"a":["*"]}"#);
+    }
+
+    #[test]
+    fn pattern_intersections_match_what_both_match() {
+        let cases = [
+            ("chat:*", "*", Some("chat:*")),
+            ("*", "[admin]users", None),
+            ("[*]*", "[admin]users", Some("[admin]users")),
+            ("*", "[*]*", Some("*")),
+            ("chat:*", "chat:room:*", Some("chat:room:*")),
+            ("chat:*", "*:lobby", Some("chat:lobby")),
+            ("chat:*", "chat", None),
+            ("chat", "chat:*", None),
+            ("a:*:c", "*:b:*", Some("a:b:c")),
+            ("a:*:c", "a:b", None),
+            ("a:*", "*:*", Some("a:*")),
+            ("a:*", "*:b:*", Some("a:b:*")),
+            ("news", "chat:*", None),
+            ("news", "news", Some("news")),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(pattern_intersection(a, b).as_deref(), want, "{a} ∩ {b}");
+            assert_eq!(pattern_intersection(b, a).as_deref(), want, "{b} ∩ {a}");
+        }
+    }
+
+    #[test]
+    fn materialized_intersection_keeps_the_requested_order_and_only_common_operations() {
+        let key = Capability::parse(r#"{"chat:*":["subscribe","publish"],"news":["*"]}"#).unwrap();
+        let asked =
+            Capability::parse(r#"{"*":["publish","presence","subscribe"],"news":["history"]}"#)
+                .unwrap();
+        let granted = asked.intersection(&key).unwrap();
+        assert_eq!(
+            granted.as_json(),
+            r#"{"chat:*":["publish","subscribe"],"news":["publish","presence","subscribe","history"]}"#
+        );
+        assert!(!granted.allows("chat:a", Operation::Presence));
+        assert!(granted.allows("news", Operation::History));
+        let all = Capability::parse(r#"{"*":["*"]}"#).unwrap();
+        assert_eq!(
+            all.intersection(&key).unwrap().as_json(),
+            key.as_json(),
+            "everything asked of a key gets exactly the key"
+        );
+        let elsewhere = Capability::parse(r#"{"admin:*":["publish"]}"#).unwrap();
+        assert!(elsewhere.intersection(&key).is_none());
+        let other_ops = Capability::parse(r#"{"chat:1":["history"]}"#).unwrap();
+        assert!(other_ops.intersection(&key).is_none());
     }
 }

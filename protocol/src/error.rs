@@ -74,6 +74,8 @@ pub mod codes {
     pub const NO_AUTH_METHOD: u32 = 40106;
     /// Token error, unspecified.
     pub const TOKEN_ERROR: u32 = 40140;
+    /// Token revoked.
+    pub const TOKEN_REVOKED: u32 = 40141;
     /// Token expired.
     pub const TOKEN_EXPIRED: u32 = 40142;
     /// Token unrecognised.

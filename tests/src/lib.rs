@@ -327,3 +327,26 @@ pub fn now_secs() -> i64 {
         .expect("clock after 1970")
         .as_secs() as i64
 }
+
+/// Waits until the broker's clock (`GET /time`) is past `ms` (since the epoch), so that what
+/// happens next falls in a later millisecond: token revocation compares issue times to the ms.
+pub async fn clock_passes(broker: &TestBroker, ms: i64) {
+    loop {
+        let time = json(http().get(broker.url("/time"))).await;
+        if time[0].as_i64().expect("time is a number") > ms {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The issue time (ms since the epoch) of a token the broker made: its `iat`, which the broker
+/// writes to the millisecond.
+pub fn token_issued_at(token: &str) -> i64 {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let claims = token.split('.').nth(1).expect("a JWT");
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).expect("base64url")).expect("JSON");
+    (claims["iat"].as_f64().expect("iat") * 1000.0).round() as i64
+}

@@ -56,6 +56,7 @@ pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
     };
     conn.authority = Authority {
         identity,
+        token: grant.token_stamp(),
         capability: grant.capability,
         expires_at: grant.expires_at,
     };

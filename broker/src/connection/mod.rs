@@ -359,6 +359,7 @@ async fn handshake(
     };
     let authority = Authority {
         identity,
+        token: grant.token_stamp(),
         capability: grant.capability,
         expires_at: grant.expires_at,
     };

@@ -15,7 +15,7 @@ use rand::Rng;
 use subtle::ConstantTimeEq;
 
 use super::outbox::Outbox;
-use crate::auth::Identity;
+use crate::auth::{Identity, TokenStamp};
 
 /// The result of one publish: a serial per message, or why it was refused.
 pub type PublishOutcome = Result<Vec<Option<String>>, ErrorInfo>;
@@ -36,6 +36,9 @@ pub struct Authority {
     pub capability: Capability,
     /// When the credential expires (ms).
     pub expires_at: Option<i64>,
+    /// Key, clientId claim and issue time of a token the broker's keys signed, so that a
+    /// revocation can find the connections using it (`revocation.rs`).
+    pub token: Option<TokenStamp>,
 }
 
 /// The state of one connection, shared by the sockets that serve it in turn.
@@ -144,6 +147,25 @@ impl Session {
         state.closed = true;
         if let Some((_, outbox)) = &state.socket {
             outbox.close(Some(farewell));
+        }
+    }
+
+    /// Sends `farewell` on the socket serving this connection (if one is bound) and closes it,
+    /// leaving the connection resumable: its token was revoked, and the client resumes with
+    /// a new one.
+    pub fn disconnect(&self, farewell: protocol::ProtocolMessage) {
+        let state = self.state.lock().expect("session lock");
+        if let Some((_, outbox)) = &state.socket {
+            outbox.close(Some(farewell));
+        }
+    }
+
+    /// Queues `message` on the socket serving this connection, if one is bound (AUTH when a
+    /// revocation with a re-authentication margin reaches its token).
+    pub fn send(&self, message: &protocol::ProtocolMessage) {
+        let state = self.state.lock().expect("session lock");
+        if let Some((_, outbox)) = &state.socket {
+            let _ = outbox.push(message);
         }
     }
 
@@ -275,6 +297,15 @@ impl Sessions {
         self.map
             .iter()
             .filter(|s| s.authority().identity.reported.as_deref() == Some(client_id))
+            .map(|s| s.value().clone())
+            .collect()
+    }
+
+    /// Connections whose authority satisfies `predicate`.
+    pub fn matching(&self, predicate: impl Fn(&Authority) -> bool) -> Vec<Arc<Session>> {
+        self.map
+            .iter()
+            .filter(|s| predicate(&s.state.lock().expect("session lock").authority))
             .map(|s| s.value().clone())
             .collect()
     }

@@ -1,5 +1,5 @@
-//! REST endpoints (§9.2): time, health, metrics, token requests, and channel publish and
-//! history with Link pagination exactly as ably-js parses it (§9.1).
+//! REST endpoints (§9.2): time, health, metrics, token requests and revocations, and channel
+//! publish and history with Link pagination exactly as ably-js parses it (§9.1).
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::response::{HttpResponse, Negotiated};
 use crate::actions::{stamp, updates_not_enabled};
-use crate::auth::{now_ms, Credential, Grant, Identity, TokenRequest};
+use crate::auth::{now_ms, ClientIdClaim, Credential, Grant, Identity, TokenRequest};
 use crate::channel::presence::from_record;
 use crate::channel::{validate_name, Command, ListPresence, Origin, Publish};
 use crate::connection::await_outcome;
@@ -75,6 +75,9 @@ pub async fn route(
         (_, ["api", ..]) => api(broker, parts, query, body, negotiated).await,
         (&Method::POST, ["keys", key_name, "requestToken"]) => {
             request_token(broker, parts, key_name, &body, negotiated).await
+        }
+        (&Method::POST, ["keys", key_name, "revokeTokens"]) => {
+            revoke_tokens(broker, parts, key_name, &body, negotiated).await
         }
         (method, ["channels", name, rest @ ..]) => {
             match percent_encoding::percent_decode_str(name).decode_utf8() {
@@ -184,6 +187,157 @@ async fn request_token(
         .keys
         .request_token(&key_name, &request, basic.as_ref())?;
     Ok(negotiated.ok(StatusCode::OK, &details, Vec::new()))
+}
+
+/// Most targets one revokeTokens request may name.
+const MAX_REVOCATION_TARGETS: usize = 100;
+/// How far back `issuedBefore` may go, as Ably allows.
+const MAX_ISSUED_BEFORE_AGE_MS: i64 = 3_600_000;
+/// How long `allowReauthMargin` delays a revocation, as Ably does.
+const REAUTH_MARGIN_MS: i64 = 30_000;
+
+/// The body of `POST /keys/{keyName}/revokeTokens`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RevokeRequest {
+    targets: Vec<String>,
+    #[serde(default)]
+    issued_before: Option<i64>,
+    #[serde(default)]
+    allow_reauth_margin: Option<bool>,
+}
+
+/// `POST /keys/{keyName}/revokeTokens`: revokes the tokens the key issued to each
+/// `clientId:<id>` target before `issuedBefore` (default now), from now on or, with
+/// `allowReauthMargin`, 30 s later (until then their connections are asked to re-authenticate,
+/// §4.7). Basic authentication with that very key. The answer is Ably's batch result, HTTP
+/// 200 even when some targets fail, which is what ably-js's `auth.revokeTokens` returns as is.
+async fn revoke_tokens(
+    broker: &Broker,
+    parts: &Parts,
+    key_name: &str,
+    body: &[u8],
+    negotiated: &Negotiated,
+) -> Result<HttpResponse, ErrorInfo> {
+    let key_name = percent_encoding::percent_decode_str(key_name).decode_utf8_lossy();
+    let (grant, _) = authenticate(broker, parts).await?;
+    if grant.client_id != ClientIdClaim::Any {
+        return Err(ErrorInfo::new(
+            codes::INVALID_CREDENTIALS,
+            "revokeTokens needs Basic authentication with the key",
+        ));
+    }
+    if grant.key_name != key_name {
+        return Err(ErrorInfo::new(
+            codes::CAPABILITY_DENIED,
+            "a key may only revoke the tokens it issued",
+        ));
+    }
+    let request: RevokeRequest = decode_value(body_format(parts), body)
+        .map_err(|e| ErrorInfo::new(codes::BAD_REQUEST, format!("invalid request: {e}")))?;
+    if request.targets.is_empty() || request.targets.len() > MAX_REVOCATION_TARGETS {
+        return Err(ErrorInfo::new(
+            codes::INVALID_PARAMETER,
+            format!("targets must hold 1 to {MAX_REVOCATION_TARGETS} entries"),
+        ));
+    }
+    let now = now_ms();
+    let issued_before = request.issued_before.unwrap_or(now);
+    if issued_before > now || issued_before < now - MAX_ISSUED_BEFORE_AGE_MS {
+        return Err(ErrorInfo::new(
+            codes::INVALID_PARAMETER,
+            "issuedBefore must be neither in the future nor more than an hour ago",
+        ));
+    }
+    let margin = request.allow_reauth_margin.unwrap_or(false);
+    let applies_at = if margin { now + REAUTH_MARGIN_MS } else { now };
+    let record = crate::revocation::Revocation {
+        issued_before,
+        applies_at,
+    };
+    let mut results = Vec::with_capacity(request.targets.len());
+    let mut succeeded = 0;
+    for target in &request.targets {
+        match target.split_once(':') {
+            Some(("clientId", client_id)) if !client_id.is_empty() => {
+                broker
+                    .revocations
+                    .revoke(Some(&key_name), client_id, record)
+                    .map_err(revocation_store_error)?;
+                succeeded += 1;
+                results.push(serde_json::json!({
+                    "target": target,
+                    "issuedBefore": issued_before,
+                    "appliesAt": applies_at,
+                }));
+            }
+            _ => results.push(serde_json::json!({
+                "target": target,
+                "error": ErrorInfo::new(
+                    codes::BAD_REQUEST,
+                    "only clientId:<id> targets can be revoked on this broker",
+                ),
+            })),
+        }
+    }
+    broker
+        .revocations
+        .prune(now)
+        .and_then(|()| broker.revocations.flush())
+        .map_err(revocation_store_error)?;
+    if margin {
+        ask_to_reauthenticate(broker, &key_name, &request.targets, issued_before);
+    } else {
+        crate::revocation::disconnect_revoked(&broker.sessions, &broker.revocations, now);
+    }
+    let body = serde_json::json!({
+        "successCount": succeeded,
+        "failureCount": results.len() - succeeded,
+        "results": results,
+    });
+    Ok(negotiated.ok(StatusCode::OK, &body, Vec::new()))
+}
+
+fn revocation_store_error(e: sled::Error) -> ErrorInfo {
+    tracing::error!(error = %e, "token revocations");
+    ErrorInfo::new(codes::INTERNAL, "revocation store unavailable")
+}
+
+/// `allowReauthMargin`: sends AUTH (§4.7) now to the connections whose token the revocation
+/// will reach, so they can move to a new token, and disconnects those still on a revoked one
+/// when the margin ends.
+fn ask_to_reauthenticate(broker: &Broker, key_name: &str, targets: &[String], issued_before: i64) {
+    let client_ids: Vec<&str> = targets
+        .iter()
+        .filter_map(|t| t.strip_prefix("clientId:"))
+        .collect();
+    let reached = broker.sessions.matching(|authority| {
+        authority.token.as_ref().is_some_and(|stamp| {
+            stamp.key_name == key_name
+                && stamp
+                    .client_id
+                    .as_deref()
+                    .is_some_and(|c| client_ids.contains(&c))
+                && stamp.issued_at.is_none_or(|at| at < issued_before)
+        })
+    });
+    for session in reached {
+        session.send(&protocol::ProtocolMessage::new(protocol::Action::Auth));
+    }
+    let Some(guard) = broker.track_task() else {
+        return;
+    };
+    let (sessions, revocations) = (broker.sessions.clone(), broker.revocations.clone());
+    let mut stop = broker.shutdown.clone();
+    tokio::spawn(async move {
+        let _guard = guard;
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(REAUTH_MARGIN_MS as u64)) => {
+                crate::revocation::disconnect_revoked(&sessions, &revocations, now_ms());
+            }
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => {}
+        }
+    });
 }
 
 /// One message or an array of them (§9.2 accepts both).
@@ -701,10 +855,14 @@ async fn api(
         .and_then(|v| v.to_str().ok())
     {
         Some(h) if h.len() > 6 && h[..6].eq_ignore_ascii_case("basic ") => {
-            authenticate(broker, parts).await?;
-            true
+            let (grant, _) = authenticate(broker, parts).await?;
+            if is_admin_key(&grant.capability) {
+                auth_plugin::ApiKey::Admin
+            } else {
+                auth_plugin::ApiKey::Restricted
+            }
         }
-        _ => false,
+        _ => auth_plugin::ApiKey::None,
     };
     let request = auth_plugin::ApiRequest {
         method: parts.method.as_str().to_owned(),
@@ -721,12 +879,22 @@ async fn api(
         )
     })?;
     if let Some(user) = &response.disconnect {
+        // The ban reaches the broker tokens issued to them under every key, so that neither a
+        // reconnect nor REST with an old one works; restoring them leaves these refused.
+        let now = now_ms();
+        let record = crate::revocation::Revocation {
+            issued_before: now,
+            applies_at: now,
+        };
+        broker
+            .revocations
+            .revoke(None, user, record)
+            .and_then(|()| broker.revocations.flush())
+            .map_err(revocation_store_error)?;
         for session in broker.sessions.of_client(user) {
+            // Not a token error, so ably-js goes FAILED instead of fetching a new token.
             session.evict(protocol::ProtocolMessage {
-                error: Some(ErrorInfo::new(
-                    codes::INVALID_CREDENTIALS,
-                    "the user was deleted",
-                )),
+                error: Some(ErrorInfo::new(codes::FORBIDDEN, "the user was deleted")),
                 ..protocol::ProtocolMessage::new(protocol::Action::Error)
             });
             // Gone for good: no resume, and their presence members leave now (§6.6).
@@ -747,6 +915,16 @@ async fn api(
     }
     let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::OK);
     Ok(json.ok(status, &response.body, Vec::new()))
+}
+
+/// The resource whose grant makes an API key an admin credential for `/api/users`.
+pub const ADMIN_RESOURCE: &str = "[admin]users";
+
+/// True when a key's capability makes it an admin credential: every operation (`*`) on `*`,
+/// on `[*]*`, or on the admin resource `[admin]users`. (A channel literally named `*` is
+/// matched by exactly the patterns `*` and `[*]*`.)
+fn is_admin_key(capability: &protocol::Capability) -> bool {
+    capability.grants_all_operations_on("*") || capability.grants_all_operations_on(ADMIN_RESOURCE)
 }
 
 /// `GET /api/users/{id}/profile`: how to show user `id` — `{id, username, firstName, lastName,
