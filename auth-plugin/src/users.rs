@@ -213,6 +213,11 @@ impl UserStore {
         Ok(self.banned_subs.contains_key(sub)?)
     }
 
+    /// True when `id` is a deleted (banned) user's.
+    pub fn is_deleted(&self, id: &str) -> Result<bool, UserError> {
+        Ok(self.banned.contains_key(id)?)
+    }
+
     /// The user with `id`.
     pub fn get(&self, id: &str) -> Result<Option<User>, UserError> {
         Ok(self

@@ -473,9 +473,11 @@ impl KeyAuthenticator {
         let key = self.keys.get(key_name).ok_or_else(|| {
             ErrorInfo::new(codes::NOT_FOUND, format!("no key named {key_name:?}"))
         })?;
-        // The shape first: a malformed request is a 400 whoever signed it.
+        // The shape first: a malformed request is a 400 whoever signed it. What the key grants
+        // is compared only once the caller is known to hold the key, so an unsigned request
+        // cannot map out a key's capability by its answers.
         let ttl = requested_ttl(&request.ttl)?;
-        let capability = granted(requested_capability(&request.capability)?, &key.capability)?;
+        let requested = requested_capability(&request.capability)?;
         if request.client_id.as_deref() == Some("") {
             return Err(ErrorInfo::new(
                 codes::INVALID_CLIENT_ID,
@@ -521,6 +523,7 @@ impl KeyAuthenticator {
                 ))
             }
         }
+        let capability = granted(requested, &key.capability)?;
         Ok(self.issue(
             key_name,
             &key.secret,

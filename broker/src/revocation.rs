@@ -3,8 +3,10 @@
 //! key) for this clientId issued before T are refused from `appliesAt` on" (40141). Records
 //! live in the sled tree `token-revocations` of the broker's database, so they survive a
 //! restart, and in memory, so checking one costs a map lookup per token authentication. A
-//! record is dropped once every token it could reach has expired: tokens live at most 24 h.
-//! The HTTP route is in `http/rest.rs`; closing live connections is [`disconnect_revoked`].
+//! record is dropped 24 h after its `issuedBefore`, when every token the broker issued before
+//! it has expired (an Ably JWT an app signs itself with a longer life outlives the record).
+//! The HTTP route is in `http/rest.rs`; closing live connections is [`disconnect_revoked`] and
+//! [`evict_user`], and [`lapsed`] catches a connection that registered while either ran.
 
 use std::sync::Arc;
 
@@ -13,8 +15,10 @@ use protocol::error::codes;
 use protocol::{Action, ErrorInfo, ProtocolMessage};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::TokenStamp;
-use crate::connection::session::Sessions;
+use crate::auth::{now_ms, TokenStamp};
+use crate::channel::Command;
+use crate::connection::session::{Authority, Sessions};
+use crate::server::Broker;
 
 /// How long a record is kept after its `issuedBefore`: the longest lifetime of a token the
 /// broker issues (§8.3), after which every token it could reach has expired.
@@ -157,6 +161,59 @@ impl Revocations {
             self.tree.remove(key)?;
         }
         Ok(())
+    }
+}
+
+/// Ends every connection of deleted user `user`: ERROR 40300, not a token error, so ably-js
+/// goes FAILED instead of fetching a new token; no resume; and their presence members leave
+/// at once (§6.6).
+pub async fn evict_user(broker: &Broker, user: &str) {
+    for session in broker.sessions.of_client(user) {
+        session.evict(ProtocolMessage {
+            error: Some(ErrorInfo::new(codes::FORBIDDEN, "the user was deleted")),
+            ..ProtocolMessage::new(Action::Error)
+        });
+        broker.sessions.remove(&session.id);
+        let connection_id: Arc<str> = Arc::from(session.id.as_str());
+        for channel in session.presence_channels() {
+            let command = Command::LeaveConnection {
+                connection_id: connection_id.clone(),
+            };
+            let _ = broker.channels.send(&channel, command).await;
+        }
+    }
+}
+
+/// Why a credential accepted a moment ago no longer holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lapsed {
+    /// Its token has been revoked since (40141).
+    Revoked,
+    /// Its user has been deleted since (40300).
+    Deleted,
+}
+
+/// Checks a connection's credential again once the connection is registered with it (after
+/// the handshake, after an in-band AUTH). A revocation or a user deletion records itself and
+/// then walks the registered connections, so one that was authenticated before the record
+/// and registered after the walk is caught here instead.
+pub fn lapsed(broker: &Broker, authority: &Authority) -> Option<Lapsed> {
+    if let Some(stamp) = &authority.token {
+        if broker.revocations.reaches(stamp, now_ms()) {
+            return Some(Lapsed::Revoked);
+        }
+    }
+    let (plugin, user) = (
+        broker.auth0.as_ref()?,
+        authority.identity.reported.as_deref()?,
+    );
+    match plugin.users().is_deleted(user) {
+        Ok(true) => Some(Lapsed::Deleted),
+        Ok(false) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "user table unavailable for the deletion check");
+            None
+        }
     }
 }
 

@@ -293,10 +293,15 @@ pub async fn history(broker: &TestBroker, channel: &str, query: &str) -> Vec<ser
 
 /// The Basic authorization header value for [`KEY`].
 pub fn basic_auth() -> String {
+    basic_auth_for(KEY)
+}
+
+/// The Basic authorization header value for `key` (`name:secret`, §8.1).
+pub fn basic_auth_for(key: &str) -> String {
     use base64::Engine as _;
     format!(
         "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(KEY)
+        base64::engine::general_purpose::STANDARD.encode(key)
     )
 }
 

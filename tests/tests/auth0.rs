@@ -3,12 +3,14 @@
 //! profile routes, the admin routes (an admin API key or `admin:users`), and deleting a user
 //! as a ban that an admin can lift, with a local issuer.
 
-use base64::Engine as _;
 use broker::config::KeyConfig;
 use protocol::{Action, ProtocolMessage};
 use serde_json::json;
 use tests::issuer::{sign, Issuer, KEYS};
-use tests::{basic_auth, clock_passes, http, json, send, token_issued_at, urlencode, TestBroker};
+use tests::{
+    basic_auth, basic_auth_for, clock_passes, http, json, send, token_issued_at, urlencode,
+    TestBroker,
+};
 
 async fn broker_with(issuer: &Issuer) -> TestBroker {
     let config = issuer.config();
@@ -27,13 +29,6 @@ async fn broker_with(issuer: &Issuer) -> TestBroker {
         }
     })
     .await
-}
-
-fn basic(key: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(key)
-    )
 }
 
 fn token(issuer: &Issuer, sub: &str, extra: serde_json::Value) -> String {
@@ -253,7 +248,7 @@ async fn only_admin_keys_administer_users() {
     let id = user_id(&broker, &eve).await;
     let user_url = broker.url(&format!("/api/users/{id}"));
 
-    let restricted = basic("test.chat:chatsecret");
+    let restricted = basic_auth_for("test.chat:chatsecret");
     let attempts = [
         http().get(broker.url("/api/users")),
         http().get(&user_url),
@@ -272,8 +267,8 @@ async fn only_admin_keys_administer_users() {
     assert!(untouched["firstName"].is_null());
 
     for admin in [
-        basic("test.admin:adminsecret"),
-        basic("test.star:starsecret"),
+        basic_auth_for("test.admin:adminsecret"),
+        basic_auth_for("test.star:starsecret"),
         basic_auth(),
     ] {
         let listed = json(
@@ -295,7 +290,7 @@ async fn only_admin_keys_administer_users() {
     let deleted = send(
         http()
             .delete(&user_url)
-            .header("authorization", basic("test.admin:adminsecret")),
+            .header("authorization", basic_auth_for("test.admin:adminsecret")),
     )
     .await;
     assert_eq!(deleted.status(), 200);
@@ -345,6 +340,23 @@ async fn a_deleted_user_is_banned_until_an_admin_restores_them() {
         ))
         .await;
     assert_eq!(old.expect(Action::Error).await.error.unwrap().code, 40141);
+    // Whatever the credential, a connection that reports a deleted user's id is ended as it
+    // connects: the check a connection racing the deletion would meet.
+    let mut as_deleted = broker
+        .connect(&format!(
+            "key={}&clientId={}&format=json",
+            urlencode(tests::KEY),
+            urlencode(&id)
+        ))
+        .await;
+    // The ERROR goes ahead of anything still queued, CONNECTED included.
+    let mut ended = as_deleted.next().await.expect("an answer");
+    if ended.action == Action::Connected {
+        ended = as_deleted.expect(Action::Error).await;
+    }
+    assert_eq!(ended.action, Action::Error);
+    let error = ended.error.unwrap();
+    assert_eq!((error.code, error.status_code), (40300, 403));
     let rest_with_old = send(
         http()
             .get(broker.url("/channels/room/messages"))

@@ -11,7 +11,8 @@ use broker::config::KeyConfig;
 use protocol::{flags, Action, AuthDetails, ProtocolMessage};
 use serde_json::{json, Value};
 use tests::{
-    basic_auth, clock_passes, http, json, send, token_issued_at, urlencode, Client, TestBroker, KEY,
+    basic_auth, basic_auth_for, clock_passes, http, json, send, token_issued_at, urlencode, Client,
+    TestBroker, KEY,
 };
 
 const CHAT_KEY: &str = "test.chat:chatsecret";
@@ -27,17 +28,13 @@ async fn broker_with_chat_key() -> TestBroker {
     .await
 }
 
-fn basic(key: &str) -> String {
-    format!("Basic {}", STANDARD.encode(key))
-}
-
 /// An unsigned token request for `key`, authenticated with that key (§8.3).
 async fn request_token(broker: &TestBroker, key: &str, body: Value) -> reqwest::Response {
     let name = key.split_once(':').unwrap().0;
     send(
         http()
             .post(broker.url(&format!("/keys/{name}/requestToken")))
-            .header("authorization", basic(key))
+            .header("authorization", basic_auth_for(key))
             .json(&body),
     )
     .await
@@ -152,8 +149,20 @@ async fn malformed_token_requests_are_400_and_an_empty_intersection_is_40160() {
         );
     }
     let elsewhere = json!({"capability": r#"{"news":["subscribe"]}"#});
-    let error = refusal(request_token(&broker, CHAT_KEY, elsewhere).await, 401).await;
+    let error = refusal(
+        request_token(&broker, CHAT_KEY, elsewhere.clone()).await,
+        401,
+    )
+    .await;
     assert_eq!(error["code"], 40160);
+    // Without the key, the same request learns nothing about the key's capability.
+    let anonymous = send(
+        http()
+            .post(broker.url("/keys/test.chat/requestToken"))
+            .json(&elsewhere),
+    )
+    .await;
+    assert_eq!(refusal(anonymous, 401).await["code"], 40101);
     let no_common_operation = json!({"capability": r#"{"chat:1":["history"]}"#});
     let error = refusal(
         request_token(&broker, CHAT_KEY, no_common_operation).await,
@@ -168,7 +177,7 @@ async fn revoke(broker: &TestBroker, key: &str, body: Value) -> reqwest::Respons
     send(
         http()
             .post(broker.url(&format!("/keys/{name}/revokeTokens")))
-            .header("authorization", basic(key))
+            .header("authorization", basic_auth_for(key))
             .json(&body),
     )
     .await
@@ -267,7 +276,7 @@ async fn only_the_key_itself_may_revoke_its_tokens() {
     let other_key = send(
         http()
             .post(broker.url("/keys/test.full/revokeTokens"))
-            .header("authorization", basic(CHAT_KEY))
+            .header("authorization", basic_auth_for(CHAT_KEY))
             .json(&body),
     )
     .await;

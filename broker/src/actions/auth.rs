@@ -62,6 +62,10 @@ pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
     };
     conn.plan_renewal();
     conn.session.set_authority(conn.authority.clone());
+    conn.end_if_lapsed().await;
+    if conn.ending.is_some() {
+        return;
+    }
     let mut lost = Vec::new();
     let mut narrowed = Vec::new();
     for (channel, modes) in &conn.attached {

@@ -23,6 +23,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::actions;
 use crate::auth::{now_ms, Credential, Identity};
 use crate::channel::Command;
+use crate::revocation::{self, Lapsed};
 use crate::server::Broker;
 use outbox::Outbox;
 use session::{Authority, PublishOutcome, Session};
@@ -148,6 +149,26 @@ impl Connection {
             .is_some_and(|e| e <= now_ms() + lead);
     }
 
+    /// Ends the connection if its credential lapsed while it was being registered: a token
+    /// revoked meanwhile gets DISCONNECTED 40141 (a client that can renew comes back with a
+    /// new token), a user deleted meanwhile is evicted with ERROR 40300 (see
+    /// [`revocation::lapsed`]).
+    pub async fn end_if_lapsed(&mut self) {
+        match revocation::lapsed(&self.broker, &self.authority) {
+            None => return,
+            Some(Lapsed::Revoked) => self.outbox.close(Some(ProtocolMessage {
+                error: Some(ErrorInfo::new(codes::TOKEN_REVOKED, "Token revoked")),
+                ..ProtocolMessage::new(Action::Disconnected)
+            })),
+            Some(Lapsed::Deleted) => {
+                if let Some(user) = self.authority.identity.reported.clone() {
+                    revocation::evict_user(&self.broker, &user).await;
+                }
+            }
+        }
+        self.ending = Some(Ending::Resumable);
+    }
+
     /// Queues a frame; a full or closed outbox ends the connection on its own.
     pub fn send(&self, message: &ProtocolMessage) {
         let _ = self.outbox.push(message);
@@ -249,6 +270,7 @@ where
         broker.metrics.connections.dec();
         return;
     };
+    conn.end_if_lapsed().await;
     let mut shutdown = broker.shutdown.clone();
     let mut writer_running = true;
     let max_pending = broker.config.limits.max_pending_publishes;

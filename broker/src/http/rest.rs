@@ -286,7 +286,7 @@ async fn revoke_tokens(
         .and_then(|()| broker.revocations.flush())
         .map_err(revocation_store_error)?;
     if margin {
-        ask_to_reauthenticate(broker, &key_name, &request.targets, issued_before);
+        ask_to_reauthenticate(broker, applies_at);
     } else {
         crate::revocation::disconnect_revoked(&broker.sessions, &broker.revocations, now);
     }
@@ -306,20 +306,13 @@ fn revocation_store_error(e: sled::Error) -> ErrorInfo {
 /// `allowReauthMargin`: sends AUTH (§4.7) now to the connections whose token the revocation
 /// will reach, so they can move to a new token, and disconnects those still on a revoked one
 /// when the margin ends.
-fn ask_to_reauthenticate(broker: &Broker, key_name: &str, targets: &[String], issued_before: i64) {
-    let client_ids: Vec<&str> = targets
-        .iter()
-        .filter_map(|t| t.strip_prefix("clientId:"))
-        .collect();
+fn ask_to_reauthenticate(broker: &Broker, applies_at: i64) {
+    // The connections the new records will reach once they apply.
     let reached = broker.sessions.matching(|authority| {
-        authority.token.as_ref().is_some_and(|stamp| {
-            stamp.key_name == key_name
-                && stamp
-                    .client_id
-                    .as_deref()
-                    .is_some_and(|c| client_ids.contains(&c))
-                && stamp.issued_at.is_none_or(|at| at < issued_before)
-        })
+        authority
+            .token
+            .as_ref()
+            .is_some_and(|stamp| broker.revocations.reaches(stamp, applies_at))
     });
     for session in reached {
         session.send(&protocol::ProtocolMessage::new(protocol::Action::Auth));
@@ -847,6 +840,18 @@ async fn api(
             Some(&principal.client_id),
             ttl,
         )?;
+        // A deletion that recorded its revocation while this token was minted may predate
+        // the token; its tombstone, written first, does not.
+        let deleted = plugin
+            .users()
+            .is_deleted(&principal.client_id)
+            .map_err(|e| {
+                tracing::error!(error = %e, "user table");
+                ErrorInfo::new(codes::INTERNAL, "user table unavailable")
+            })?;
+        if deleted {
+            return Err(ErrorInfo::new(codes::FORBIDDEN, "the user was deleted"));
+        }
         return Ok(json.ok(StatusCode::OK, &details, Vec::new()));
     }
     let api_key = match parts
@@ -879,8 +884,11 @@ async fn api(
         )
     })?;
     if let Some(user) = &response.disconnect {
-        // The ban reaches the broker tokens issued to them under every key, so that neither a
-        // reconnect nor REST with an old one works; restoring them leaves these refused.
+        // Their connections end first, so a failing revocation store cannot leave them on.
+        crate::revocation::evict_user(broker, user).await;
+        // The ban also reaches the broker tokens issued to them under every key, so that
+        // neither a reconnect nor REST with an old one works; restoring them leaves these
+        // refused.
         let now = now_ms();
         let record = crate::revocation::Revocation {
             issued_before: now,
@@ -889,24 +897,15 @@ async fn api(
         broker
             .revocations
             .revoke(None, user, record)
+            .and_then(|()| broker.revocations.prune(now))
             .and_then(|()| broker.revocations.flush())
-            .map_err(revocation_store_error)?;
-        for session in broker.sessions.of_client(user) {
-            // Not a token error, so ably-js goes FAILED instead of fetching a new token.
-            session.evict(protocol::ProtocolMessage {
-                error: Some(ErrorInfo::new(codes::FORBIDDEN, "the user was deleted")),
-                ..protocol::ProtocolMessage::new(protocol::Action::Error)
-            });
-            // Gone for good: no resume, and their presence members leave now (§6.6).
-            broker.sessions.remove(&session.id);
-            let connection_id: std::sync::Arc<str> = std::sync::Arc::from(session.id.as_str());
-            for channel in session.presence_channels() {
-                let command = Command::LeaveConnection {
-                    connection_id: connection_id.clone(),
-                };
-                let _ = broker.channels.send(&channel, command).await;
-            }
-        }
+            .map_err(|e| {
+                tracing::error!(error = %e, %user, "deleted user's tokens not revoked");
+                ErrorInfo::new(
+                    codes::INTERNAL,
+                    "the user was deleted and disconnected, but their tokens could not be revoked",
+                )
+            })?;
     }
     if response.status >= 400 {
         let error: ErrorInfo = serde_json::from_value(response.body["error"].clone())
