@@ -305,6 +305,18 @@ async fn a_client_sync_gets_a_fresh_presence_sync() {
     assert_eq!(members.len(), 1);
     assert_eq!(members[0].client_id.as_deref(), Some("ann"));
     assert_eq!(members[0].action, 1, "members are sent as present");
+    // A burst of SYNCs is not a way to keep the channel busy: the next ones, right after,
+    // are ignored, and the publish behind them is the next frame.
+    for _ in 0..3 {
+        member
+            .send(&ProtocolMessage::for_channel(Action::Sync, "room"))
+            .await;
+    }
+    member.publish("room", 1, "after the burst").await;
+    assert_eq!(
+        texts(&member.expect(Action::Message).await),
+        ["after the burst"]
+    );
 }
 
 /// Item 14: a REST publish whose messages carry a realtime connection's `connectionKey` is

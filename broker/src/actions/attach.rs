@@ -1,7 +1,8 @@
 //! ATTACH (§5.1–5.6): check the name and capability, grant the requested modes the capability
-//! permits (§8.8) and confirm them in ATTACHED's `modes` param, work out where delivery starts — after the client's `channelSerial` on a
-//! re-attach, or a rewind on a first attach — and hand the rest to the channel's sequencer,
-//! which sends ATTACHED before any MESSAGE (§5.5).
+//! permits (§8.8) and confirm them in ATTACHED's `modes` param, work out where delivery
+//! starts — after the client's `channelSerial` on a re-attach, or a rewind on a first
+//! attach — and hand the rest to the channel's sequencer, which sends ATTACHED before any
+//! MESSAGE (§5.5).
 
 use std::collections::BTreeMap;
 
@@ -85,6 +86,7 @@ pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
         outbox: conn.outbox.clone(),
         modes,
         echo,
+        last_client_sync: None,
     };
     if conn.attached.insert(channel.clone(), modes).is_none() {
         conn.broker.metrics.attached_channels.inc();

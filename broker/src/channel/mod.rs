@@ -94,6 +94,9 @@ pub struct Subscriber {
     pub modes: u64,
     /// Whether the connection's own messages are delivered back to it.
     pub echo: bool,
+    /// When the sequencer last answered a client SYNC of this attacher (`None` at attach),
+    /// so a client repeating SYNC cannot keep the channel busy encoding its presence set.
+    pub last_client_sync: Option<Instant>,
 }
 
 /// Where an attach starts delivering from (§5.4, §5.6).

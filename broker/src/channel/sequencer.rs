@@ -2,15 +2,15 @@
 //! message the next serial and a non-decreasing timestamp, appends a batch to the log, fans
 //! the batch out at once, and answers the publishers when group commit has made it durable —
 //! so an ACK means "on disk" and every subscriber sees the log's order. Delivery waits for the
-//! sync too with `deliver_after_sync`, or when it has run too far ahead of the disk. Each outgoing ProtocolMessage is
-//! encoded once per wire format and the same frame is handed to every subscriber (habit 6).
-//! Attaches are ordered with publishes here too, so a replay joins live traffic without a gap
-//! or a duplicate (§5.6).
+//! sync too with `deliver_after_sync`, or when it has run too far ahead of the disk. Each
+//! outgoing ProtocolMessage is encoded once per wire format and the same frame is handed to
+//! every subscriber (habit 6). Attaches are ordered with publishes here too, so a replay joins
+//! live traffic without a gap or a duplicate (§5.6).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protocol::error::codes;
 use protocol::{flags, Action, ErrorInfo, Format, Message, PresenceMessage, ProtocolMessage};
@@ -38,6 +38,9 @@ const IDLE_RETIRE: Duration = Duration::from_secs(30);
 const IDEMPOTENCY_WINDOW_MS: i64 = 120_000;
 /// Most app-set ids remembered per channel.
 const IDEMPOTENCY_MAX_IDS: usize = 10_000;
+/// At most one client SYNC per attacher is answered in this time; ably-js sends one only in
+/// rare recoveries, and each costs an encoding of the whole presence set.
+const CLIENT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Most serials delivered to subscribers ahead of the last completed sync.
 const MAX_UNSYNCED: u64 = UNCLEAN_STOP_SKIP / 2;
 
@@ -240,15 +243,25 @@ impl Sequencer {
                 connection_id,
                 socket_id,
             } => {
-                let asker = self
+                let now = Instant::now();
+                let Some(asker) = self
                     .attachers
-                    .get(&connection_id)
+                    .get_mut(&connection_id)
                     .filter(|a| a.socket_id == socket_id)
-                    .cloned();
-                // A full outbox closes the socket on its own; the client resumes.
-                if let Some(asker) = asker {
-                    let _ = self.sync_presence(&asker);
+                else {
+                    return;
+                };
+                if asker
+                    .last_client_sync
+                    .is_some_and(|at| now.duration_since(at) < CLIENT_SYNC_INTERVAL)
+                {
+                    tracing::debug!(channel = %self.name, "client SYNC within the interval ignored");
+                    return;
                 }
+                asker.last_client_sync = Some(now);
+                let asker = asker.clone();
+                // A full outbox closes the socket on its own; the client resumes.
+                let _ = self.sync_presence(&asker);
             }
             Command::LeaveConnection { connection_id } => self.leave_connection(&connection_id),
             Command::ListPresence(list) => {
