@@ -5,6 +5,7 @@
 pub mod actions;
 pub mod auth;
 pub mod auth0;
+pub mod broker;
 pub mod channel;
 pub mod cli;
 pub mod config;
@@ -18,5 +19,6 @@ pub mod revocation;
 pub mod server;
 pub mod store;
 
+pub use broker::Broker;
 pub use config::Config;
-pub use server::{run, run_then, Broker};
+pub use server::{run, run_then};

@@ -10,15 +10,15 @@
 
 use std::sync::Arc;
 
+use auth_plugin::UserStore;
 use dashmap::DashMap;
 use protocol::error::codes;
 use protocol::{Action, ErrorInfo, ProtocolMessage};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{now_ms, TokenStamp};
-use crate::channel::Command;
+use crate::channel::{Channels, Command};
 use crate::connection::session::{Authority, Sessions};
-use crate::server::Broker;
 
 /// How long a record is kept after its `issuedBefore`: the longest lifetime of a token the
 /// broker issues (§8.3), after which every token it could reach has expired.
@@ -167,19 +167,19 @@ impl Revocations {
 /// Ends every connection of deleted user `user`: ERROR 40300, not a token error, so ably-js
 /// goes FAILED instead of fetching a new token; no resume; and their presence members leave
 /// at once (§6.6).
-pub async fn evict_user(broker: &Broker, user: &str) {
-    for session in broker.sessions.of_client(user) {
+pub async fn evict_user(sessions: &Sessions, channels: &Arc<Channels>, user: &str) {
+    for session in sessions.of_client(user) {
         session.evict(ProtocolMessage {
             error: Some(ErrorInfo::new(codes::FORBIDDEN, "the user was deleted")),
             ..ProtocolMessage::new(Action::Error)
         });
-        broker.sessions.remove(&session.id);
+        sessions.remove(&session.id);
         let connection_id: Arc<str> = Arc::from(session.id.as_str());
         for channel in session.presence_channels() {
             let command = Command::LeaveConnection {
                 connection_id: connection_id.clone(),
             };
-            let _ = broker.channels.send(&channel, command).await;
+            let _ = channels.send(&channel, command).await;
         }
     }
 }
@@ -194,20 +194,21 @@ pub enum Lapsed {
 }
 
 /// Checks a connection's credential again once the connection is registered with it (after
-/// the handshake, after an in-band AUTH). A revocation or a user deletion records itself and
+/// the handshake, after an in-band AUTH); `users` is the Auth0 user table, when there is one. A revocation or a user deletion records itself and
 /// then walks the registered connections, so one that was authenticated before the record
 /// and registered after the walk is caught here instead.
-pub fn lapsed(broker: &Broker, authority: &Authority) -> Option<Lapsed> {
+pub fn lapsed(
+    revocations: &Revocations,
+    users: Option<&UserStore>,
+    authority: &Authority,
+) -> Option<Lapsed> {
     if let Some(stamp) = &authority.token {
-        if broker.revocations.reaches(stamp, now_ms()) {
+        if revocations.reaches(stamp, now_ms()) {
             return Some(Lapsed::Revoked);
         }
     }
-    let (plugin, user) = (
-        broker.auth0.as_ref()?,
-        authority.identity.reported.as_deref()?,
-    );
-    match plugin.users().is_deleted(user) {
+    let (users, user) = (users?, authority.identity.reported.as_deref()?);
+    match users.is_deleted(user) {
         Ok(true) => Some(Lapsed::Deleted),
         Ok(false) => None,
         Err(e) => {

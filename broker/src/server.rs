@@ -4,7 +4,7 @@
 //! elsewhere, wait for the connection tasks, and sync the log.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,70 +13,22 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::auth::{now_ms, Authenticator, KeyAuthenticator};
+use crate::auth::{now_ms, KeyAuthenticator};
 use crate::auth0::{ChainAuthenticator, TOKEN_KEY_PREFIX};
+use crate::broker::Broker;
 use crate::channel::{ChannelContext, Channels};
 use crate::config::Config;
 use crate::config::KeyConfig;
 use crate::connection::session::Sessions;
 use crate::dev_users::DevUsers;
 use crate::error::Error;
-use crate::lifecycle::{TaskGuard, Tasks};
+use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
 use crate::revocation::Revocations;
 use crate::store::commit::Committer;
 use crate::store::sled_log::SledLog;
 use crate::store::{ChannelLog, StoreError};
 use auth_plugin::AuthPlugin;
-
-/// Everything a connection or request handler needs, shared behind one `Arc`.
-pub struct Broker {
-    /// The validated configuration.
-    pub config: Config,
-    /// Verifies credentials.
-    pub authenticator: Arc<dyn Authenticator>,
-    /// API keys, for `requestToken` and minting tokens.
-    pub keys: Arc<KeyAuthenticator>,
-    /// The name of the key that signs tokens minted for Auth0 users.
-    pub token_key: String,
-    /// The Auth0 plugin, when configured.
-    pub auth0: Option<Arc<auth_plugin::AuthPlugin>>,
-    /// The development login's users, while the development login is on.
-    pub dev_users: Option<DevUsers>,
-    /// Revoked tokens (revokeTokens, deleted users).
-    pub revocations: Arc<Revocations>,
-    /// Running channel sequencers.
-    pub channels: Arc<Channels>,
-    /// Live and resumable connections.
-    pub sessions: Arc<Sessions>,
-    /// The message log.
-    pub log: Arc<dyn ChannelLog>,
-    /// The presence history log.
-    pub presence_log: Arc<dyn ChannelLog>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Becomes true when the broker shuts down.
-    pub shutdown: watch::Receiver<bool>,
-    next_socket: AtomicU64,
-    tasks: Tasks,
-}
-
-impl Broker {
-    /// A fresh socket id.
-    pub fn next_socket_id(&self) -> u64 {
-        self.next_socket.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Open WebSocket connections.
-    pub fn connection_count(&self) -> usize {
-        self.metrics.connections.get().max(0) as usize
-    }
-
-    /// Registers a long-running task that shutdown waits for (`None` once shutting down).
-    pub fn track_task(&self) -> Option<TaskGuard> {
-        self.tasks.guard()
-    }
-}
 
 /// Runs the broker on `listener` until `shutdown` resolves.
 pub async fn run(

@@ -11,7 +11,7 @@ use protocol::{flags, ErrorInfo, ProtocolMessage};
 
 use super::channel_error;
 use crate::channel::{validate_name, Attach, Command, StartFrom, Subscriber};
-use crate::connection::Connection;
+use crate::connection::state::Connection;
 
 pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
     let Some(channel) = message.channel.clone() else {

@@ -10,7 +10,7 @@ use super::channel_error;
 use crate::auth::{Credential, Identity};
 use crate::channel::Command;
 use crate::connection::session::Authority;
-use crate::connection::{Connection, Ending};
+use crate::connection::state::{Connection, Ending};
 
 pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
     let Some(token) = message

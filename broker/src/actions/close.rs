@@ -3,7 +3,7 @@
 
 use protocol::{Action, ProtocolMessage};
 
-use crate::connection::{Connection, Ending};
+use crate::connection::state::{Connection, Ending};
 
 pub(super) fn apply(conn: &mut Connection) {
     conn.outbox

@@ -2,7 +2,7 @@
 
 use protocol::{Action, ProtocolMessage};
 
-use crate::connection::Connection;
+use crate::connection::state::Connection;
 
 pub(super) fn apply(conn: &mut Connection, message: ProtocolMessage) {
     if let Some(id) = message.id {

@@ -13,7 +13,7 @@ use protocol::{flags, ErrorInfo, Message, Operation, ProtocolMessage};
 use super::{mode_not_attached, new_msg_serial, track};
 use crate::channel::{validate_name, Command, Origin, Publish};
 use crate::connection::session::Seen;
-use crate::connection::Connection;
+use crate::connection::state::Connection;
 use crate::store::push_decimal;
 
 pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::channel::Command;
 use crate::connection::session::{PublishOutcome, Seen};
-use crate::connection::{await_outcome, Connection, Ending};
+use crate::connection::state::{await_outcome, Connection, Ending};
 
 /// Applies one ProtocolMessage from the client.
 pub async fn dispatch(conn: &mut Connection, message: ProtocolMessage) {

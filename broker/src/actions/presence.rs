@@ -15,7 +15,7 @@ use super::{new_msg_serial, track};
 use crate::auth::now_ms;
 use crate::channel::presence::action;
 use crate::channel::{Command, Origin, PresenceOp};
-use crate::connection::Connection;
+use crate::connection::state::Connection;
 
 pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
     let items = message.presence.as_ref().map_or(0, Vec::len);

@@ -7,7 +7,7 @@ use protocol::{flags, ProtocolMessage};
 
 use super::channel_error;
 use crate::channel::Command;
-use crate::connection::Connection;
+use crate::connection::state::Connection;
 
 pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
     let Some(channel) = message.channel else {

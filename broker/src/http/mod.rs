@@ -20,8 +20,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::broker::Broker;
 use crate::connection::{self, ConnectParams};
-use crate::server::Broker;
 use response::{HttpResponse, Negotiated};
 
 /// Serves one HTTP request.

@@ -15,10 +15,10 @@ use serde::{Deserialize, Serialize};
 use super::response::{HttpResponse, Negotiated};
 use crate::actions::{stamp, updates_not_enabled};
 use crate::auth::{now_ms, ClientIdClaim, Credential, Grant, Identity, TokenRequest};
+use crate::broker::Broker;
 use crate::channel::presence::from_record;
 use crate::channel::{validate_name, Command, ListPresence, Origin, Publish};
-use crate::connection::await_outcome;
-use crate::server::Broker;
+use crate::connection::state::await_outcome;
 use crate::store::{parse_serial, Direction, Query};
 
 /// Default and largest page of history (§9.2).
@@ -885,7 +885,7 @@ async fn api(
     })?;
     if let Some(user) = &response.disconnect {
         // Their connections end first, so a failing revocation store cannot leave them on.
-        crate::revocation::evict_user(broker, user).await;
+        crate::revocation::evict_user(&broker.sessions, &broker.channels, user).await;
         // The ban also reaches the broker tokens issued to them under every key, so that
         // neither a reconnect nor REST with an old one works; restoring them leaves these
         // refused.
