@@ -93,6 +93,8 @@ pub async fn run_then(
         deliver_after_sync: config.storage.deliver_after_sync,
         metrics: metrics.clone(),
         max_messages: config.retention.max_messages_per_channel,
+        max_channel_name_length: config.limits.max_channel_name_length,
+        max_message_size: config.limits.max_message_size,
         max_rewind: config.limits.max_rewind,
         max_resume_replay: config.limits.max_resume_replay,
         max_presence_members: config.presence.max_members_per_channel,

@@ -12,17 +12,16 @@ mod message;
 mod presence;
 mod sync;
 
-pub use message::{stamp, updates_not_enabled};
-
 use protocol::error::codes;
 use protocol::{Action, DecodeError, ErrorInfo, Format, ProtocolMessage};
 
 use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
-use crate::channel::Command;
-use crate::connection::session::{PublishOutcome, Seen};
-use crate::connection::state::{await_outcome, Connection, Ending};
+use crate::channel::service::outcome_of;
+use crate::channel::{Command, PublishOutcome};
+use crate::connection::session::Seen;
+use crate::connection::state::{Connection, Ending};
 
 /// Applies one ProtocolMessage from the client.
 pub async fn dispatch(conn: &mut Connection, message: ProtocolMessage) {
@@ -105,20 +104,11 @@ fn new_msg_serial(conn: &mut Connection, message: &ProtocolMessage, items: usize
 /// channel's sequencer reports the outcome (dropping it unsent NACKs with 50001).
 fn track(conn: &mut Connection, msg_serial: u64) -> oneshot::Sender<PublishOutcome> {
     let (reply, outcome) = oneshot::channel();
-    let outcome = await_outcome(outcome).shared();
+    let outcome = outcome_of(outcome).shared();
     conn.session.record(msg_serial, outcome.clone());
     conn.pending
         .push_back(Box::pin(async move { (msg_serial, outcome.await) }));
     reply
-}
-
-/// The refusal of an operation outside the modes an attachment was granted (§8.8): 40160, as
-/// Ably answers it.
-fn mode_not_attached(channel: &str, mode: &str) -> ErrorInfo {
-    ErrorInfo::new(
-        codes::CAPABILITY_DENIED,
-        format!("Unable to {mode} on channel {channel}: the {mode} mode was not requested when attaching"),
-    )
 }
 
 /// Fails one channel (§5.7): ERROR with `channel`. The connection stays up; the channel stops

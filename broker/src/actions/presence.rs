@@ -9,11 +9,11 @@
 use protocol::error::codes;
 use protocol::{flags, ErrorInfo, Operation, PresenceMessage, ProtocolMessage};
 
-use super::message::{refuse, strip_server_fields};
-use super::mode_not_attached;
+use super::message::refuse;
 use super::{new_msg_serial, track};
 use crate::auth::now_ms;
 use crate::channel::presence::action;
+use crate::channel::service::{mode_not_attached, strip_server_fields};
 use crate::channel::{Command, Origin, PresenceOp};
 use crate::connection::state::Connection;
 

@@ -7,6 +7,7 @@
 
 pub mod presence;
 mod sequencer;
+pub mod service;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,11 +20,13 @@ use protocol::{ErrorInfo, Message};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::connection::outbox::Outbox;
-use crate::connection::session::PublishOutcome;
 use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
 use crate::store::commit::Committer;
 use crate::store::ChannelLog;
+
+/// The result of one publish: a serial per message, or why it was refused.
+pub type PublishOutcome = Result<Vec<Option<String>>, ErrorInfo>;
 
 /// Commands a sequencer queues before senders wait.
 const QUEUE_DEPTH: usize = 1024;
@@ -42,6 +45,10 @@ pub struct ChannelContext {
     pub metrics: Arc<Metrics>,
     /// Messages kept per channel.
     pub max_messages: u64,
+    /// Longest channel name, in bytes.
+    pub max_channel_name_length: usize,
+    /// Largest publish, counted as §7.5 does.
+    pub max_message_size: usize,
     /// Most messages a rewind delivers.
     pub max_rewind: usize,
     /// Most messages replayed on a resumed attach.
@@ -405,6 +412,8 @@ mod tests {
             deliver_after_sync: false,
             metrics,
             max_messages: 100,
+            max_channel_name_length: 100,
+            max_message_size: 1000,
             max_rewind: 100,
             max_resume_replay: 100,
             max_presence_members: 100,

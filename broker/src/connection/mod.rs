@@ -24,8 +24,9 @@ use crate::actions;
 use crate::auth::{now_ms, Credential, Identity};
 use crate::broker::Broker;
 use crate::channel::Command;
+use crate::channel::PublishOutcome;
 use outbox::Outbox;
-use session::{Authority, PublishOutcome, Session};
+use session::{Authority, Session};
 use state::{Connection, Ending};
 
 /// The query parameters of a realtime connection (§4.1).

@@ -16,9 +16,8 @@ use subtle::ConstantTimeEq;
 
 use super::outbox::Outbox;
 use crate::auth::{Identity, TokenStamp};
+use crate::channel::PublishOutcome;
 
-/// The result of one publish: a serial per message, or why it was refused.
-pub type PublishOutcome = Result<Vec<Option<String>>, ErrorInfo>;
 /// A publish's outcome that several sockets of one connection may await (the original one
 /// and, after a resume, the one that receives the resent msgSerial).
 pub type SharedOutcome = Shared<BoxFuture<'static, PublishOutcome>>;

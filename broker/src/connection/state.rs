@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
-use futures_util::TryFutureExt;
 use protocol::error::codes;
 use protocol::{Action, ConnectionDetails, ErrorInfo, ProtocolMessage};
 
 use super::outbox::Outbox;
-use super::session::{Authority, PublishOutcome, Session};
+use super::session::{Authority, Session};
 use crate::auth::now_ms;
 use crate::broker::Broker;
+use crate::channel::PublishOutcome;
 use crate::revocation::{self, Lapsed};
 
 /// A publish awaiting its ACK or NACK, in msgSerial order.
@@ -135,16 +135,4 @@ impl Connection {
         });
         self.ending = Some(Ending::Resumable);
     }
-}
-
-/// Turns a channel's publish reply into the value a pending ACK awaits.
-pub fn await_outcome(
-    reply: tokio::sync::oneshot::Receiver<PublishOutcome>,
-) -> BoxFuture<'static, PublishOutcome> {
-    Box::pin(reply.unwrap_or_else(|_| {
-        Err(ErrorInfo::new(
-            codes::INTERNAL_CHANNEL,
-            "channel stopped before storing the message",
-        ))
-    }))
 }

@@ -1,5 +1,7 @@
 //! REST endpoints (§9.2): time, health, metrics, token requests and revocations, and channel
-//! publish and history with Link pagination exactly as ably-js parses it (§9.1).
+//! publish and history with Link pagination exactly as ably-js parses it (§9.1). Channels are
+//! reached only through the channel service (`channel/service.rs`), which checks names and
+//! capabilities; this module authenticates, parses and shapes the answers.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -9,17 +11,14 @@ use hyper::http::request::Parts;
 use hyper::{Method, StatusCode};
 use protocol::codec::decode_value;
 use protocol::error::codes;
-use protocol::{ErrorInfo, Format, Message, Operation};
+use protocol::{ErrorInfo, Format, Message};
 use serde::{Deserialize, Serialize};
 
 use super::response::{HttpResponse, Negotiated};
-use crate::actions::{stamp, updates_not_enabled};
 use crate::auth::{now_ms, ClientIdClaim, Credential, Grant, Identity, TokenRequest};
 use crate::broker::Broker;
 use crate::channel::presence::from_record;
-use crate::channel::{validate_name, Command, ListPresence, Origin, Publish};
-use crate::connection::state::await_outcome;
-use crate::store::{parse_serial, Direction, Query};
+use crate::channel::service::{Direction, HistoryLog, HistoryRequest, PresenceQuery, Publisher};
 
 /// Default and largest page of history (§9.2).
 const DEFAULT_LIMIT: usize = 100;
@@ -94,13 +93,29 @@ pub async fn route(
                         update_message(broker, parts, &channel).await
                     }
                     (&Method::GET, ["messages"]) => {
-                        history(broker, parts, &channel, query, negotiated, Log::Messages).await
+                        history(
+                            broker,
+                            parts,
+                            &channel,
+                            query,
+                            negotiated,
+                            HistoryLog::Messages,
+                        )
+                        .await
                     }
                     (&Method::GET, ["presence"]) => {
                         presence(broker, parts, &channel, query, negotiated).await
                     }
                     (&Method::GET, ["presence", "history"]) => {
-                        history(broker, parts, &channel, query, negotiated, Log::Presence).await
+                        history(
+                            broker,
+                            parts,
+                            &channel,
+                            query,
+                            negotiated,
+                            HistoryLog::Presence,
+                        )
+                        .await
                     }
                     _ => Err(ErrorInfo::new(
                         codes::NOT_FOUND,
@@ -357,14 +372,7 @@ async fn publish(
     negotiated: &Negotiated,
 ) -> Result<HttpResponse, ErrorInfo> {
     let (grant, identity) = authenticate(broker, parts).await?;
-    validate_name(channel, broker.config.limits.max_channel_name_length)?;
-    if !grant.capability.allows(channel, Operation::Publish) {
-        return Err(ErrorInfo::new(
-            codes::CAPABILITY_DENIED,
-            format!("no publish capability on channel {channel}"),
-        ));
-    }
-    let mut messages = match decode_value(body_format(parts), body) {
+    let messages = match decode_value(body_format(parts), body) {
         Ok(OneOrMany::Many(m)) => m,
         Ok(OneOrMany::One(m)) => vec![*m],
         Err(e) => {
@@ -374,31 +382,18 @@ async fn publish(
             ))
         }
     };
-    if messages.is_empty() {
-        return Err(ErrorInfo::new(codes::BAD_REQUEST, "no messages to publish"));
-    }
     let id_base = format!("rest-{:016x}", rand::random::<u64>());
-    let origin = on_behalf_of(broker, &messages, &id_base)?;
-    let app_ids = stamp(
-        &mut messages,
-        &identity,
-        origin.as_ref().map(|o| &*o.connection_id),
-        &id_base,
-        broker.config.limits.max_message_size,
-    )?;
-    let (reply, outcome) = tokio::sync::oneshot::channel();
-    let publish = Publish {
-        messages,
-        origin,
-        app_ids,
-        received: std::time::Instant::now(),
-        reply,
+    let publisher = Publisher {
+        identity: &identity,
+        capability: &grant.capability,
+        attached_modes: None,
+        connection_id: on_behalf_of(broker, &messages)?,
+        id_base: id_base.clone(),
     };
-    broker
+    let checked = broker
         .channels
-        .send(channel, Command::Publish(publish))
-        .await?;
-    let serials = await_outcome(outcome).await?;
+        .check_publish(channel.to_owned(), messages, publisher)?;
+    let serials = broker.channels.publish_and_wait(checked).await?;
     Ok(negotiated.ok(
         StatusCode::CREATED,
         &PublishResponse {
@@ -418,8 +413,8 @@ async fn update_message(
     parts: &Parts,
     channel: &str,
 ) -> Result<HttpResponse, ErrorInfo> {
-    authorize(broker, parts, channel, Operation::Publish, "publish").await?;
-    Err(updates_not_enabled("PATCH of a message"))
+    let (grant, _) = authenticate(broker, parts).await?;
+    Err(broker.channels.refuse_update(channel, &grant.capability))
 }
 
 /// The realtime connection a REST publish is made on behalf of: messages that carry a
@@ -429,8 +424,7 @@ async fn update_message(
 fn on_behalf_of(
     broker: &Broker,
     messages: &[Message],
-    id_base: &str,
-) -> Result<Option<Origin>, ErrorInfo> {
+) -> Result<Option<std::sync::Arc<str>>, ErrorInfo> {
     let Some(key) = messages.iter().find_map(|m| m.connection_key.as_deref()) else {
         return Ok(None);
     };
@@ -449,10 +443,7 @@ fn on_behalf_of(
             format!("invalid connectionKey: {}", e.message),
         )
     })?;
-    Ok(Some(Origin {
-        connection_id: std::sync::Arc::from(session.id.as_str()),
-        pm_id: id_base.to_owned(),
-    }))
+    Ok(Some(std::sync::Arc::from(session.id.as_str())))
 }
 
 /// The parameters of a history request, kept to build the next page's link.
@@ -533,74 +524,30 @@ impl HistoryParams {
     }
 }
 
-/// Which log a history request reads.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Log {
-    /// `GET /channels/{name}/messages`.
-    Messages,
-    /// `GET /channels/{name}/presence/history`.
-    Presence,
-}
-
-/// Checks credentials, the channel name and one capability operation.
-async fn authorize(
-    broker: &Broker,
-    parts: &Parts,
-    channel: &str,
-    operation: Operation,
-    what: &str,
-) -> Result<(), ErrorInfo> {
-    let (grant, _) = authenticate(broker, parts).await?;
-    validate_name(channel, broker.config.limits.max_channel_name_length)?;
-    if !grant.capability.allows(channel, operation) {
-        return Err(ErrorInfo::new(
-            codes::CAPABILITY_DENIED,
-            format!("no {what} capability on channel {channel}"),
-        ));
-    }
-    Ok(())
-}
-
 async fn history(
     broker: &Broker,
     parts: &Parts,
     channel: &str,
     query: &[(String, String)],
     negotiated: &Negotiated,
-    which: Log,
+    which: HistoryLog,
 ) -> Result<HttpResponse, ErrorInfo> {
-    authorize(broker, parts, channel, Operation::History, "history").await?;
+    let (grant, _) = authenticate(broker, parts).await?;
     let params = HistoryParams::parse(query)?;
-    let log = match which {
-        Log::Messages => broker.log.clone(),
-        Log::Presence => broker.presence_log.clone(),
-    };
-    let mut to = u64::MAX;
-    if let Some((e, serial)) = params.from_serial.as_deref().and_then(parse_serial) {
-        // `untilAttach`: only messages up to the attach point.
-        if e == log.epoch() && which == Log::Messages {
-            to = serial;
-        }
-    }
-    let mut from = 0;
-    match (params.cursor, params.direction) {
-        (Some(c), Direction::Backwards) => to = to.min(c),
-        (Some(c), Direction::Forwards) => from = c,
-        (None, _) => {}
-    }
-    let read = Query {
-        from,
-        to,
-        start_ms: params.start,
-        end_ms: params.end,
+    let request = HistoryRequest {
+        log: which,
+        start: params.start,
+        end: params.end,
         direction: params.direction,
+        // One more than the page, to know whether there is a next one.
         limit: params.limit + 1,
+        until_serial: params.from_serial.clone(),
+        cursor: params.cursor,
     };
-    let name = channel.to_owned();
-    let mut rows = tokio::task::spawn_blocking(move || log.read(&name, &read))
-        .await
-        .map_err(|_| ErrorInfo::new(codes::INTERNAL, "history read failed"))?
-        .map_err(ErrorInfo::from)?;
+    let mut rows = broker
+        .channels
+        .history(channel, &grant.capability, &request)
+        .await?;
     let mut headers = Vec::new();
     if rows.len() > params.limit {
         rows.truncate(params.limit);
@@ -609,10 +556,9 @@ async fn history(
             Direction::Backwards => last.saturating_sub(1),
             Direction::Forwards => last + 1,
         };
-        let word = if which == Log::Messages {
-            "messages"
-        } else {
-            "history"
+        let word = match which {
+            HistoryLog::Messages => "messages",
+            HistoryLog::Presence => "history",
         };
         headers.push((
             HeaderName::from_static("link"),
@@ -621,11 +567,11 @@ async fn history(
     }
     let records: Vec<Message> = rows.into_iter().map(|(_, m)| m).collect();
     let page = match which {
-        Log::Messages => protocol::ProtocolMessage {
+        HistoryLog::Messages => protocol::ProtocolMessage {
             messages: Some(records),
             ..Default::default()
         },
-        Log::Presence => protocol::ProtocolMessage {
+        HistoryLog::Presence => protocol::ProtocolMessage {
             presence: Some(records.into_iter().map(from_record).collect()),
             ..Default::default()
         },
@@ -660,7 +606,7 @@ async fn presence(
     query: &[(String, String)],
     negotiated: &Negotiated,
 ) -> Result<HttpResponse, ErrorInfo> {
-    authorize(broker, parts, channel, Operation::Subscribe, "subscribe").await?;
+    let (grant, _) = authenticate(broker, parts).await?;
     let get = |name: &str| {
         query
             .iter()
@@ -683,21 +629,16 @@ async fn presence(
             .map(|(conn, client)| (client.to_owned(), conn.to_owned()))
     });
     let (client_id, connection_id) = (get("clientId"), get("connectionId"));
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let list = ListPresence {
+    let members_query = PresenceQuery {
         after,
         client_id: client_id.clone(),
         connection_id: connection_id.clone(),
         limit: limit + 1,
-        reply,
     };
-    broker
+    let mut members = broker
         .channels
-        .send(channel, Command::ListPresence(list))
+        .presence_members(channel, &grant.capability, members_query)
         .await?;
-    let mut members = answer
-        .await
-        .map_err(|_| ErrorInfo::new(codes::INTERNAL_CHANNEL, "channel stopped"))?;
     let mut headers = Vec::new();
     if members.len() > limit {
         members.truncate(limit);
@@ -737,22 +678,11 @@ async fn status(
     channel: &str,
     negotiated: &Negotiated,
 ) -> Result<HttpResponse, ErrorInfo> {
-    authorize(
-        broker,
-        parts,
-        channel,
-        Operation::ChannelMetadata,
-        "channel-metadata",
-    )
-    .await?;
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    broker
+    let (grant, _) = authenticate(broker, parts).await?;
+    let occupancy = broker
         .channels
-        .send(channel, Command::Occupancy { reply })
+        .occupancy(channel, &grant.capability)
         .await?;
-    let occupancy = answer
-        .await
-        .map_err(|_| ErrorInfo::new(codes::INTERNAL_CHANNEL, "channel stopped"))?;
     let details = serde_json::json!({
         "channelId": channel,
         "name": channel,
