@@ -17,7 +17,7 @@ use protocol::{Action, ErrorInfo, ProtocolMessage};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{now_ms, TokenStamp};
-use crate::channel::{Channels, Command};
+use crate::channel::Channels;
 use crate::connection::session::{Authority, Sessions};
 
 /// How long a record is kept after its `issuedBefore`: the longest lifetime of a token the
@@ -175,12 +175,9 @@ pub async fn evict_user(sessions: &Sessions, channels: &Arc<Channels>, user: &st
         });
         sessions.remove(&session.id);
         let connection_id: Arc<str> = Arc::from(session.id.as_str());
-        for channel in session.presence_channels() {
-            let command = Command::LeaveConnection {
-                connection_id: connection_id.clone(),
-            };
-            let _ = channels.send(&channel, command).await;
-        }
+        channels
+            .leave_everywhere(&connection_id, session.presence_channels())
+            .await;
     }
 }
 

@@ -254,6 +254,23 @@ impl Channels {
         answer.await.map_err(|_| channel_stopped())
     }
 
+    /// Makes connection `connection_id`'s presence members leave on each of `channels` at once
+    /// (§6.6): the one way every path that ends a connection's membership (CLOSE, the grace
+    /// period after a drop, a deleted user) does it. A channel where it has no member ignores
+    /// the command.
+    pub async fn leave_everywhere(
+        self: &Arc<Self>,
+        connection_id: &Arc<str>,
+        channels: impl IntoIterator<Item = impl AsRef<str>>,
+    ) {
+        for channel in channels {
+            let command = Command::LeaveConnection {
+                connection_id: connection_id.clone(),
+            };
+            let _ = self.send(channel.as_ref(), command).await;
+        }
+    }
+
     /// Who is on the channel, for a caller with the `channel-metadata` capability.
     pub async fn occupancy(
         self: &Arc<Self>,

@@ -408,12 +408,10 @@ async fn finish(conn: Connection, writer: Option<tokio::task::JoinHandle<outbox:
     if ending == Some(Ending::Closed) {
         session.close();
         broker.sessions.remove(&session.id);
-        for channel in &presence_channels {
-            let command = Command::LeaveConnection {
-                connection_id: connection_id.clone(),
-            };
-            let _ = broker.channels.send(channel, command).await;
-        }
+        broker
+            .channels
+            .leave_everywhere(&connection_id, &presence_channels)
+            .await;
     }
     if let Some(generation) = session.unbind(socket_id) {
         let mut channels: Vec<String> = attached.into_keys().collect();
@@ -453,11 +451,9 @@ fn leave_presence_later(
             return;
         }
         let connection_id: Arc<str> = Arc::from(session.id.as_str());
-        for channel in channels {
-            let command = Command::LeaveConnection {
-                connection_id: connection_id.clone(),
-            };
-            let _ = broker.channels.send(&channel, command).await;
-        }
+        broker
+            .channels
+            .leave_everywhere(&connection_id, channels)
+            .await;
     });
 }
