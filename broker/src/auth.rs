@@ -535,31 +535,29 @@ impl KeyAuthenticator {
     }
 
     /// Mints a token with key `key_name` for `client_id` with `capability` (JSON text)
-    /// intersected with the key's, valid for `ttl_ms` (at least 1 ms): the `/api/auth/token`
-    /// route for Auth0 users and the development login. 40160 when the intersection is empty.
+    /// intersected with the key's, valid for `max_ttl_ms` but never past `not_after` (ms since
+    /// the epoch; the Auth0 token's own expiry): the `/api/auth/token` route for Auth0 users and
+    /// the development login. Both bounds are taken from one clock reading, so the token never
+    /// outlives `not_after`. 40142 when that has passed, 40160 when the intersection is empty.
     pub fn mint(
         &self,
         key_name: &str,
         capability: &str,
         client_id: Option<&str>,
-        ttl_ms: i64,
+        max_ttl_ms: i64,
+        not_after: Option<i64>,
     ) -> Result<TokenDetails, ErrorInfo> {
         let key = self
             .keys
             .get(key_name)
             .ok_or_else(|| ErrorInfo::new(codes::INTERNAL, "token signing key missing"))?;
-        if ttl_ms <= 0 {
+        let now = now_ms();
+        let ttl = not_after.map_or(max_ttl_ms, |end| (end - now).min(max_ttl_ms));
+        if ttl <= 0 {
             return Err(ErrorInfo::new(codes::TOKEN_EXPIRED, "Token expired"));
         }
         let capability = granted(Some(Capability::parse(capability)?), &key.capability)?;
-        Ok(self.issue(
-            key_name,
-            &key.secret,
-            &capability,
-            client_id,
-            now_ms(),
-            ttl_ms,
-        ))
+        Ok(self.issue(key_name, &key.secret, &capability, client_id, now, ttl))
     }
 
     fn use_nonce(&self, key_name: &str, nonce: &str, now: i64) -> Result<(), ErrorInfo> {
@@ -812,6 +810,29 @@ mod tests {
                 .code,
             40101
         );
+    }
+
+    #[test]
+    fn minted_tokens_never_outlive_their_bound() {
+        let a = auth();
+        let everything = r#"{"*":["*"]}"#;
+        let not_after = now_ms() + 500;
+        let details = a
+            .mint(
+                "app.full",
+                everything,
+                Some("u"),
+                3_600_000,
+                Some(not_after),
+            )
+            .unwrap();
+        assert!(
+            details.expires <= not_after,
+            "{} > {not_after}",
+            details.expires
+        );
+        let late = a.mint("app.full", everything, None, 3_600_000, Some(now_ms() - 1));
+        assert_eq!(late.unwrap_err().code, 40142);
     }
 
     #[test]
