@@ -1,7 +1,8 @@
-//! MESSAGE (§7): publish. De-duplicate a resent msgSerial (§4.6), check capability, clientId
-//! and size, bring data to its canonical encoding (§7.5), stamp ids and the connectionId, and
-//! queue the publish on the channel's sequencer. The ACK or NACK is sent in msgSerial order
-//! when the sequencer reports the messages durable (§7.3).
+//! MESSAGE (§7): publish. De-duplicate a resent msgSerial (§4.6), then let the channel service
+//! (`channel/service.rs`) check and stamp the messages — capability, attach modes, clientId,
+//! size, canonical data (§7.5), ids and the connectionId — and queue them on the channel's
+//! sequencer. The ACK or NACK is sent in msgSerial order when the sequencer reports the
+//! messages durable (§7.3).
 
 use futures_util::FutureExt;
 use protocol::error::codes;

@@ -1,8 +1,8 @@
 //! One task per WebSocket: authenticate from the query string (§4.1), bind or resume a
 //! [`session::Session`], send CONNECTED (§4.3), then read frames and hand each decoded
 //! ProtocolMessage to `actions`. Framing is apart from the session: this module turns socket
-//! frames into ProtocolMessages and back; the actions change state. The writer side is the
-//! [`outbox`].
+//! frames into ProtocolMessages and back; the actions change the per-socket state in
+//! [`state`]. The writer side is the [`outbox`].
 
 pub mod outbox;
 pub mod session;
