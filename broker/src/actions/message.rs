@@ -4,13 +4,12 @@
 //! sequencer. The ACK or NACK is sent in msgSerial order when the sequencer reports the
 //! messages durable (§7.3).
 
-use futures_util::FutureExt;
 use protocol::error::codes;
 use protocol::{ErrorInfo, ProtocolMessage};
 
 use super::{new_msg_serial, track};
 use crate::channel::service::Publisher;
-use crate::connection::session::Seen;
+use crate::connection::ledger::Seen;
 use crate::connection::state::Connection;
 use crate::store::push_decimal;
 
@@ -55,8 +54,6 @@ pub(super) fn refuse(conn: &mut Connection, msg_serial: u64, error: ErrorInfo) {
         conn.answer(msg_serial, Err(error));
         return;
     }
-    let outcome = futures_util::future::ready(Err(error)).boxed().shared();
-    conn.session.record(msg_serial, outcome.clone());
-    conn.pending
-        .push_back(Box::pin(async move { (msg_serial, outcome.await) }));
+    conn.session.record_refusal(msg_serial, error.clone());
+    conn.answer(msg_serial, Err(error));
 }

@@ -12,6 +12,8 @@ mod message;
 mod presence;
 mod sync;
 
+use std::sync::Arc;
+
 use protocol::error::codes;
 use protocol::{Action, DecodeError, ErrorInfo, Format, ProtocolMessage};
 
@@ -20,7 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::channel::service::outcome_of;
 use crate::channel::{Command, PublishOutcome};
-use crate::connection::session::Seen;
+use crate::connection::ledger::Seen;
 use crate::connection::state::{Connection, Ending};
 
 /// Applies one ProtocolMessage from the client.
@@ -88,9 +90,13 @@ fn new_msg_serial(conn: &mut Connection, message: &ProtocolMessage, items: usize
     };
     match conn.session.seen(msg_serial) {
         Seen::New => Some(msg_serial),
-        Seen::Again(outcome) => {
+        Seen::Waiting(outcome) => {
             conn.pending
                 .push_back(Box::pin(async move { (msg_serial, outcome.await) }));
+            None
+        }
+        Seen::Answered(outcome) => {
+            conn.answer(msg_serial, outcome);
             None
         }
         Seen::Forgotten => {
@@ -101,10 +107,21 @@ fn new_msg_serial(conn: &mut Connection, message: &ProtocolMessage, items: usize
 }
 
 /// Records a new msgSerial and queues its ACK/NACK in order; the returned sender is where the
-/// channel's sequencer reports the outcome (dropping it unsent NACKs with 50001).
+/// channel's sequencer reports the outcome (dropping it unsent NACKs with 50001). Whichever
+/// socket awaits the outcome first leaves it in the ledger as data.
 fn track(conn: &mut Connection, msg_serial: u64) -> oneshot::Sender<PublishOutcome> {
     let (reply, outcome) = oneshot::channel();
-    let outcome = outcome_of(outcome).shared();
+    // Weak: the ledger holds this future until it settles, and must not keep its own session.
+    let session = Arc::downgrade(&conn.session);
+    let outcome = async move {
+        let outcome = outcome_of(outcome).await;
+        if let Some(session) = session.upgrade() {
+            session.settle(msg_serial, &outcome);
+        }
+        outcome
+    }
+    .boxed()
+    .shared();
     conn.session.record(msg_serial, outcome.clone());
     conn.pending
         .push_back(Box::pin(async move { (msg_serial, outcome.await) }));

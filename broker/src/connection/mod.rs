@@ -4,6 +4,7 @@
 //! frames into ProtocolMessages and back; the actions change the per-socket state in
 //! [`state`]. The writer side is the [`outbox`].
 
+pub mod ledger;
 pub mod outbox;
 pub mod session;
 pub mod state;

@@ -3,28 +3,19 @@
 //! publishes, and which socket currently serves the connection. Kept for `connectionStateTtl`
 //! after a socket drops, so a client that resumes keeps its connectionId.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use futures_util::future::{BoxFuture, Shared};
 use protocol::{Capability, ErrorInfo};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use subtle::ConstantTimeEq;
 
+use super::ledger::{Ledger, Seen, SharedOutcome};
 use super::outbox::Outbox;
 use crate::auth::{Identity, TokenStamp};
 use crate::channel::PublishOutcome;
-
-/// A publish's outcome that several sockets of one connection may await (the original one
-/// and, after a resume, the one that receives the resent msgSerial).
-pub type SharedOutcome = Shared<BoxFuture<'static, PublishOutcome>>;
-
-/// How many recent publishes a connection remembers for de-duplication. Clients resend only
-/// what was unacknowledged, which the pending-publish limit keeps below this.
-const LEDGER_SIZE: usize = 4096;
 
 /// What the connection may do and who it is; replaced on resume and on in-band AUTH.
 #[derive(Clone, Debug)]
@@ -56,20 +47,9 @@ struct State {
     authority: Authority,
     socket: Option<(u64, Outbox)>,
     generation: u64,
-    highest_msg_serial: Option<u64>,
     presence_channels: std::collections::BTreeSet<String>,
-    ledger: VecDeque<(u64, SharedOutcome)>,
+    ledger: Ledger,
     closed: bool,
-}
-
-/// What a resent msgSerial should be answered with.
-pub enum Seen {
-    /// Not seen before: publish it.
-    New,
-    /// Seen and remembered: answer with the same outcome.
-    Again(SharedOutcome),
-    /// Seen long ago: acknowledge without serials.
-    Forgotten,
 }
 
 /// A connection key: `<connectionId>!<secret>`.
@@ -191,29 +171,30 @@ impl Session {
     /// Checks a msgSerial against those already processed (§4.6: de-duplicate by
     /// (connectionId, msgSerial), gaps allowed).
     pub fn seen(&self, msg_serial: u64) -> Seen {
-        let state = self.state.lock().expect("session lock");
-        match state.highest_msg_serial {
-            Some(highest) if msg_serial <= highest => state
-                .ledger
-                .iter()
-                .find(|(s, _)| *s == msg_serial)
-                .map_or(Seen::Forgotten, |(_, o)| Seen::Again(o.clone())),
-            _ => Seen::New,
-        }
+        self.state
+            .lock()
+            .expect("session lock")
+            .ledger
+            .seen(msg_serial)
     }
 
-    /// Records the outcome of a newly processed msgSerial.
+    /// Records a newly processed msgSerial whose outcome is still to come; [`Session::settle`]
+    /// keeps the outcome once known.
     pub fn record(&self, msg_serial: u64, outcome: SharedOutcome) {
         let mut state = self.state.lock().expect("session lock");
-        state.highest_msg_serial = Some(
-            state
-                .highest_msg_serial
-                .map_or(msg_serial, |h| h.max(msg_serial)),
-        );
-        if state.ledger.len() >= LEDGER_SIZE {
-            state.ledger.pop_front();
-        }
-        state.ledger.push_back((msg_serial, outcome));
+        state.ledger.record(msg_serial, outcome);
+    }
+
+    /// Records a newly processed msgSerial that was refused at once.
+    pub fn record_refusal(&self, msg_serial: u64, error: ErrorInfo) {
+        let mut state = self.state.lock().expect("session lock");
+        state.ledger.record_answered(msg_serial, &Err(error));
+    }
+
+    /// Keeps the outcome of a recorded msgSerial as plain data.
+    pub fn settle(&self, msg_serial: u64, outcome: &PublishOutcome) {
+        let mut state = self.state.lock().expect("session lock");
+        state.ledger.settle(msg_serial, outcome);
     }
 }
 
@@ -235,9 +216,8 @@ impl Sessions {
                     authority: authority.clone(),
                     socket: None,
                     generation: 0,
-                    highest_msg_serial: None,
                     presence_channels: Default::default(),
-                    ledger: VecDeque::new(),
+                    ledger: Ledger::default(),
                     closed: false,
                 }),
                 id: id.clone(),
