@@ -101,6 +101,7 @@ pub async fn run_then(
         presence_sync_page_size: config.presence.sync_page_size,
         shutdown: stop_rx.clone(),
         tasks: tasks.clone(),
+        age_sweeps: Default::default(),
     });
     let broker = Arc::new(Broker {
         authenticator: Arc::new(ChainAuthenticator {
@@ -193,6 +194,7 @@ fn spawn_retention_sweeper(broker: Arc<Broker>) {
     let every = Duration::from_secs(broker.config.retention.sweep_interval_secs.max(1));
     let max_age_ms = broker.config.retention.max_age_secs.saturating_mul(1000) as i64;
     let logs = [broker.log.clone(), broker.presence_log.clone()];
+    let channels = broker.channels.clone();
     let mut stop = broker.shutdown.clone();
     let guard = broker.track_task();
     drop(broker);
@@ -209,7 +211,10 @@ fn spawn_retention_sweeper(broker: Arc<Broker>) {
                 let cutoff = now_ms() - max_age_ms;
                 match tokio::task::spawn_blocking(move || log.expire_before(cutoff)).await {
                     Ok(Ok(0)) => {}
-                    Ok(Ok(n)) => tracing::info!(removed = n, "expired old messages"),
+                    Ok(Ok(n)) => {
+                        channels.note_age_sweep();
+                        tracing::info!(removed = n, "expired old messages");
+                    }
                     Ok(Err(e)) => tracing::warn!(error = %e, "retention sweep failed"),
                     Err(e) => tracing::warn!(error = %e, "retention sweep panicked"),
                 }

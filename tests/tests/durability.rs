@@ -63,6 +63,44 @@ async fn count_retention_keeps_the_newest_messages() {
     assert_eq!(history[0]["data"], "s99");
 }
 
+/// A channel trims by its own count of the messages it holds; when the age sweep has removed
+/// some behind its back, it counts again instead of trimming messages that are within both
+/// limits.
+#[tokio::test]
+async fn count_retention_after_an_age_sweep_keeps_the_newest_messages() {
+    let broker = TestBroker::start_with(|c| {
+        c.retention.max_messages_per_channel = 10;
+        c.retention.max_age_secs = 2;
+        c.retention.sweep_interval_secs = 1;
+    })
+    .await;
+    let (mut client, _) = broker.connect_key("json").await;
+    for i in 0..10 {
+        client.publish("aged", i, &format!("old{i}")).await;
+        client.expect(Action::Ack).await;
+    }
+    // The sweep runs once a second and takes messages older than two seconds.
+    let deadline = tokio::time::Instant::now() + tests::SAFETY;
+    while !history(&broker, "aged", "limit=100").await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sweep never took the old messages"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for i in 10..20 {
+        client.publish("aged", i, &format!("new{i}")).await;
+        client.expect(Action::Ack).await;
+    }
+    let kept: Vec<String> = history(&broker, "aged", "direction=forwards&limit=100")
+        .await
+        .iter()
+        .map(|m| m["data"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = (10..20).map(|i| format!("new{i}")).collect();
+    assert_eq!(kept, expected);
+}
+
 /// §4.5: on shutdown every client is told DISCONNECTED (resumable, not CLOSED), and the data
 /// directory is released so the broker can start on it again at once.
 #[tokio::test]

@@ -61,6 +61,9 @@ pub struct ChannelContext {
     pub shutdown: watch::Receiver<bool>,
     /// Shutdown waits for every sequencer.
     pub tasks: Tasks,
+    /// How many retention sweeps have removed messages by age. A sequencer counts its log
+    /// again after one, since its own count no longer holds (see `Sequencer::trim`).
+    pub age_sweeps: AtomicU64,
 }
 
 /// A publish of one ProtocolMessage's messages, already validated, with ids, clientIds and
@@ -254,6 +257,12 @@ pub struct Channels {
 }
 
 impl Channels {
+    /// Notes that the retention sweep removed messages by age, so that every channel counts
+    /// its log again before it next trims.
+    pub fn note_age_sweep(&self) {
+        self.context.age_sweeps.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// An empty registry.
     pub fn new(context: ChannelContext) -> Arc<Channels> {
         Arc::new(Channels {
@@ -420,6 +429,7 @@ mod tests {
             presence_sync_page_size: 100,
             shutdown,
             tasks: tasks.clone(),
+            age_sweeps: AtomicU64::new(0),
         });
         tasks.close();
         let (reply, outcome) = oneshot::channel();

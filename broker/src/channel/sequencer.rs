@@ -78,6 +78,10 @@ pub(super) struct Sequencer {
     held: Option<u64>,
     /// Events in the presence history, once counted.
     presence_held: Option<u64>,
+    /// `ChannelContext::age_sweeps` when `held` and `presence_held` were counted.
+    counted_after_sweeps: u64,
+    /// How far past the retained count a log grows before it is trimmed (see `trim`).
+    trim_slack: u64,
     syncs: u64,
     recent_ids: HashMap<String, String>,
     recent_order: VecDeque<(i64, String)>,
@@ -102,6 +106,8 @@ impl Sequencer {
             presence_last: presence_bounds.map_or(0, |b| b.last),
             held: None,
             presence_held: None,
+            counted_after_sweeps: context.age_sweeps.load(Ordering::Relaxed),
+            trim_slack: trim_slack(name, context.max_messages),
             syncs: 0,
             recent_ids: HashMap::new(),
             recent_order: VecDeque::new(),
@@ -398,6 +404,7 @@ impl Sequencer {
             Ok(()) => {
                 self.presence_last += records.len() as u64;
                 let log = self.context.presence_log.clone();
+                self.recount_if_swept();
                 let held = self.presence_held.map(|h| h + records.len() as u64);
                 if let Some(left) = self.trim(log.as_ref(), held) {
                     self.presence_first = left.first.unwrap_or(self.presence_last + 1);
@@ -578,6 +585,7 @@ impl Sequencer {
             self.context.committer.when_durable(messages, answer);
         }
         let log = self.context.log.clone();
+        self.recount_if_swept();
         let held = self.held.map(|h| h + appended_count);
         if let Some(left) = self.trim(log.as_ref(), held) {
             self.first = left.first.unwrap_or(self.last + 1);
@@ -615,21 +623,41 @@ impl Sequencer {
         delivered
     }
 
-    /// Trims `log` to the retained count when `held` (messages in it; `None` until counted
-    /// once after loading) has grown an eighth past it, so the delete, and the rewrite of a
-    /// record it cuts, is amortised over many appends. Retention counts messages, not serials:
-    /// serials have a gap after an unclean stop. Returns what is left when it counted.
+    /// Trims `log` to the retained count once `held` (messages in it; `None` until counted
+    /// once after loading, or again after an age sweep removed some) has grown `trim_slack`
+    /// past it. Retention counts messages, not serials: serials have a gap after an unclean
+    /// stop. Counting reads what is kept, so it is done once; after that a trim reads and
+    /// removes only the oldest `held - max`, a few hundred messages at a time, so the work is
+    /// spread over appends and over channels. Trimming every channel by an eighth at once (a
+    /// thousand index removals each, after a scan of the whole channel) stalled every
+    /// delivery for about 2 s when many channels reached the limit together. Returns what is
+    /// left when it trimmed or counted.
     fn trim(&self, log: &dyn ChannelLog, held: Option<u64>) -> Option<Retained> {
         let max = self.context.max_messages;
-        if held.is_some_and(|h| h < max + (max / 8).max(1)) {
-            return None;
-        }
-        match log.retain_newest(&self.name, max) {
+        let trimmed = match held {
+            Some(h) if h < max + self.trim_slack => return None,
+            Some(h) => log
+                .drop_oldest(&self.name, h - max)
+                .map(|first| Retained { first, held: max }),
+            None => log.retain_newest(&self.name, max),
+        };
+        match trimmed {
             Ok(left) => Some(left),
             Err(e) => {
                 tracing::warn!(channel = %self.name, error = %e, "trim failed");
                 None
             }
+        }
+    }
+
+    /// Forgets the counts of both logs when an age sweep has removed messages since they were
+    /// counted.
+    fn recount_if_swept(&mut self) {
+        let sweeps = self.context.age_sweeps.load(Ordering::Relaxed);
+        if sweeps != self.counted_after_sweeps {
+            self.counted_after_sweeps = sweeps;
+            self.held = None;
+            self.presence_held = None;
         }
     }
 
@@ -856,4 +884,15 @@ impl Sequencer {
         }
         Ok(())
     }
+}
+
+/// How far past `max` messages a channel's log grows before it is trimmed: a 64th of `max`, and
+/// up to as much again chosen by the channel's name, so that channels filled at the same pace
+/// do not all trim at the same moment.
+fn trim_slack(name: &str, max: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let step = (max / 64).max(1);
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut hasher);
+    step + hasher.finish() % step
 }

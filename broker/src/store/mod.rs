@@ -92,6 +92,10 @@ pub trait ChannelLog: Send + Sync + 'static {
     /// Keeps only the newest `keep` messages of `channel`, counting messages, not serials
     /// (serials have gaps after an unclean stop). Returns what is left.
     fn retain_newest(&self, channel: &str, keep: u64) -> Result<Retained, StoreError>;
+    /// Removes the oldest `count` messages of `channel`, counting messages, not serials, and
+    /// reading only what it removes (where [`ChannelLog::retain_newest`] reads what it keeps).
+    /// Returns the oldest serial left, `None` when nothing is.
+    fn drop_oldest(&self, channel: &str, count: u64) -> Result<Option<u64>, StoreError>;
     /// Removes every message of `channel` with a serial above `last_kept` (undoing an append
     /// that could not be made durable). The channel's head stays where the append put it:
     /// subscribers may have seen those serials, so they are never given out again.

@@ -1066,6 +1066,40 @@ impl ChannelLog for SledLog {
         Ok(Retained { first, held })
     }
 
+    fn drop_oldest(&self, channel: &str, count: u64) -> Result<Option<u64>, StoreError> {
+        self.indexer.catch_up()?;
+        let mut dropped = 0;
+        let mut first_kept = None;
+        for item in self.index.range(key(channel, 0)..=key(channel, u64::MAX)) {
+            let (k, v) = item?;
+            let Some(index) = Index::parse(&v) else {
+                continue;
+            };
+            if dropped + index.header.count <= count {
+                dropped += index.header.count;
+                continue;
+            }
+            // The oldest message kept is in this record.
+            let skip = (count - dropped) as usize;
+            first_kept = match self.load(&k, &index)? {
+                Some(frame) => Record::parse(frame.body())
+                    .and_then(|r| r.entries().nth(skip).map(|e| e.serial)),
+                None => None,
+            }
+            .or_else(|| split_key(&k).map(|(_, s)| s));
+            break;
+        }
+        match first_kept {
+            Some(first) => self.trim_before(channel, first)?,
+            None => {
+                if let Some(bounds) = self.bounds(channel)? {
+                    self.trim_before(channel, bounds.last.saturating_add(1))?;
+                }
+            }
+        }
+        Ok(first_kept)
+    }
+
     fn truncate_after(&self, channel: &str, last_kept: u64) -> Result<(), StoreError> {
         self.indexer.catch_up()?;
         let mut gone = Vec::new();
@@ -1544,6 +1578,34 @@ mod tests {
             .map(|(_, m)| m.name.unwrap())
             .collect();
         assert_eq!(names, ["m5", "after"]);
+    }
+
+    #[test]
+    fn dropping_the_oldest_counts_messages_and_cuts_a_record_in_two() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SledLog::open(dir.path(), 1 << 20).unwrap();
+        // Records of 3, 1 and 2 messages: serials 1-3, 4, 5-6.
+        let msgs: Vec<Message> = (1..=6).map(|i| message(i, &format!("m{i}"))).collect();
+        let refs: Vec<(u64, &Message)> = msgs.iter().zip(1..).map(|(m, s)| (s, m)).collect();
+        log.append("d", &refs[..3]).unwrap();
+        log.append("d", &refs[3..4]).unwrap();
+        log.append("d", &refs[4..]).unwrap();
+        let names = |log: &SledLog| -> Vec<String> {
+            log.read("d", &query(Direction::Forwards, 100))
+                .unwrap()
+                .into_iter()
+                .map(|(_, m)| m.name.unwrap())
+                .collect()
+        };
+        assert_eq!(log.drop_oldest("d", 2).unwrap(), Some(3));
+        assert_eq!(names(&log), ["m3", "m4", "m5", "m6"]);
+        assert_eq!(log.drop_oldest("d", 2).unwrap(), Some(5));
+        assert_eq!(names(&log), ["m5", "m6"]);
+        assert_eq!(log.bounds("d").unwrap().unwrap().first, 5);
+        // More than is left removes everything; serials are not reused.
+        assert_eq!(log.drop_oldest("d", 10).unwrap(), None);
+        assert!(names(&log).is_empty());
+        assert_eq!(log.bounds("d").unwrap().unwrap().last, 6);
     }
 
     #[test]
