@@ -130,8 +130,12 @@ pub struct Limits {
     /// Time allowed for the HTTP request of a connection. Default 10 s.
     pub handshake_timeout_ms: u64,
     /// Read buffer of each WebSocket, allocated up front: the main per-connection memory cost
-    /// of an idle connection. Larger helps connections that receive a lot. Default 8192.
+    /// of an idle connection. Larger helps connections that publish a lot. Default 1024.
     pub socket_read_buffer_bytes: usize,
+    /// How many bytes of outgoing frames a WebSocket gathers before it writes them (it also
+    /// writes whenever its queue runs empty). Its buffer keeps the largest size it reached, so
+    /// this bounds a busy connection's writer memory. Default 16384.
+    pub socket_write_buffer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -148,6 +152,7 @@ impl Default for Limits {
             max_resume_replay: 10_000,
             handshake_timeout_ms: 10_000,
             socket_read_buffer_bytes: 1024,
+            socket_write_buffer_bytes: 16 * 1024,
         }
     }
 }
@@ -238,7 +243,8 @@ pub struct Storage {
     /// and then on each) then shares one fsync per millisecond instead of paying one per
     /// message; an ACK takes up to this much longer. 0 syncs at once. At most 100,000.
     pub commit_linger_us: u64,
-    /// sled page cache size in bytes. Default 256 MiB.
+    /// sled page cache size in bytes: it holds the index of the logs (about 60 bytes per
+    /// stored message) and everything small. Default 32 MiB.
     pub cache_bytes: u64,
 }
 
@@ -248,7 +254,7 @@ impl Default for Storage {
             fsync: true,
             deliver_after_sync: false,
             commit_linger_us: 1_000,
-            cache_bytes: 256 << 20,
+            cache_bytes: 32 << 20,
         }
     }
 }
@@ -299,6 +305,9 @@ impl Config {
         }
         if l.socket_read_buffer_bytes < 1024 {
             return Err("limits: socket_read_buffer_bytes must be at least 1024".to_owned());
+        }
+        if l.socket_write_buffer_bytes < 1024 {
+            return Err("limits: socket_write_buffer_bytes must be at least 1024".to_owned());
         }
         if l.max_pending_publishes == 0 || l.max_channels_per_connection == 0 {
             return Err(

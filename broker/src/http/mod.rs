@@ -92,6 +92,7 @@ fn upgrade(
     let limits = &broker.config.limits;
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(limits.socket_read_buffer_bytes)
+        .write_buffer_size(limits.socket_write_buffer_bytes)
         .max_message_size(Some(limits.max_frame_size))
         .max_frame_size(Some(limits.max_frame_size));
     let on_upgrade = hyper::upgrade::on(&mut request);
