@@ -5,6 +5,7 @@
 pub mod actions;
 pub mod auth;
 pub mod auth0;
+pub mod backend;
 pub mod broker;
 pub mod channel;
 pub mod cli;

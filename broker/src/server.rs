@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::auth::{now_ms, KeyAuthenticator};
 use crate::auth0::{ChainAuthenticator, TOKEN_KEY_PREFIX};
+use crate::backend::local::LocalBackend;
 use crate::broker::Broker;
 use crate::channel::{ChannelContext, Channels};
 use crate::config::Config;
@@ -86,11 +87,17 @@ pub async fn run_then(
     )?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (tasks, tasks_done) = Tasks::new();
-    let channels = Channels::new(ChannelContext {
-        log: log.clone(),
-        presence_log: presence_log.clone(),
+    let age_sweeps = Arc::new(AtomicU64::new(0));
+    let backend = LocalBackend::new(
+        log.clone(),
         committer,
-        deliver_after_sync: config.storage.deliver_after_sync,
+        config.storage.deliver_after_sync,
+        config.retention.max_messages_per_channel,
+        age_sweeps.clone(),
+    );
+    let channels = Channels::new(ChannelContext {
+        backend: Arc::new(backend),
+        presence_log: presence_log.clone(),
         metrics: metrics.clone(),
         max_messages: config.retention.max_messages_per_channel,
         max_channel_name_length: config.limits.max_channel_name_length,
@@ -101,7 +108,7 @@ pub async fn run_then(
         presence_sync_page_size: config.presence.sync_page_size,
         shutdown: stop_rx.clone(),
         tasks: tasks.clone(),
-        age_sweeps: Default::default(),
+        age_sweeps,
     });
     let broker = Arc::new(Broker {
         authenticator: Arc::new(ChainAuthenticator {

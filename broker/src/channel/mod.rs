@@ -19,10 +19,10 @@ use protocol::error::codes;
 use protocol::{ErrorInfo, Message};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::backend::Backend;
 use crate::connection::outbox::Outbox;
 use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
-use crate::store::commit::Committer;
 use crate::store::ChannelLog;
 
 /// The result of one publish: a serial per message, or why it was refused.
@@ -33,17 +33,13 @@ const QUEUE_DEPTH: usize = 1024;
 
 /// What a sequencer needs from the broker.
 pub struct ChannelContext {
-    /// The message log.
-    pub log: Arc<dyn ChannelLog>,
+    /// Where messages get their serials and are kept.
+    pub backend: Arc<dyn Backend>,
     /// The presence history log.
     pub presence_log: Arc<dyn ChannelLog>,
-    /// Group commit.
-    pub committer: Committer,
-    /// Deliver messages only once they are on disk (else only ACKs wait for the sync).
-    pub deliver_after_sync: bool,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Messages kept per channel.
+    /// Presence events kept per channel in the presence history.
     pub max_messages: u64,
     /// Longest channel name, in bytes.
     pub max_channel_name_length: usize,
@@ -61,9 +57,9 @@ pub struct ChannelContext {
     pub shutdown: watch::Receiver<bool>,
     /// Shutdown waits for every sequencer.
     pub tasks: Tasks,
-    /// How many retention sweeps have removed messages by age. A sequencer counts its log
-    /// again after one, since its own count no longer holds (see `Sequencer::trim`).
-    pub age_sweeps: AtomicU64,
+    /// How many retention sweeps have removed messages by age. A log's count retention counts
+    /// again after one, since its own count no longer holds (`backend::local::Retention`).
+    pub age_sweeps: Arc<AtomicU64>,
 }
 
 /// A publish of one ProtocolMessage's messages, already validated, with ids, clientIds and
@@ -399,6 +395,7 @@ pub fn validate_name(name: &str, max_len: usize) -> Result<(), ErrorInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::memory::MemoryBackend;
     use crate::store::sled_log::SledLog;
 
     /// Issue 15 item 6: a command refused because the broker shuts down is answered with
@@ -406,19 +403,13 @@ mod tests {
     #[tokio::test]
     async fn commands_during_shutdown_are_refused_with_50300() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, presence_log) = SledLog::open_logs(dir.path(), 1 << 20).unwrap();
-        let log: Arc<dyn ChannelLog> = Arc::new(log);
+        let (_log, presence_log) = SledLog::open_logs(dir.path(), 1 << 20).unwrap();
         let metrics = Arc::new(Metrics::new());
-        let synced = log.clone();
-        let (committer, _threads) =
-            Committer::start(move || synced.sync(), None, metrics.clone()).unwrap();
         let (tasks, _done) = Tasks::new();
         let (_stop, shutdown) = watch::channel(true);
         let channels = Channels::new(ChannelContext {
-            log,
+            backend: Arc::new(MemoryBackend::new("test", 100)),
             presence_log: Arc::new(presence_log),
-            committer,
-            deliver_after_sync: false,
             metrics,
             max_messages: 100,
             max_channel_name_length: 100,
@@ -429,7 +420,7 @@ mod tests {
             presence_sync_page_size: 100,
             shutdown,
             tasks: tasks.clone(),
-            age_sweeps: AtomicU64::new(0),
+            age_sweeps: Default::default(),
         });
         tasks.close();
         let (reply, outcome) = oneshot::channel();

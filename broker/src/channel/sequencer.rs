@@ -1,14 +1,15 @@
-//! One channel's sequencer: the single task that orders the channel. It gives each accepted
-//! message the next serial and a non-decreasing timestamp, appends a batch to the log, fans
-//! the batch out at once, and answers the publishers when group commit has made it durable —
-//! so an ACK means "on disk" and every subscriber sees the log's order. Delivery waits for the
-//! sync too with `deliver_after_sync`, or when it has run too far ahead of the disk. Each
-//! outgoing ProtocolMessage is encoded once per wire format and the same frame is handed to
-//! every subscriber (habit 6). Attaches are ordered with publishes here too, so a replay joins
-//! live traffic without a gap or a duplicate (§5.6).
+//! One channel's sequencer: the single task that orders the channel. It hands each batch of
+//! accepted publishes to the channel's stream in the backend (`backend/`), which gives every
+//! new message its serial and timestamp and stores it; the sequencer fans the stored messages
+//! out at once and answers the publishers when the backend says the batch is durable — so an
+//! ACK means "on disk" and every subscriber sees the log's order (the local backend may make
+//! delivery wait for the sync too, see `backend/local.rs`). Each outgoing ProtocolMessage is
+//! encoded once per wire format and the same frame is handed to every subscriber (habit 6).
+//! Attaches are ordered with publishes here too, so a replay joins live traffic without a gap
+//! or a duplicate (§5.6). Presence lives here as well: the member set, SYNC pages, and the
+//! presence history log.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,26 +24,19 @@ use super::{
     Subscriber,
 };
 use crate::auth::now_ms;
+use crate::backend::local::Retention;
+use crate::backend::{Draft, Stored, Stream};
 use crate::connection::outbox::{encode_frame, PushError};
 use crate::lifecycle::TaskGuard;
-use crate::store::{
-    format_serial, parse_serial, ChannelLog, Direction, Query, Retained, StoreError,
-    UNCLEAN_STOP_SKIP,
-};
+use crate::store::{format_serial, parse_serial, Direction, Query, StoreError};
 
 /// Publishes taken into one log append and one commit at most.
 const MAX_BATCH: usize = 256;
 /// How long a sequencer with no attachers waits for work before it retires.
 const IDLE_RETIRE: Duration = Duration::from_secs(30);
-/// How long app-set message ids are remembered for idempotent publishing (Ably: 2 min).
-const IDEMPOTENCY_WINDOW_MS: i64 = 120_000;
-/// Most app-set ids remembered per channel.
-const IDEMPOTENCY_MAX_IDS: usize = 10_000;
 /// At most one client SYNC per attacher is answered in this time; ably-js sends one only in
 /// rare recoveries, and each costs an encoding of the whole presence set.
 const CLIENT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
-/// Most serials delivered to subscribers ahead of the last completed sync.
-const MAX_UNSYNCED: u64 = UNCLEAN_STOP_SKIP / 2;
 
 /// What an attach sends between ATTACHED and live traffic.
 enum Backlog {
@@ -63,74 +57,34 @@ enum Backlog {
 pub(super) struct Sequencer {
     name: String,
     context: Arc<ChannelContext>,
-    epoch: String,
-    /// Oldest retained serial (`last + 1` when empty).
-    first: u64,
-    last: u64,
-    /// The newest serial known to be on disk; ACKs wait until it reaches theirs.
-    synced: Arc<AtomicU64>,
-    last_timestamp: i64,
+    /// The channel's stream in the backend: its serials, idempotency and log.
+    stream: Box<dyn Stream>,
     attachers: HashMap<Arc<str>, Subscriber>,
     presence: PresenceSet,
-    presence_first: u64,
     presence_last: u64,
-    /// Messages in the log, once counted (see `trim`).
-    held: Option<u64>,
-    /// Events in the presence history, once counted.
-    presence_held: Option<u64>,
-    /// `ChannelContext::age_sweeps` when `held` and `presence_held` were counted.
-    counted_after_sweeps: u64,
-    /// How far past the retained count a log grows before it is trimmed (see `trim`).
-    trim_slack: u64,
+    presence_retention: Retention,
     syncs: u64,
-    recent_ids: HashMap<String, String>,
-    recent_order: VecDeque<(i64, String)>,
 }
 
 impl Sequencer {
-    /// Reads the channel's position from the log.
+    /// Opens the channel's stream in the backend and its presence history.
     pub(super) fn load(name: &str, context: Arc<ChannelContext>) -> Result<Sequencer, StoreError> {
-        let bounds = context.log.bounds(name)?;
+        let stream = context.backend.open(name)?;
         let presence_bounds = context.presence_log.bounds(name)?;
-        let epoch = context.log.epoch().to_owned();
-        let mut seq = Sequencer {
+        Ok(Sequencer {
             name: name.to_owned(),
-            epoch,
-            first: bounds.map_or(1, |b| b.first),
-            last: bounds.map_or(0, |b| b.last),
-            synced: Arc::new(AtomicU64::new(bounds.map_or(0, |b| b.last))),
-            last_timestamp: bounds.map_or(0, |b| b.last_timestamp),
+            stream,
             attachers: HashMap::new(),
             presence: PresenceSet::default(),
-            presence_first: presence_bounds.map_or(1, |b| b.first),
             presence_last: presence_bounds.map_or(0, |b| b.last),
-            held: None,
-            presence_held: None,
-            counted_after_sweeps: context.age_sweeps.load(Ordering::Relaxed),
-            trim_slack: trim_slack(name, context.max_messages),
+            presence_retention: Retention::new(
+                name,
+                context.max_messages,
+                context.age_sweeps.clone(),
+            ),
             syncs: 0,
-            recent_ids: HashMap::new(),
-            recent_order: VecDeque::new(),
             context,
-        };
-        // Idempotent publishing must hold across restarts: remember recent ids from the log.
-        let recent = seq.context.log.read(
-            name,
-            &Query {
-                from: 0,
-                to: u64::MAX,
-                start_ms: Some(now_ms() - IDEMPOTENCY_WINDOW_MS),
-                end_ms: None,
-                direction: Direction::Backwards,
-                limit: IDEMPOTENCY_MAX_IDS,
-            },
-        )?;
-        for (_, m) in recent.into_iter().rev() {
-            if let (Some(id), Some(serial)) = (m.id, m.serial) {
-                seq.remember_id(id, serial, m.timestamp.unwrap_or(0));
-            }
-        }
-        Ok(seq)
+        })
     }
 
     pub(super) async fn run(
@@ -404,14 +358,11 @@ impl Sequencer {
             Ok(()) => {
                 self.presence_last += records.len() as u64;
                 let log = self.context.presence_log.clone();
-                self.recount_if_swept();
-                let held = self.presence_held.map(|h| h + records.len() as u64);
-                if let Some(left) = self.trim(log.as_ref(), held) {
-                    self.presence_first = left.first.unwrap_or(self.presence_last + 1);
-                    self.presence_held = Some(left.held);
-                } else {
-                    self.presence_held = held;
-                }
+                self.presence_retention.after_append(
+                    log.as_ref(),
+                    &self.name,
+                    records.len() as u64,
+                );
             }
             Err(e) => {
                 tracing::warn!(channel = %self.name, error = %e, "presence history append failed")
@@ -423,121 +374,37 @@ impl Sequencer {
         });
     }
 
-    fn remember_id(&mut self, id: String, serial: String, timestamp: i64) {
-        if self.recent_order.len() >= IDEMPOTENCY_MAX_IDS {
-            if let Some((_, old)) = self.recent_order.pop_front() {
-                self.recent_ids.remove(&old);
-            }
-        }
-        self.recent_order.push_back((timestamp, id.clone()));
-        self.recent_ids.insert(id, serial);
-    }
-
-    fn forget_old_ids(&mut self, now: i64) {
-        while let Some((ts, _)) = self.recent_order.front() {
-            if *ts >= now - IDEMPOTENCY_WINDOW_MS {
-                break;
-            }
-            if let Some((_, id)) = self.recent_order.pop_front() {
-                self.recent_ids.remove(&id);
-            }
-        }
-    }
-
     async fn publish(&mut self, mut batch: Vec<Publish>) {
         debug_assert!(batch.len() <= MAX_BATCH);
-        let now = now_ms();
-        self.forget_old_ids(now);
-        let timestamp = now.max(self.last_timestamp);
-        let before = self.last;
-        // For each publish: (messages newly appended, serials for the ACK).
-        let mut prepared: Vec<(Vec<Message>, Vec<Option<String>>)> =
-            Vec::with_capacity(batch.len());
-        let mut remembered = Vec::new();
-        for p in &mut batch {
-            let mut fresh = Vec::with_capacity(p.messages.len());
-            let mut serials = Vec::with_capacity(p.messages.len());
-            // The messages move into the log and fan-out: stamped in place, never copied.
-            for mut m in std::mem::take(&mut p.messages) {
-                if p.app_ids {
-                    if let Some(existing) = m.id.as_ref().and_then(|id| self.recent_ids.get(id)) {
-                        serials.push(Some(existing.clone()));
-                        continue;
-                    }
-                }
-                self.last += 1;
-                let serial = format_serial(&self.epoch, self.last);
-                m.serial = Some(serial.clone());
-                m.timestamp = Some(timestamp);
-                m.action = Some(0);
-                if p.app_ids {
-                    if let Some(id) = &m.id {
-                        self.remember_id(id.clone(), serial.clone(), timestamp);
-                        remembered.push(id.clone());
-                    }
-                }
-                serials.push(Some(serial));
-                fresh.push(m);
-            }
-            prepared.push((fresh, serials));
-        }
-        let appended: Vec<(u64, &Message)> = prepared
-            .iter()
-            .flat_map(|(fresh, _)| fresh.iter())
-            .enumerate()
-            .map(|(i, m)| (before + 1 + i as u64, m))
+        let drafts = batch
+            .iter_mut()
+            .map(|p| Draft {
+                // The messages move into the log and fan-out: stamped in place, never copied.
+                messages: std::mem::take(&mut p.messages),
+                app_ids: p.app_ids,
+            })
             .collect();
-        let appended_count = appended.len() as u64;
-        let stored = if appended.is_empty() {
-            Ok(())
-        } else {
-            self.context.log.append(&self.name, &appended)
-        };
-        // Subscribers get the batch at once and only the ACKs wait for the sync — unless
-        // configured otherwise, or delivery has run too far ahead of the disk for an unclean
-        // stop's skip to cover it.
-        let wait = self.context.deliver_after_sync
-            || self.last - self.synced.load(Ordering::Acquire) > MAX_UNSYNCED;
-        let stored = match stored {
-            Ok(()) if wait => {
-                let synced = self.context.committer.durable().await;
-                if synced.is_ok() {
-                    self.synced.fetch_max(self.last, Ordering::AcqRel);
+        let appended = match self.stream.append(drafts).await {
+            Ok(appended) => appended,
+            Err(e) => {
+                tracing::error!(channel = %self.name, error = %e, "append failed");
+                let error = ErrorInfo::new(codes::INTERNAL_CHANNEL, "message could not be stored");
+                for p in batch {
+                    let _ = p.reply.send(Err(error.clone()));
                 }
-                synced
+                return;
             }
-            other => other,
         };
-        if let Err(e) = stored {
-            tracing::error!(channel = %self.name, error = %e, "append failed");
-            // Nothing of this batch was acknowledged: take it back out of the log and forget
-            // its ids, so a retry is stored afresh rather than answered with phantom serials.
-            for id in remembered {
-                self.recent_ids.remove(&id);
-            }
-            if let Err(e) = self.context.log.truncate_after(&self.name, before) {
-                tracing::error!(channel = %self.name, error = %e, "cannot undo failed append");
-            }
-            // Serials are never reused: a subscriber may have seen them already.
-            let error = ErrorInfo::new(codes::INTERNAL_CHANNEL, "message could not be stored");
-            for p in batch {
-                let _ = p.reply.send(Err(error.clone()));
-            }
-            return;
-        }
-        if self.first > before {
-            self.first = self.first.min(before + 1);
-        }
-        self.last_timestamp = timestamp;
         let fanout_start = std::time::Instant::now();
         let mut acks = Vec::with_capacity(batch.len());
-        for (p, (fresh, serials)) in batch.into_iter().zip(prepared) {
+        for (p, stored) in batch.into_iter().zip(appended.stored) {
+            let Stored { fresh, serials } = stored;
             if !fresh.is_empty() {
                 self.context.metrics.messages_in.inc_by(fresh.len() as u64);
                 let message = ProtocolMessage {
                     id: p.origin.as_ref().map(|o| o.pm_id.clone()),
                     connection_id: p.origin.as_ref().map(|o| o.connection_id.to_string()),
-                    timestamp: Some(timestamp),
+                    timestamp: Some(appended.timestamp),
                     channel_serial: fresh.last().and_then(|m| m.serial.clone()),
                     messages: Some(fresh),
                     ..ProtocolMessage::for_channel(Action::Message, &self.name)
@@ -557,13 +424,10 @@ impl Sequencer {
             .observe(fanout_start.elapsed().as_secs_f64());
         // The ACKs go once the batch is on disk; meanwhile this sequencer takes its next batch.
         let metrics = self.context.metrics.clone();
-        let (synced, last) = (self.synced.clone(), self.last);
         let channel = self.name.clone();
         let answer = move |result: Result<(), StoreError>| {
             if let Err(e) = &result {
                 tracing::error!(%channel, error = %e, "sync failed; publishes NACKed");
-            } else {
-                synced.fetch_max(last, Ordering::AcqRel);
             }
             for (reply, received, serials) in acks {
                 metrics
@@ -578,21 +442,7 @@ impl Sequencer {
                 });
             }
         };
-        if self.synced.load(Ordering::Acquire) >= self.last {
-            answer(Ok(()));
-        } else {
-            let messages = appended_count.max(1) as usize;
-            self.context.committer.when_durable(messages, answer);
-        }
-        let log = self.context.log.clone();
-        self.recount_if_swept();
-        let held = self.held.map(|h| h + appended_count);
-        if let Some(left) = self.trim(log.as_ref(), held) {
-            self.first = left.first.unwrap_or(self.last + 1);
-            self.held = Some(left.held);
-        } else {
-            self.held = held;
-        }
+        self.stream.when_durable(appended.count, Box::new(answer));
     }
 
     /// Hands one message to every attacher `wants` picks, encoding it at most once per wire
@@ -623,44 +473,6 @@ impl Sequencer {
         delivered
     }
 
-    /// Trims `log` to the retained count once `held` (messages in it; `None` until counted
-    /// once after loading, or again after an age sweep removed some) has grown `trim_slack`
-    /// past it. Retention counts messages, not serials: serials have a gap after an unclean
-    /// stop. Counting reads what is kept, so it is done once; after that a trim reads and
-    /// removes only the oldest `held - max`, a few hundred messages at a time, so the work is
-    /// spread over appends and over channels. Trimming every channel by an eighth at once (a
-    /// thousand index removals each, after a scan of the whole channel) stalled every
-    /// delivery for about 2 s when many channels reached the limit together. Returns what is
-    /// left when it trimmed or counted.
-    fn trim(&self, log: &dyn ChannelLog, held: Option<u64>) -> Option<Retained> {
-        let max = self.context.max_messages;
-        let trimmed = match held {
-            Some(h) if h < max + self.trim_slack => return None,
-            Some(h) => log
-                .drop_oldest(&self.name, h - max)
-                .map(|first| Retained { first, held: max }),
-            None => log.retain_newest(&self.name, max),
-        };
-        match trimmed {
-            Ok(left) => Some(left),
-            Err(e) => {
-                tracing::warn!(channel = %self.name, error = %e, "trim failed");
-                None
-            }
-        }
-    }
-
-    /// Forgets the counts of both logs when an age sweep has removed messages since they were
-    /// counted.
-    fn recount_if_swept(&mut self) {
-        let sweeps = self.context.age_sweeps.load(Ordering::Relaxed);
-        if sweeps != self.counted_after_sweeps {
-            self.counted_after_sweeps = sweeps;
-            self.held = None;
-            self.presence_held = None;
-        }
-    }
-
     fn attach(&mut self, attach: Attach) {
         let Attach {
             subscriber,
@@ -669,7 +481,8 @@ impl Sequencer {
         } = attach;
         let mut flags = subscriber.modes;
         let mut error = None;
-        let mut channel_serial = format_serial(&self.epoch, self.last);
+        let head = self.stream.head();
+        let mut channel_serial = format_serial(&head.epoch, head.last);
         let backlog = match self.backlog(&subscriber, &from) {
             Ok(Backlog::Resumed { serial, frames }) => {
                 flags |= flags::RESUMED;
@@ -747,14 +560,14 @@ impl Sequencer {
         let (rows, resume_from) = match from {
             StartFrom::Live => return Ok(Backlog::None { lost: None }),
             StartFrom::Serial(serial) => {
-                // Retention may have removed messages since this sequencer loaded its bounds.
-                if let Some(bounds) = self.context.log.bounds(&self.name)? {
-                    self.first = bounds.first;
-                }
+                // Retention may have removed messages since the stream last looked.
+                self.stream.refresh()?;
+                let head = self.stream.head();
                 let Some((epoch, seq)) = parse_serial(serial) else {
                     return Ok(Backlog::None { lost: lost() });
                 };
-                let resumable = epoch == self.epoch && seq <= self.last && seq + 1 >= self.first;
+                let resumable = epoch == head.epoch && seq <= head.last && seq + 1 >= head.first;
+                let last = head.last;
                 if !resumable {
                     return Ok(Backlog::None { lost: lost() });
                 }
@@ -766,17 +579,14 @@ impl Sequencer {
                 }
                 // Counted, not computed from serials, which have a gap after an unclean stop.
                 let max = self.context.max_resume_replay;
-                let rows = self.context.log.read(
-                    &self.name,
-                    &Query {
-                        from: seq + 1,
-                        to: self.last,
-                        start_ms: None,
-                        end_ms: None,
-                        direction: Direction::Forwards,
-                        limit: max.saturating_add(1),
-                    },
-                )?;
+                let rows = self.stream.read(&Query {
+                    from: seq + 1,
+                    to: last,
+                    start_ms: None,
+                    end_ms: None,
+                    direction: Direction::Forwards,
+                    limit: max.saturating_add(1),
+                })?;
                 if rows.len() > max {
                     return Ok(Backlog::None { lost: lost() });
                 }
@@ -791,17 +601,14 @@ impl Sequencer {
                     StartFrom::RewindFor(ms) => (usize::MAX, Some(now_ms() - ms)),
                     _ => unreachable!("matched above"),
                 };
-                let mut rows = self.context.log.read(
-                    &self.name,
-                    &Query {
-                        from: 0,
-                        to: self.last,
-                        start_ms,
-                        end_ms: None,
-                        direction: Direction::Backwards,
-                        limit: limit.min(self.context.max_rewind + 1),
-                    },
-                )?;
+                let mut rows = self.stream.read(&Query {
+                    from: 0,
+                    to: self.stream.head().last,
+                    start_ms,
+                    end_ms: None,
+                    direction: Direction::Backwards,
+                    limit: limit.min(self.context.max_rewind + 1),
+                })?;
                 rows.reverse();
                 (rows, None)
             }
@@ -884,15 +691,4 @@ impl Sequencer {
         }
         Ok(())
     }
-}
-
-/// How far past `max` messages a channel's log grows before it is trimmed: a 64th of `max`, and
-/// up to as much again chosen by the channel's name, so that channels filled at the same pace
-/// do not all trim at the same moment.
-fn trim_slack(name: &str, max: u64) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let step = (max / 64).max(1);
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    name.hash(&mut hasher);
-    step + hasher.finish() % step
 }

@@ -201,14 +201,12 @@ impl Channels {
         request: &HistoryRequest,
     ) -> Result<Vec<(u64, Message)>, ErrorInfo> {
         self.permit(channel, capability, Operation::History, "history")?;
-        let log = match request.log {
-            HistoryLog::Messages => self.context().log.clone(),
-            HistoryLog::Presence => self.context().presence_log.clone(),
-        };
+        let epoch = self.context().backend.epoch().to_owned();
         let mut to = u64::MAX;
-        if let Some((epoch, serial)) = request.until_serial.as_deref().and_then(parse_serial) {
+        if let Some((serial_epoch, serial)) = request.until_serial.as_deref().and_then(parse_serial)
+        {
             // `untilAttach`: only messages up to the attach point.
-            if epoch == log.epoch() && request.log == HistoryLog::Messages {
+            if serial_epoch == epoch && request.log == HistoryLog::Messages {
                 to = serial;
             }
         }
@@ -227,10 +225,15 @@ impl Channels {
             limit: request.limit,
         };
         let name = channel.to_owned();
-        tokio::task::spawn_blocking(move || log.read(&name, &query))
-            .await
-            .map_err(|_| ErrorInfo::new(codes::INTERNAL, "history read failed"))?
-            .map_err(ErrorInfo::from)
+        let context = self.context().clone();
+        let log = request.log;
+        tokio::task::spawn_blocking(move || match log {
+            HistoryLog::Messages => context.backend.read(&name, &query),
+            HistoryLog::Presence => context.presence_log.read(&name, &query),
+        })
+        .await
+        .map_err(|_| ErrorInfo::new(codes::INTERNAL, "history read failed"))?
+        .map_err(ErrorInfo::from)
     }
 
     /// The channel's present members (`present` items), for a caller with the `subscribe`

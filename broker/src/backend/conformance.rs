@@ -1,0 +1,404 @@
+//! The conformance suite every backend must pass: order, idempotent publish, history both ways
+//! with pagination, resume positions across a reopened stream, epochs, count retention,
+//! durability answers and failure answers. Each check is written once against [`Fixture`] and
+//! run for every backend by `conformance!` at the bottom; the JetStream backend of cluster mode
+//! is to be added there.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use protocol::Message;
+use tokio::sync::oneshot;
+
+use super::local::LocalBackend;
+use super::memory::MemoryBackend;
+use super::{Backend, Direction, Draft, Query, Stream};
+use crate::metrics::Metrics;
+use crate::store::commit::Committer;
+use crate::store::sled_log::SledLog;
+use crate::store::{parse_serial, Bounds, ChannelLog, Retained, StoreError};
+
+/// Most messages each fixture keeps per channel.
+const KEEP: u64 = 5;
+
+/// A backend under test, and how to make its appends fail.
+trait Fixture {
+    fn backend(&self) -> Arc<dyn Backend>;
+    fn fail_appends(&self, failing: bool);
+}
+
+struct Memory(Arc<MemoryBackend>);
+
+impl Memory {
+    fn new() -> Self {
+        Memory(Arc::new(MemoryBackend::new("mem", KEEP as usize)))
+    }
+}
+
+impl Fixture for Memory {
+    fn backend(&self) -> Arc<dyn Backend> {
+        self.0.clone()
+    }
+    fn fail_appends(&self, failing: bool) {
+        self.0.fail_appends(failing);
+    }
+}
+
+/// The local backend on a real sled directory with real group commit (fsync on).
+struct Local {
+    backend: Arc<LocalBackend>,
+    failing: Arc<AtomicBool>,
+    _dir: tempfile::TempDir,
+}
+
+impl Local {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let failing = Arc::new(AtomicBool::new(false));
+        let log: Arc<dyn ChannelLog> = Arc::new(Faulty {
+            log: SledLog::open(dir.path(), 1 << 20).unwrap(),
+            failing: failing.clone(),
+        });
+        let synced = log.clone();
+        let (committer, _threads) = Committer::start(
+            move || synced.sync(),
+            Some(Duration::ZERO),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        let backend = LocalBackend::new(log, committer, false, KEEP, Default::default());
+        Local {
+            backend: Arc::new(backend),
+            failing,
+            _dir: dir,
+        }
+    }
+}
+
+impl Fixture for Local {
+    fn backend(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
+    }
+    fn fail_appends(&self, failing: bool) {
+        self.failing.store(failing, Ordering::Relaxed);
+    }
+}
+
+/// The real log, whose appends fail while `failing` is set (a full disk, say).
+struct Faulty {
+    log: SledLog,
+    failing: Arc<AtomicBool>,
+}
+
+impl ChannelLog for Faulty {
+    fn epoch(&self) -> &str {
+        self.log.epoch()
+    }
+    fn bounds(&self, channel: &str) -> Result<Option<Bounds>, StoreError> {
+        self.log.bounds(channel)
+    }
+    fn append(&self, channel: &str, messages: &[(u64, &Message)]) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::Relaxed) {
+            return Err(StoreError::Engine("the disk is full".to_owned()));
+        }
+        self.log.append(channel, messages)
+    }
+    fn sync(&self) -> Result<(), StoreError> {
+        self.log.sync()
+    }
+    fn read(&self, channel: &str, query: &Query) -> Result<Vec<(u64, Message)>, StoreError> {
+        self.log.read(channel, query)
+    }
+    fn trim_before(&self, channel: &str, first_kept: u64) -> Result<(), StoreError> {
+        self.log.trim_before(channel, first_kept)
+    }
+    fn retain_newest(&self, channel: &str, keep: u64) -> Result<Retained, StoreError> {
+        self.log.retain_newest(channel, keep)
+    }
+    fn drop_oldest(&self, channel: &str, count: u64) -> Result<Option<u64>, StoreError> {
+        self.log.drop_oldest(channel, count)
+    }
+    fn truncate_after(&self, channel: &str, last_kept: u64) -> Result<(), StoreError> {
+        self.log.truncate_after(channel, last_kept)
+    }
+    fn expire_before(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
+        self.log.expire_before(cutoff_ms)
+    }
+    fn close_cleanly(&self) -> Result<(), StoreError> {
+        self.log.close_cleanly()
+    }
+}
+
+fn named(name: &str) -> Message {
+    Message {
+        name: Some(name.to_owned()),
+        ..Default::default()
+    }
+}
+
+fn with_id(name: &str, id: &str) -> Message {
+    Message {
+        id: Some(id.to_owned()),
+        ..named(name)
+    }
+}
+
+fn draft(messages: Vec<Message>) -> Draft {
+    Draft {
+        messages,
+        app_ids: true,
+    }
+}
+
+fn all(direction: Direction) -> Query {
+    Query {
+        from: 0,
+        to: u64::MAX,
+        start_ms: None,
+        end_ms: None,
+        direction,
+        limit: 1000,
+    }
+}
+
+fn names(rows: &[(u64, Message)]) -> Vec<String> {
+    rows.iter()
+        .map(|(_, m)| m.name.clone().unwrap_or_default())
+        .collect()
+}
+
+/// Publishes each name as its own draft, in one append; returns their serials.
+async fn publish(stream: &mut dyn Stream, names: &[&str]) -> Vec<String> {
+    let drafts = names.iter().map(|n| draft(vec![named(n)])).collect();
+    let appended = stream.append(drafts).await.unwrap();
+    appended
+        .stored
+        .into_iter()
+        .flat_map(|s| s.serials)
+        .map(Option::unwrap)
+        .collect()
+}
+
+/// Waits for the durability answer of everything appended so far.
+async fn durable(stream: &mut dyn Stream, count: u64) -> Result<(), StoreError> {
+    let (tx, rx) = oneshot::channel();
+    stream.when_durable(
+        count,
+        Box::new(move |result| {
+            let _ = tx.send(result);
+        }),
+    );
+    rx.await.unwrap()
+}
+
+async fn messages_come_back_in_order_with_increasing_serials(fixture: impl Fixture) {
+    let backend = fixture.backend();
+    let mut stream = backend.open("order").unwrap();
+    let mut serials = publish(stream.as_mut(), &["a", "b"]).await;
+    serials.extend(publish(stream.as_mut(), &["c"]).await);
+    durable(stream.as_mut(), 1).await.unwrap();
+    let positions: Vec<u64> = serials.iter().map(|s| parse_serial(s).unwrap().1).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    assert_eq!(stream.head().last, positions[2]);
+    let rows = backend.read("order", &all(Direction::Forwards)).unwrap();
+    assert_eq!(names(&rows), ["a", "b", "c"]);
+    let stored: Vec<String> = rows
+        .iter()
+        .map(|(_, m)| m.serial.clone().unwrap())
+        .collect();
+    assert_eq!(stored, serials, "history carries the serials the ACKs gave");
+    let times: Vec<i64> = rows.iter().map(|(_, m)| m.timestamp.unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]));
+    assert!(rows.iter().all(|(_, m)| m.action == Some(0)));
+}
+
+async fn an_app_id_is_stored_once_and_answered_with_its_first_serial(fixture: impl Fixture) {
+    let backend = fixture.backend();
+    let mut stream = backend.open("idem").unwrap();
+    let first = stream
+        .append(vec![draft(vec![
+            with_id("x", "id-1"),
+            with_id("y", "id-2"),
+        ])])
+        .await
+        .unwrap();
+    assert_eq!(first.count, 2);
+    // A retry of the same publish, and the same id again within one batch.
+    let again = stream
+        .append(vec![
+            draft(vec![with_id("x", "id-1"), with_id("y", "id-2")]),
+            draft(vec![with_id("z", "id-3"), with_id("z", "id-3")]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(again.count, 1);
+    assert_eq!(again.stored[0].serials, first.stored[0].serials);
+    assert!(again.stored[0].fresh.is_empty());
+    let z = &again.stored[1].serials;
+    assert_eq!(z[0], z[1]);
+    let rows = backend.read("idem", &all(Direction::Forwards)).unwrap();
+    assert_eq!(names(&rows), ["x", "y", "z"]);
+    // Ids the broker set itself (not the app's) are never de-duplicated.
+    let broker_ids = stream
+        .append(vec![Draft {
+            messages: vec![with_id("w", "id-1")],
+            app_ids: false,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(broker_ids.count, 1);
+}
+
+async fn history_pages_both_ways(fixture: impl Fixture) {
+    let backend = fixture.backend();
+    let mut stream = backend.open("pages").unwrap();
+    // More than retention keeps: only the newest KEEP remain.
+    publish(stream.as_mut(), &["m1", "m2", "m3", "m4", "m5", "m6", "m7"]).await;
+    let page = |direction, from, to, limit| {
+        let query = Query {
+            from,
+            to,
+            start_ms: None,
+            end_ms: None,
+            direction,
+            limit,
+        };
+        backend.read("pages", &query).unwrap()
+    };
+    let newest = page(Direction::Backwards, 0, u64::MAX, 2);
+    assert_eq!(names(&newest), ["m7", "m6"]);
+    let next = page(Direction::Backwards, 0, newest[1].0 - 1, 2);
+    assert_eq!(names(&next), ["m5", "m4"]);
+    let oldest = page(Direction::Forwards, 0, u64::MAX, 2);
+    assert_eq!(names(&oldest), ["m3", "m4"]);
+    let rest = page(Direction::Forwards, oldest[1].0 + 1, u64::MAX, 10);
+    assert_eq!(names(&rest), ["m5", "m6", "m7"]);
+    stream.refresh().unwrap();
+    assert_eq!(stream.head().first, oldest[0].0, "head follows retention");
+}
+
+async fn a_reopened_stream_resumes_where_it_was(fixture: impl Fixture) {
+    let backend = fixture.backend();
+    let mut stream = backend.open("resume").unwrap();
+    let before = publish(stream.as_mut(), &["a", "b"]).await;
+    durable(stream.as_mut(), 2).await.unwrap();
+    let head = stream.head().clone();
+    drop(stream);
+    let mut stream = backend.open("resume").unwrap();
+    assert_eq!(stream.head(), &head);
+    assert_eq!(head.epoch, backend.epoch());
+    let after = publish(stream.as_mut(), &["c"]).await;
+    let (epoch, position) = parse_serial(&after[0]).unwrap();
+    assert_eq!(epoch, backend.epoch());
+    assert_eq!(position, head.last + 1);
+    // What a client that saw `b` misses: everything after b's position.
+    let (_, seen) = parse_serial(&before[1]).unwrap();
+    let query = Query {
+        from: seen + 1,
+        ..all(Direction::Forwards)
+    };
+    assert_eq!(names(&backend.read("resume", &query).unwrap()), ["c"]);
+    // Ids are remembered across the reopen.
+    let retry = stream
+        .append(vec![draft(vec![with_id("a2", "same")])])
+        .await
+        .unwrap();
+    drop(stream);
+    let mut stream = backend.open("resume").unwrap();
+    let again = stream
+        .append(vec![draft(vec![with_id("a2", "same")])])
+        .await
+        .unwrap();
+    assert_eq!(again.count, 0);
+    assert_eq!(again.stored[0].serials, retry.stored[0].serials);
+}
+
+async fn channels_are_independent(fixture: impl Fixture) {
+    let backend = fixture.backend();
+    let mut one = backend.open("one").unwrap();
+    let mut two = backend.open("two").unwrap();
+    publish(one.as_mut(), &["1a", "1b"]).await;
+    publish(two.as_mut(), &["2a"]).await;
+    assert_eq!(
+        names(&backend.read("one", &all(Direction::Forwards)).unwrap()),
+        ["1a", "1b"]
+    );
+    assert_eq!(
+        names(&backend.read("two", &all(Direction::Forwards)).unwrap()),
+        ["2a"]
+    );
+    assert!(backend
+        .read("three", &all(Direction::Forwards))
+        .unwrap()
+        .is_empty());
+}
+
+async fn a_failed_append_stores_nothing_and_reuses_no_serial(fixture: impl Fixture) {
+    let backend = fixture.backend();
+    let mut stream = backend.open("fail").unwrap();
+    let ok = publish(stream.as_mut(), &["kept"]).await;
+    fixture.fail_appends(true);
+    let failed = stream
+        .append(vec![draft(vec![with_id("lost", "retry-me")])])
+        .await;
+    assert!(failed.is_err());
+    fixture.fail_appends(false);
+    // The retry is stored afresh: the failed id was not remembered, and its serial is new.
+    let retried = stream
+        .append(vec![draft(vec![with_id("lost", "retry-me")])])
+        .await
+        .unwrap();
+    assert_eq!(retried.count, 1);
+    let position = |s: &str| parse_serial(s).unwrap().1;
+    let retried_serial = retried.stored[0].serials[0].clone().unwrap();
+    assert!(
+        position(&retried_serial) > position(&ok[0]) + 1,
+        "no serial reused"
+    );
+    durable(stream.as_mut(), 1).await.unwrap();
+    let rows = backend.read("fail", &all(Direction::Forwards)).unwrap();
+    assert_eq!(names(&rows), ["kept", "lost"]);
+}
+
+/// Runs every check for one backend, as its own test.
+macro_rules! conformance {
+    ($backend:ident, $fixture:expr) => {
+        mod $backend {
+            use super::*;
+
+            #[tokio::test]
+            async fn messages_come_back_in_order_with_increasing_serials() {
+                super::messages_come_back_in_order_with_increasing_serials($fixture).await;
+            }
+
+            #[tokio::test]
+            async fn an_app_id_is_stored_once_and_answered_with_its_first_serial() {
+                super::an_app_id_is_stored_once_and_answered_with_its_first_serial($fixture).await;
+            }
+
+            #[tokio::test]
+            async fn history_pages_both_ways() {
+                super::history_pages_both_ways($fixture).await;
+            }
+
+            #[tokio::test]
+            async fn a_reopened_stream_resumes_where_it_was() {
+                super::a_reopened_stream_resumes_where_it_was($fixture).await;
+            }
+
+            #[tokio::test]
+            async fn channels_are_independent() {
+                super::channels_are_independent($fixture).await;
+            }
+
+            #[tokio::test]
+            async fn a_failed_append_stores_nothing_and_reuses_no_serial() {
+                super::a_failed_append_stores_nothing_and_reuses_no_serial($fixture).await;
+            }
+        }
+    };
+}
+
+conformance!(memory, Memory::new());
+conformance!(local, Local::new());

@@ -1,0 +1,104 @@
+//! The backend seam: where a channel's messages get their positions and are kept. A channel's
+//! actor (`channel/sequencer.rs`) orders its commands and hands each batch of publishes to the
+//! backend's [`Stream`] for that channel; the backend gives every new message its serial and
+//! timestamp, answers a message whose app-set id it has seen with the earlier serial, stores
+//! the rest, and says when the batch is durable. The actor then fans the stored messages out
+//! and acknowledges the publishers. Readers (resume, rewind, REST history) read the committed
+//! messages back through [`Backend::read`].
+//!
+//! What crosses the seam is plain data: messages, serials, positions and errors, never a
+//! future of another task. Two backends now:
+//! - [`local`]: today's single node, the segment log indexed in sled with group commit; an
+//!   ACK means the message was fsynced;
+//! - [`memory`]: everything in memory, durable at once, for unit tests of the channel core.
+//!
+//! Both pass the same conformance suite (`conformance.rs`): order, idempotent publish,
+//! history both ways with pagination, resume positions, epochs, retention and failure answers.
+//! The cluster backend on NATS JetStream (`../shared/cluster.md`) is to be the third.
+
+pub mod local;
+pub mod memory;
+
+#[cfg(test)]
+mod conformance;
+
+use futures_util::future::BoxFuture;
+use protocol::Message;
+
+pub use crate::store::{Direction, Query, StoreError};
+
+/// One publish's messages as the channel service hands them over: validated, with ids,
+/// clientIds and connectionIds set, but no serial or timestamp yet.
+#[derive(Debug, Default)]
+pub struct Draft {
+    /// The messages, in order.
+    pub messages: Vec<Message>,
+    /// The ids are the app's own (idempotent publishing, §7.3): a message whose id was
+    /// stored recently is not stored again.
+    pub app_ids: bool,
+}
+
+/// What the backend did with one [`Draft`].
+#[derive(Debug, Default)]
+pub struct Stored {
+    /// The messages stored, each with its serial and timestamp, in order.
+    pub fresh: Vec<Message>,
+    /// The serial of each message of the draft, in the draft's order: a message answered
+    /// from an earlier publish with the same id has that publish's serial.
+    pub serials: Vec<Option<String>>,
+}
+
+/// The result of one append: one [`Stored`] per draft, in order.
+#[derive(Debug, Default)]
+pub struct Appended {
+    /// Per draft.
+    pub stored: Vec<Stored>,
+    /// The timestamp given to the batch's new messages.
+    pub timestamp: i64,
+    /// How many messages the batch stored.
+    pub count: u64,
+}
+
+/// Where a channel's stream is: its epoch and the serials it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// The identity of the backend's serials (§5.5): a serial of another epoch is never taken
+    /// as a position in this one.
+    pub epoch: String,
+    /// The oldest serial retained (`last + 1` when nothing is).
+    pub first: u64,
+    /// The newest serial given out.
+    pub last: u64,
+}
+
+/// Called once with whether a batch became durable.
+pub type WhenDurable = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// A backend: opens channel streams and reads any channel.
+pub trait Backend: Send + Sync + 'static {
+    /// The identity of this backend's serials.
+    fn epoch(&self) -> &str;
+    /// Opens `channel`'s stream, for the one actor that orders that channel. Blocking: it may
+    /// read the store.
+    fn open(&self, channel: &str) -> Result<Box<dyn Stream>, StoreError>;
+    /// Reads committed messages of `channel` with their positions. Blocking.
+    fn read(&self, channel: &str, query: &Query) -> Result<Vec<(u64, Message)>, StoreError>;
+}
+
+/// One channel's stream, owned by the channel's actor: the only writer of that channel.
+pub trait Stream: Send {
+    /// The stream's epoch and the serials it holds, as of the last append or
+    /// [`Stream::refresh`].
+    fn head(&self) -> &Head;
+    /// Stamps and stores a batch of publishes (§7.3). The returned future resolves once the
+    /// messages may be delivered to subscribers; acknowledging them waits for
+    /// [`Stream::when_durable`]. On an error nothing of the batch is stored and no id of it is
+    /// remembered; serials given out are not reused.
+    fn append(&mut self, drafts: Vec<Draft>) -> BoxFuture<'_, Result<Appended, StoreError>>;
+    /// Calls `then` once everything appended so far is durable (or could not be made so).
+    fn when_durable(&mut self, count: u64, then: WhenDurable);
+    /// Reads what retention left since the head was last read (`first` moves up). Blocking.
+    fn refresh(&mut self) -> Result<(), StoreError>;
+    /// Reads committed messages with their positions. Blocking.
+    fn read(&self, query: &Query) -> Result<Vec<(u64, Message)>, StoreError>;
+}
