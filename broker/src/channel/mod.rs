@@ -5,6 +5,8 @@
 //! retirement wait for it to finish and go to its successor, so there is never more than one
 //! sequencer per channel.
 
+#[cfg(test)]
+mod core_tests;
 pub mod presence;
 mod sequencer;
 pub mod service;
