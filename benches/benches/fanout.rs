@@ -1,13 +1,16 @@
-//! In-process fan-out (`fanout/outboxes`): one published ProtocolMessage encoded once per wire
-//! format and the same frame pushed to 1, 100 and 10,000 subscriber outboxes, as the
-//! sequencer does; the outboxes are drained before the timer stops, so queueing is counted.
+//! In-process fan-out (`fanout/outboxes`): the channel's real hub (`broker::channel::hub`)
+//! broadcasting one published ProtocolMessage to 1, 100 and 10,000 attached subscribers, half
+//! JSON and half msgpack: encoded once per wire format, the same frame pushed to every outbox.
+//! The outboxes are drained before the timer stops, so queueing is counted.
 
 use std::sync::Arc;
 
 use criterion::{criterion_main, BenchmarkId, Criterion, Throughput};
-use protocol::{Action, Data, Format, Message, ProtocolMessage};
+use protocol::{flags, Action, Data, Format, Message, ProtocolMessage};
 
-use broker::connection::outbox::{encode_frame, Outbox};
+use broker::channel::hub::{Audience, Hub};
+use broker::channel::Subscriber;
+use broker::connection::outbox::Outbox;
 use broker::metrics::Metrics;
 
 fn fanout(c: &mut Criterion) {
@@ -27,32 +30,40 @@ fn fanout(c: &mut Criterion) {
     let metrics = Arc::new(Metrics::new());
     let mut group = c.benchmark_group("fanout/outboxes");
     for subscribers in [1usize, 100, 10_000] {
-        let mut outboxes: Vec<_> = (0..subscribers)
+        let mut hub = Hub::default();
+        let attached = ProtocolMessage::for_channel(Action::Attached, "chat:room");
+        let mut receivers: Vec<_> = (0..subscribers)
             .map(|i| {
                 let format = if i % 2 == 0 {
                     Format::Json
                 } else {
                     Format::Msgpack
                 };
-                Outbox::new(format, 1 << 20, metrics.clone())
+                let (outbox, receiver) = Outbox::new(format, 1 << 20, metrics.clone());
+                let subscriber = Subscriber {
+                    connection_id: Arc::from(format!("conn{i}")),
+                    socket_id: 1,
+                    outbox,
+                    modes: flags::MODE_SUBSCRIBE,
+                    echo: true,
+                    last_client_sync: None,
+                };
+                hub.join(subscriber, &attached, &[], Vec::new());
+                receiver
             })
             .collect();
+        for receiver in &mut receivers {
+            while receiver.try_recv().is_some() {}
+        }
         group.throughput(Throughput::Elements(subscribers as u64));
         group.bench_with_input(
             BenchmarkId::from_parameter(subscribers),
             &subscribers,
             |b, _| {
                 b.iter(|| {
-                    let json = encode_frame(Format::Json, &message);
-                    let msgpack = encode_frame(Format::Msgpack, &message);
-                    for (outbox, _) in &outboxes {
-                        let frame = match outbox.format() {
-                            Format::Json => json.clone(),
-                            Format::Msgpack => msgpack.clone(),
-                        };
-                        outbox.try_push(frame).expect("outbox has room");
-                    }
-                    for (_, receiver) in &mut outboxes {
+                    let delivered = hub.broadcast(&message, Audience::Subscribers { origin: None });
+                    assert_eq!(delivered, subscribers as u64, "every outbox has room");
+                    for receiver in &mut receivers {
                         while receiver.try_recv().is_some() {}
                     }
                 })

@@ -1,12 +1,13 @@
 //! Channels: a sharded registry ([`Channels`]) of per-channel sequencer tasks. Every command
-//! for a channel (publish, attach, detach) goes through its one sequencer, which appends to
-//! the log and fans out in log order (habit 8 of `../shared/style.md`); the ACKs wait for
-//! group commit. A sequencer idle with no subscribers retires; commands that race its
+//! for a channel (publish, attach, detach) goes through its one sequencer, which has the
+//! backend (`crate::backend`) store each batch and its hub (`hub.rs`) fan it out in log order
+//! (habit 8 of `../shared/style.md`); the ACKs wait until the backend says it is durable. A sequencer idle with no subscribers retires; commands that race its
 //! retirement wait for it to finish and go to its successor, so there is never more than one
 //! sequencer per channel.
 
 #[cfg(test)]
 mod core_tests;
+pub mod hub;
 pub mod presence;
 mod sequencer;
 pub mod service;

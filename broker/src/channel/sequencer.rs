@@ -9,15 +9,15 @@
 //! or a duplicate (§5.6). Presence lives here as well: the member set, SYNC pages, and the
 //! presence history log.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::error::codes;
-use protocol::{flags, Action, ErrorInfo, Format, Message, PresenceMessage, ProtocolMessage};
+use protocol::{flags, Action, ErrorInfo, Message, PresenceMessage, ProtocolMessage};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+use super::hub::{Audience, Hub};
 use super::presence::{self, PresenceSet};
 use super::{
     Attach, ChannelContext, Channels, Command, Occupancy, PresenceOp, Publish, StartFrom,
@@ -26,7 +26,7 @@ use super::{
 use crate::auth::now_ms;
 use crate::backend::local::Retention;
 use crate::backend::{Draft, Stored, Stream};
-use crate::connection::outbox::{encode_frame, PushError};
+use crate::connection::outbox::encode_frame;
 use crate::lifecycle::TaskGuard;
 use crate::store::{format_serial, parse_serial, Direction, Query, StoreError};
 
@@ -59,7 +59,8 @@ pub(super) struct Sequencer {
     context: Arc<ChannelContext>,
     /// The channel's stream in the backend: its serials, idempotency and log.
     stream: Box<dyn Stream>,
-    attachers: HashMap<Arc<str>, Subscriber>,
+    /// The channel's attachers and its fan-out.
+    hub: Hub,
     presence: PresenceSet,
     presence_last: u64,
     presence_retention: Retention,
@@ -74,7 +75,7 @@ impl Sequencer {
         Ok(Sequencer {
             name: name.to_owned(),
             stream,
-            attachers: HashMap::new(),
+            hub: Hub::default(),
             presence: PresenceSet::default(),
             presence_last: presence_bounds.map_or(0, |b| b.last),
             presence_retention: Retention::new(
@@ -99,7 +100,7 @@ impl Sequencer {
         let mut shutdown = self.context.shutdown.clone();
         let mut leftover_attaches = Vec::new();
         loop {
-            let idle = self.attachers.is_empty() && self.presence.is_empty();
+            let idle = self.hub.is_empty() && self.presence.is_empty();
             let first = tokio::select! {
                 command = commands.recv() => command,
                 _ = tokio::time::sleep(IDLE_RETIRE), if idle => None,
@@ -172,13 +173,7 @@ impl Sequencer {
                 reply,
                 leave_presence,
             } => {
-                if self
-                    .attachers
-                    .get(&connection_id)
-                    .is_some_and(|s| s.socket_id == socket_id)
-                {
-                    self.attachers.remove(&connection_id);
-                }
+                self.hub.leave(&connection_id, socket_id);
                 if leave_presence {
                     self.leave_connection(&connection_id);
                 }
@@ -193,10 +188,8 @@ impl Sequencer {
                 socket_id,
                 modes,
             } => {
-                if let Some(attacher) = self.attachers.get_mut(&connection_id) {
-                    if attacher.socket_id == socket_id {
-                        attacher.modes = modes;
-                    }
+                if let Some(attacher) = self.hub.attached(&connection_id, socket_id) {
+                    attacher.modes = modes;
                 }
             }
             Command::SyncPresence {
@@ -204,11 +197,7 @@ impl Sequencer {
                 socket_id,
             } => {
                 let now = Instant::now();
-                let Some(asker) = self
-                    .attachers
-                    .get_mut(&connection_id)
-                    .filter(|a| a.socket_id == socket_id)
-                else {
+                let Some(asker) = self.hub.attached(&connection_id, socket_id) else {
                     return;
                 };
                 if asker
@@ -219,9 +208,13 @@ impl Sequencer {
                     return;
                 }
                 asker.last_client_sync = Some(now);
-                let asker = asker.clone();
+                let outbox = asker.outbox.clone();
                 // A full outbox closes the socket on its own; the client resumes.
-                let _ = self.sync_presence(&asker);
+                for page in self.sync_pages() {
+                    if outbox.push(&page).is_err() {
+                        break;
+                    }
+                }
             }
             Command::LeaveConnection { connection_id } => self.leave_connection(&connection_id),
             Command::ListPresence(list) => {
@@ -234,14 +227,9 @@ impl Sequencer {
                 let _ = list.reply.send(members);
             }
             Command::Occupancy { reply } => {
-                let count = |mode: u64| {
-                    self.attachers
-                        .values()
-                        .filter(|a| a.modes & mode != 0)
-                        .count()
-                };
+                let count = |mode: u64| self.hub.count_with(mode);
                 let _ = reply.send(Occupancy {
-                    connections: self.attachers.len(),
+                    connections: self.hub.len(),
                     presence_connections: count(flags::MODE_PRESENCE),
                     presence_members: self.presence.len(),
                     presence_subscribers: count(flags::MODE_PRESENCE_SUBSCRIBE),
@@ -368,10 +356,8 @@ impl Sequencer {
                 tracing::warn!(channel = %self.name, error = %e, "presence history append failed")
             }
         }
-        self.broadcast(message, |a| {
-            a.modes & flags::MODE_PRESENCE_SUBSCRIBE != 0
-                || origin == Some(a.connection_id.as_ref())
-        });
+        self.hub
+            .broadcast(message, Audience::PresenceSubscribers { origin });
     }
 
     async fn publish(&mut self, mut batch: Vec<Publish>) {
@@ -409,11 +395,10 @@ impl Sequencer {
                     messages: Some(fresh),
                     ..ProtocolMessage::for_channel(Action::Message, &self.name)
                 };
-                let origin = p.origin.as_ref().map(|o| o.connection_id.clone());
-                let delivered = self.broadcast(&message, |a| {
-                    a.modes & flags::MODE_SUBSCRIBE != 0
-                        && (a.echo || origin.as_deref() != Some(a.connection_id.as_ref()))
-                });
+                let origin = p.origin.as_ref().map(|o| o.connection_id.as_ref());
+                let delivered = self
+                    .hub
+                    .broadcast(&message, Audience::Subscribers { origin });
                 self.context.metrics.messages_out.inc_by(delivered);
             }
             acks.push((p.reply, p.received, serials));
@@ -443,34 +428,6 @@ impl Sequencer {
             }
         };
         self.stream.when_durable(appended.count, Box::new(answer));
-    }
-
-    /// Hands one message to every attacher `wants` picks, encoding it at most once per wire
-    /// format. Returns how many got it.
-    fn broadcast(&mut self, message: &ProtocolMessage, wants: impl Fn(&Subscriber) -> bool) -> u64 {
-        let mut json: Option<WsMessage> = None;
-        let mut msgpack: Option<WsMessage> = None;
-        let mut gone = Vec::new();
-        let mut delivered = 0;
-        for (id, attacher) in &self.attachers {
-            if !wants(attacher) {
-                continue;
-            }
-            let frame = match attacher.outbox.format() {
-                Format::Json => json.get_or_insert_with(|| encode_frame(Format::Json, message)),
-                Format::Msgpack => {
-                    msgpack.get_or_insert_with(|| encode_frame(Format::Msgpack, message))
-                }
-            };
-            match attacher.outbox.try_push(frame.clone()) {
-                Ok(()) => delivered += 1,
-                Err(PushError::Overflow | PushError::Closed) => gone.push(id.clone()),
-            }
-        }
-        for id in gone {
-            self.attachers.remove(&id);
-        }
-        delivered
     }
 
     fn attach(&mut self, attach: Attach) {
@@ -527,19 +484,12 @@ impl Sequencer {
         };
         // §5.5: ATTACHED first, then the presence SYNC, then backlog, then live — all through
         // the one outbox, so nothing can overtake.
-        if subscriber.outbox.push(&attached).is_err() {
-            return;
-        }
-        if syncs_presence && self.sync_presence(&subscriber).is_err() {
-            return;
-        }
-        for frame in backlog {
-            if subscriber.outbox.try_push(frame).is_err() {
-                return;
-            }
-        }
-        self.attachers
-            .insert(subscriber.connection_id.clone(), subscriber);
+        let sync = if syncs_presence {
+            self.sync_pages()
+        } else {
+            Vec::new()
+        };
+        self.hub.join(subscriber, &attached, &sync, backlog);
     }
 
     /// Works out what an attach replays (§5.4, §5.6), already encoded for the subscriber and
@@ -666,29 +616,29 @@ impl Sequencer {
         })
     }
 
-    /// Sends the whole presence set as SYNC pages (§6.4): members as `present` with their
-    /// original ids, `channelSerial` `<syncId>:<cursor>`, the last page with an empty cursor.
-    fn sync_presence(&mut self, subscriber: &Subscriber) -> Result<(), PushError> {
+    /// The whole presence set as SYNC pages (§6.4): members as `present` with their original
+    /// ids, `channelSerial` `<syncId>:<cursor>`, the last page with an empty cursor.
+    fn sync_pages(&mut self) -> Vec<ProtocolMessage> {
         self.syncs += 1;
         let sync_id = format!("s{}", self.syncs);
         let page_size = self.context.presence_sync_page_size.max(1);
         let members: Vec<PresenceMessage> = self.presence.all().cloned().collect();
         let pages = members.len().div_ceil(page_size).max(1);
         let mut chunks = members.chunks(page_size);
-        for page in 1..=pages {
-            let cursor = if page == pages {
-                String::new()
-            } else {
-                page.to_string()
-            };
-            let message = ProtocolMessage {
-                channel_serial: Some(format!("{sync_id}:{cursor}")),
-                presence: Some(chunks.next().unwrap_or_default().to_vec()),
-                ..ProtocolMessage::for_channel(Action::Sync, &self.name)
-            };
-            subscriber.outbox.push(&message)?;
-            self.context.metrics.sync_pages.inc();
-        }
-        Ok(())
+        self.context.metrics.sync_pages.inc_by(pages as u64);
+        (1..=pages)
+            .map(|page| {
+                let cursor = if page == pages {
+                    String::new()
+                } else {
+                    page.to_string()
+                };
+                ProtocolMessage {
+                    channel_serial: Some(format!("{sync_id}:{cursor}")),
+                    presence: Some(chunks.next().unwrap_or_default().to_vec()),
+                    ..ProtocolMessage::for_channel(Action::Sync, &self.name)
+                }
+            })
+            .collect()
     }
 }

@@ -1,0 +1,147 @@
+//! One channel's attachers and its fan-out: who is attached with which modes, and the
+//! delivery of each outgoing ProtocolMessage, encoded at most once per wire format, to the
+//! attachers it is for. The sequencer decides what to send and in which order; the hub
+//! decides to whom, from an [`Audience`] that is plain data. Frames for one attacher always
+//! leave in the order the sequencer produced them: an attach is joined here (ATTACHED, the
+//! presence SYNC, the backlog) before the attacher is registered, so live traffic follows.
+//!
+//! Today the hub runs inside the channel's task. It is the place where a hot channel's
+//! delivery is to be spread over the runtime's workers (attachers in shards, each shard handed
+//! the encoded frame once); see "What is not there yet" in `docs/architecture.md`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use protocol::{flags, Format, ProtocolMessage};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use super::Subscriber;
+use crate::connection::outbox::{encode_frame, PushError};
+
+/// Who a broadcast is for.
+#[derive(Clone, Copy, Debug)]
+pub enum Audience<'a> {
+    /// Messages: attachers with the SUBSCRIBE mode, except the publishing connection when it
+    /// does not want its own messages echoed.
+    Subscribers {
+        /// The publishing connection, if any.
+        origin: Option<&'a str>,
+    },
+    /// Presence events: attachers with the PRESENCE_SUBSCRIBE mode, and always the connection
+    /// that made the change (RTP17a: ably-js fills its own-member map from that echo).
+    PresenceSubscribers {
+        /// The connection that made the change, if any.
+        origin: Option<&'a str>,
+    },
+}
+
+impl Audience<'_> {
+    fn includes(&self, attacher: &Subscriber) -> bool {
+        let is_origin = |origin: Option<&str>| origin == Some(attacher.connection_id.as_ref());
+        match *self {
+            Audience::Subscribers { origin } => {
+                attacher.modes & flags::MODE_SUBSCRIBE != 0 && (attacher.echo || !is_origin(origin))
+            }
+            Audience::PresenceSubscribers { origin } => {
+                attacher.modes & flags::MODE_PRESENCE_SUBSCRIBE != 0 || is_origin(origin)
+            }
+        }
+    }
+}
+
+/// A channel's attachers, by connectionId.
+#[derive(Default)]
+pub struct Hub {
+    attachers: HashMap<Arc<str>, Subscriber>,
+}
+
+impl Hub {
+    /// True when nothing is attached.
+    pub fn is_empty(&self) -> bool {
+        self.attachers.is_empty()
+    }
+
+    /// How many connections are attached.
+    pub fn len(&self) -> usize {
+        self.attachers.len()
+    }
+
+    /// How many attachers were granted `mode`.
+    pub fn count_with(&self, mode: u64) -> usize {
+        self.attachers
+            .values()
+            .filter(|a| a.modes & mode != 0)
+            .count()
+    }
+
+    /// Joins `subscriber` to live traffic after `attached`, the presence `sync` pages and the
+    /// `backlog`, all in that order through its outbox (§5.5). A subscriber whose outbox
+    /// refuses any of them is not registered.
+    pub fn join(
+        &mut self,
+        subscriber: Subscriber,
+        attached: &ProtocolMessage,
+        sync: &[ProtocolMessage],
+        backlog: Vec<WsMessage>,
+    ) {
+        if subscriber.outbox.push(attached).is_err() {
+            return;
+        }
+        for page in sync {
+            if subscriber.outbox.push(page).is_err() {
+                return;
+            }
+        }
+        for frame in backlog {
+            if subscriber.outbox.try_push(frame).is_err() {
+                return;
+            }
+        }
+        self.attachers
+            .insert(subscriber.connection_id.clone(), subscriber);
+    }
+
+    /// Removes `connection_id`'s attachment if socket `socket_id` still holds it.
+    pub fn leave(&mut self, connection_id: &str, socket_id: u64) {
+        if self.attached(connection_id, socket_id).is_some() {
+            self.attachers.remove(connection_id);
+        }
+    }
+
+    /// The attachment of `connection_id` through socket `socket_id`, if it is the current one.
+    pub fn attached(&mut self, connection_id: &str, socket_id: u64) -> Option<&mut Subscriber> {
+        self.attachers
+            .get_mut(connection_id)
+            .filter(|a| a.socket_id == socket_id)
+    }
+
+    /// Hands `message` to every attacher of `audience`, encoding it at most once per wire
+    /// format; the same frame (its payload reference-counted) goes to every receiver. An
+    /// attacher whose outbox is full or closed is dropped from the channel (its connection is
+    /// told by the outbox). Returns how many got it.
+    pub fn broadcast(&mut self, message: &ProtocolMessage, audience: Audience<'_>) -> u64 {
+        let mut json: Option<WsMessage> = None;
+        let mut msgpack: Option<WsMessage> = None;
+        let mut gone = Vec::new();
+        let mut delivered = 0;
+        for (id, attacher) in &self.attachers {
+            if !audience.includes(attacher) {
+                continue;
+            }
+            let frame = match attacher.outbox.format() {
+                Format::Json => json.get_or_insert_with(|| encode_frame(Format::Json, message)),
+                Format::Msgpack => {
+                    msgpack.get_or_insert_with(|| encode_frame(Format::Msgpack, message))
+                }
+            };
+            match attacher.outbox.try_push(frame.clone()) {
+                Ok(()) => delivered += 1,
+                Err(PushError::Overflow | PushError::Closed) => gone.push(id.clone()),
+            }
+        }
+        for id in gone {
+            self.attachers.remove(&id);
+        }
+        delivered
+    }
+}
