@@ -78,6 +78,10 @@ struct Args {
     /// Write one `<scenario>.svg` per scenario into this directory.
     #[arg(long)]
     svg_dir: Option<PathBuf>,
+    /// Worker threads of the load generator's tokio runtime [default: the number of CPUs].
+    /// Raise it on a many-core machine so the generator is not what limits a run.
+    #[arg(long)]
+    workers: Option<usize>,
     #[command(flatten)]
     scale: Scale,
 }
@@ -105,9 +109,22 @@ fn machine() -> String {
     format!("{cpus} CPUs ({model}), {mem_gib:.0} GiB RAM")
 }
 
-#[tokio::main]
-async fn main() -> Result<(), String> {
+fn main() -> Result<(), String> {
     let args = Args::parse();
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    runtime.block_on(run(args, workers))
+}
+
+/// Runs the chosen scenarios against every target and writes the results.
+async fn run(args: Args, workers: usize) -> Result<(), String> {
     // One descriptor per client connection: raise the soft limit to the hard one.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => eprintln!("loadtest: open-file limit {n}"),
@@ -139,6 +156,7 @@ async fn main() -> Result<(), String> {
     }
     let mut report = Report {
         machine: machine(),
+        workers,
         runs: Vec::new(),
     };
     for scenario in &scenarios {

@@ -89,6 +89,8 @@ type SampleValue = fn(&Sample) -> f64;
 pub struct Report {
     /// The machine, as `/proc` describes it.
     pub machine: String,
+    /// Worker threads of the load generator's runtime (`--workers`).
+    pub workers: usize,
     /// The runs, in order.
     pub runs: Vec<RunReport>,
 }
@@ -115,6 +117,11 @@ impl Report {
     /// The human-readable table.
     pub fn table(&self) -> String {
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{}; load generator on {} tokio worker threads\n",
+            self.machine, self.workers
+        );
         let _ = writeln!(
             out,
             "{:<16} {:<9} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>7} {:>8}",
@@ -180,6 +187,11 @@ impl Report {
     /// A Markdown rendering: one table of every run, the ratios, and the notes.
     pub fn markdown(&self) -> String {
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "The load generator ran on {} tokio worker threads (`--workers`).\n",
+            self.workers
+        );
         let _ = writeln!(
             out,
             "| scenario | target | scale | deliveries/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | lost | errors | server CPU % | server RSS MiB |"
