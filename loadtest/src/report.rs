@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::recorder::{Latency, Sample};
+use crate::soak::SoakReport;
 
 /// The server's resource use over a run.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -51,8 +52,11 @@ pub struct RunReport {
     pub extra: BTreeMap<String, f64>,
     /// Notes on how to read this run.
     pub notes: Vec<String>,
-    /// Once-a-second series behind the plot.
+    /// Once-a-second series behind the plot (once an interval for soak).
     pub samples: Vec<Sample>,
+    /// The soak scenario's intervals, idle readings and summary; absent for every other.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak: Option<SoakReport>,
 }
 
 impl RunReport {
@@ -181,6 +185,11 @@ impl Report {
                 );
             }
         }
+        for r in &self.runs {
+            if let Some(soak) = &r.soak {
+                let _ = writeln!(out, "\n{} / {}:\n{}", r.scenario, r.target, soak.table());
+            }
+        }
         out
     }
 
@@ -250,6 +259,18 @@ impl Report {
                     p.target,
                     ratio(r.delivered_per_s, p.delivered_per_s),
                     ratio(r.latency.p99_ms, p.latency.p99_ms)
+                );
+            }
+        }
+        for r in &self.runs {
+            if let Some(soak) = &r.soak {
+                let _ = writeln!(
+                    out,
+                    "{} / {}, one row per {:.0} s interval:\n\n```\n{}```\n",
+                    r.scenario,
+                    r.target,
+                    soak.interval_s,
+                    soak.table()
                 );
             }
         }

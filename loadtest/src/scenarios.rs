@@ -93,6 +93,21 @@ pub struct Scale {
     /// durable-publish: unacknowledged publishes each keeps in flight.
     #[arg(long, default_value_t = 64)]
     pub durable_window: usize,
+    /// soak: number of rooms (the chat-rooms shape, held for `--duration`).
+    #[arg(long, default_value_t = 100)]
+    pub soak_rooms: usize,
+    /// soak: members per room, each a connection that publishes and subscribes.
+    #[arg(long, default_value_t = 10)]
+    pub soak_members: usize,
+    /// soak: messages per second per member.
+    #[arg(long, default_value_t = 1.0)]
+    pub soak_rate: f64,
+    /// soak: seconds per reported interval (one line each: rate, latency, RSS).
+    #[arg(long, default_value_t = 10)]
+    pub soak_interval: u64,
+    /// soak: seconds to keep reading the broker's RSS after every connection closed.
+    #[arg(long, default_value_t = 30)]
+    pub soak_idle: u64,
 }
 
 fn params(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
