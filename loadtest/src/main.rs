@@ -12,6 +12,7 @@ mod rate;
 mod recorder;
 mod report;
 mod scenarios;
+mod soak;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,12 +35,16 @@ const SCENARIOS: [&str; 7] = [
     "durable-publish",
 ];
 
+/// Scenarios that run only when named: too long for `all`.
+const ON_REQUEST: [&str; 1] = ["soak"];
+
 /// Load-test the broker, optionally side by side with NATS.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
     /// Comma-separated scenarios, or `all`: fanout, chat-rooms, many-channels, connect-storm,
-    /// resume-storm, presence-churn, durable-publish.
+    /// resume-storm, presence-churn, durable-publish. `soak` (broker only, minutes long) runs
+    /// only when named.
     #[arg(long, default_value = "all", value_delimiter = ',')]
     scenarios: Vec<String>,
     /// The broker's address, `ws://127.0.0.1:PORT`.
@@ -57,7 +62,7 @@ struct Args {
     /// nats-server's pid.
     #[arg(long)]
     nats_pid: Option<u32>,
-    /// Measuring window of each scenario, seconds.
+    /// Measuring window of each scenario, seconds (soak: how long the load is held).
     #[arg(long, default_value_t = 15)]
     duration: u64,
     /// Payload bytes (at least 16: the timestamp and sequence number).
@@ -78,6 +83,10 @@ struct Args {
     /// Write one `<scenario>.svg` per scenario into this directory.
     #[arg(long)]
     svg_dir: Option<PathBuf>,
+    /// Worker threads of the load generator's tokio runtime [default: the number of CPUs].
+    /// Raise it on a many-core machine so the generator is not what limits a run.
+    #[arg(long)]
+    workers: Option<usize>,
     #[command(flatten)]
     scale: Scale,
 }
@@ -105,9 +114,22 @@ fn machine() -> String {
     format!("{cpus} CPUs ({model}), {mem_gib:.0} GiB RAM")
 }
 
-#[tokio::main]
-async fn main() -> Result<(), String> {
+fn main() -> Result<(), String> {
     let args = Args::parse();
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    runtime.block_on(run(args, workers))
+}
+
+/// Runs the chosen scenarios against every target and writes the results.
+async fn run(args: Args, workers: usize) -> Result<(), String> {
     // One descriptor per client connection: raise the soft limit to the hard one.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => eprintln!("loadtest: open-file limit {n}"),
@@ -118,8 +140,11 @@ async fn main() -> Result<(), String> {
     } else {
         args.scenarios.clone()
     };
-    if let Some(bad) = scenarios.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
-        return Err(format!("unknown scenario {bad:?}; known: {SCENARIOS:?}"));
+    let known = |s: &str| SCENARIOS.contains(&s) || ON_REQUEST.contains(&s);
+    if let Some(bad) = scenarios.iter().find(|s| !known(s)) {
+        return Err(format!(
+            "unknown scenario {bad:?}; known: {SCENARIOS:?}, and on request {ON_REQUEST:?}"
+        ));
     }
     let mut targets = Vec::new();
     if let Some(url) = &args.broker {
@@ -139,12 +164,20 @@ async fn main() -> Result<(), String> {
     }
     let mut report = Report {
         machine: machine(),
+        workers,
         runs: Vec::new(),
     };
     for scenario in &scenarios {
         for (target, probe) in &targets {
-            let broker_only = matches!(scenario.as_str(), "resume-storm" | "presence-churn");
+            let broker_only = matches!(
+                scenario.as_str(),
+                "resume-storm" | "presence-churn" | "soak"
+            );
             if broker_only && !matches!(target, Target::Broker(_)) {
+                eprintln!(
+                    "{scenario} runs against the broker only; skipping {}",
+                    target.name()
+                );
                 continue;
             }
             let ctx = Context {
@@ -161,6 +194,7 @@ async fn main() -> Result<(), String> {
                 "connect-storm" => scenarios::connect_storm(&ctx, &args.scale).await,
                 "resume-storm" => scenarios::resume_storm(&ctx, &args.scale).await,
                 "presence-churn" => scenarios::presence_churn(&ctx, &args.scale).await,
+                "soak" => soak::soak(&ctx, &args.scale).await,
                 _ => scenarios::durable_publish(&ctx, &args.scale).await,
             };
             eprintln!(

@@ -1,6 +1,7 @@
 //! What a run measures: one HDR histogram of latencies for the whole run and one per sampling
-//! interval (for the plot), counters of sends, deliveries and errors, and the broker's CPU and
-//! RSS read from `/proc/<pid>` once a second. Actors record into one shared [`Recorder`].
+//! interval (for the plot), the longest time without any delivery, counters of sends,
+//! deliveries and errors, and the broker's CPU and RSS read from `/proc/<pid>` once a second.
+//! Actors record into one shared [`Recorder`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,44 @@ fn new_histogram() -> Histogram<u64> {
 struct Histograms {
     total: Histogram<u64>,
     interval: Histogram<u64>,
+    /// Kept under the histograms' lock, so deliveries reach it in the order they took it.
+    gaps: DeliveryGaps,
+}
+
+/// The longest time without a delivery, over the run and over the current interval. Only the
+/// time *between* two deliveries counts: before the first and after the last, the scenario is
+/// connecting or draining, not stalled. A delivery whose timestamp is older than the latest one
+/// seen (two readers racing for the lock) counts as no gap.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeliveryGaps {
+    last: Option<Instant>,
+    run: Duration,
+    interval: Duration,
+}
+
+impl DeliveryGaps {
+    /// Notes a delivery at `at`.
+    pub fn observe(&mut self, at: Instant) {
+        if let Some(last) = self.last {
+            let gap = at.saturating_duration_since(last);
+            self.run = self.run.max(gap);
+            self.interval = self.interval.max(gap);
+            self.last = Some(last.max(at));
+        } else {
+            self.last = Some(at);
+        }
+    }
+
+    /// The longest gap since the previous call (a gap counts in the interval where it ends),
+    /// then starts a new interval.
+    pub fn take_interval(&mut self) -> Duration {
+        std::mem::take(&mut self.interval)
+    }
+
+    /// The longest gap since the start or the last reset.
+    pub fn longest(&self) -> Duration {
+        self.run
+    }
 }
 
 /// The shared sink of every actor's measurements.
@@ -39,6 +78,7 @@ impl Default for Recorder {
             histograms: Mutex::new(Histograms {
                 total: new_histogram(),
                 interval: new_histogram(),
+                gaps: DeliveryGaps::default(),
             }),
             sent: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
@@ -56,17 +96,21 @@ impl Recorder {
 
     /// Records one delivery whose payload was scheduled at `scheduled_us` (µs since the epoch).
     pub fn delivery(&self, scheduled_us: u64) {
-        let latency = clock::now_micros().saturating_sub(scheduled_us).max(1);
-        self.latency_us(latency);
+        let now = Instant::now();
+        let latency = clock::micros_at(now).saturating_sub(scheduled_us);
+        let mut h = self.histograms.lock().expect("histogram lock");
+        h.record(latency);
+        h.gaps.observe(now);
+        drop(h);
         self.delivered.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records a latency without counting a delivery.
     pub fn latency_us(&self, latency: u64) {
-        let mut h = self.histograms.lock().expect("histogram lock");
-        let latency = latency.clamp(1, 600_000_000);
-        h.total.saturating_record(latency);
-        h.interval.saturating_record(latency);
+        self.histograms
+            .lock()
+            .expect("histogram lock")
+            .record(latency);
     }
 
     /// Counts one sent message or started operation.
@@ -93,19 +137,38 @@ impl Recorder {
         Latency::of(&self.histograms.lock().expect("histogram lock").total)
     }
 
-    /// Percentiles since the previous call, then starts a new interval.
-    fn take_interval(&self) -> Latency {
+    /// Percentiles and the longest delivery gap since the previous call, then starts a new
+    /// interval.
+    pub fn take_interval(&self) -> (Latency, Duration) {
         let mut h = self.histograms.lock().expect("histogram lock");
         let l = Latency::of(&h.interval);
         h.interval.reset();
-        l
+        (l, h.gaps.take_interval())
     }
 
-    /// Forgets every latency recorded so far (after a warm-up).
+    /// The longest time between two deliveries since the last reset.
+    pub fn longest_gap(&self) -> Duration {
+        self.histograms
+            .lock()
+            .expect("histogram lock")
+            .gaps
+            .longest()
+    }
+
+    /// Forgets every latency and delivery gap recorded so far (after a warm-up).
     pub fn reset_latency(&self) {
         let mut h = self.histograms.lock().expect("histogram lock");
         h.total.reset();
         h.interval.reset();
+        h.gaps = DeliveryGaps::default();
+    }
+}
+
+impl Histograms {
+    fn record(&mut self, latency_us: u64) {
+        let latency = latency_us.clamp(1, 600_000_000);
+        self.total.saturating_record(latency);
+        self.interval.saturating_record(latency);
     }
 }
 
@@ -220,7 +283,7 @@ impl Sampler {
                 let dt = now.duration_since(last_t).as_secs_f64().max(1e-6);
                 let delivered = recorder.delivered.load(Ordering::Relaxed);
                 let cpu = probe.and_then(|p| p.cpu_seconds());
-                let interval = recorder.take_interval();
+                let (interval, _) = recorder.take_interval();
                 samples.push(Sample {
                     t_s: now.duration_since(start).as_secs_f64(),
                     delivered_per_s: (delivered - last_delivered) as f64 / dt,
@@ -247,5 +310,68 @@ impl Sampler {
     pub async fn finish(self) -> Vec<Sample> {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn gaps_count_only_between_deliveries() {
+        let t0 = Instant::now();
+        let mut gaps = DeliveryGaps::default();
+        assert_eq!(gaps.longest(), Duration::ZERO);
+        gaps.observe(t0 + ms(1000));
+        assert_eq!(
+            gaps.longest(),
+            Duration::ZERO,
+            "the wait before the first is no gap"
+        );
+        gaps.observe(t0 + ms(1002));
+        gaps.observe(t0 + ms(1030));
+        gaps.observe(t0 + ms(1031));
+        assert_eq!(gaps.longest(), ms(28));
+    }
+
+    #[test]
+    fn gap_intervals_restart_and_the_run_keeps_its_longest() {
+        let t0 = Instant::now();
+        let mut gaps = DeliveryGaps::default();
+        gaps.observe(t0);
+        gaps.observe(t0 + ms(50));
+        assert_eq!(gaps.take_interval(), ms(50));
+        gaps.observe(t0 + ms(55));
+        assert_eq!(gaps.take_interval(), ms(5));
+        assert_eq!(gaps.take_interval(), Duration::ZERO, "no delivery, no gap");
+        // A gap spanning an interval's end counts in the interval where it ends.
+        gaps.observe(t0 + ms(75));
+        assert_eq!(gaps.take_interval(), ms(20));
+        assert_eq!(gaps.longest(), ms(50));
+    }
+
+    #[test]
+    fn an_older_delivery_is_no_gap_and_does_not_move_the_clock_back() {
+        let t0 = Instant::now();
+        let mut gaps = DeliveryGaps::default();
+        gaps.observe(t0 + ms(10));
+        gaps.observe(t0 + ms(4));
+        gaps.observe(t0 + ms(12));
+        assert_eq!(gaps.longest(), ms(2));
+    }
+
+    #[test]
+    fn a_reset_forgets_gaps() {
+        let recorder = Recorder::default();
+        recorder.delivery(clock::now_micros());
+        recorder.delivery(clock::now_micros());
+        recorder.reset_latency();
+        assert_eq!(recorder.longest_gap(), Duration::ZERO);
+        assert_eq!(recorder.take_interval().1, Duration::ZERO);
+        assert_eq!(recorder.latency().count, 0);
     }
 }

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::recorder::{Latency, Sample};
+use crate::soak::SoakReport;
 
 /// The server's resource use over a run.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -51,8 +52,11 @@ pub struct RunReport {
     pub extra: BTreeMap<String, f64>,
     /// Notes on how to read this run.
     pub notes: Vec<String>,
-    /// Once-a-second series behind the plot.
+    /// Once-a-second series behind the plot (once an interval for soak).
     pub samples: Vec<Sample>,
+    /// The soak scenario's intervals, idle readings and summary; absent for every other.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak: Option<SoakReport>,
 }
 
 impl RunReport {
@@ -89,6 +93,8 @@ type SampleValue = fn(&Sample) -> f64;
 pub struct Report {
     /// The machine, as `/proc` describes it.
     pub machine: String,
+    /// Worker threads of the load generator's runtime (`--workers`).
+    pub workers: usize,
     /// The runs, in order.
     pub runs: Vec<RunReport>,
 }
@@ -115,6 +121,11 @@ impl Report {
     /// The human-readable table.
     pub fn table(&self) -> String {
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{}; load generator on {} tokio worker threads\n",
+            self.machine, self.workers
+        );
         let _ = writeln!(
             out,
             "{:<16} {:<9} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>7} {:>8}",
@@ -174,12 +185,22 @@ impl Report {
                 );
             }
         }
+        for r in &self.runs {
+            if let Some(soak) = &r.soak {
+                let _ = writeln!(out, "\n{} / {}:\n{}", r.scenario, r.target, soak.table());
+            }
+        }
         out
     }
 
     /// A Markdown rendering: one table of every run, the ratios, and the notes.
     pub fn markdown(&self) -> String {
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "The load generator ran on {} tokio worker threads (`--workers`).\n",
+            self.workers
+        );
         let _ = writeln!(
             out,
             "| scenario | target | scale | deliveries/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | lost | errors | server CPU % | server RSS MiB |"
@@ -238,6 +259,18 @@ impl Report {
                     p.target,
                     ratio(r.delivered_per_s, p.delivered_per_s),
                     ratio(r.latency.p99_ms, p.latency.p99_ms)
+                );
+            }
+        }
+        for r in &self.runs {
+            if let Some(soak) = &r.soak {
+                let _ = writeln!(
+                    out,
+                    "{} / {}, one row per {:.0} s interval:\n\n```\n{}```\n",
+                    r.scenario,
+                    r.target,
+                    soak.interval_s,
+                    soak.table()
                 );
             }
         }

@@ -93,11 +93,29 @@ pub struct Scale {
     /// durable-publish: unacknowledged publishes each keeps in flight.
     #[arg(long, default_value_t = 64)]
     pub durable_window: usize,
+    /// soak: number of rooms (the chat-rooms shape, held for `--duration`).
+    #[arg(long, default_value_t = 100)]
+    pub soak_rooms: usize,
+    /// soak: members per room, each a connection that publishes and subscribes.
+    #[arg(long, default_value_t = 10)]
+    pub soak_members: usize,
+    /// soak: messages per second per member.
+    #[arg(long, default_value_t = 1.0)]
+    pub soak_rate: f64,
+    /// soak: seconds per reported interval (one line each: rate, latency, RSS).
+    #[arg(long, default_value_t = 10)]
+    pub soak_interval: u64,
+    /// soak: seconds to keep reading the broker's RSS after every connection closed.
+    #[arg(long, default_value_t = 30)]
+    pub soak_idle: u64,
 }
 
 fn params(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
 }
+
+/// A running publisher; it hands back its client and the last number sent on each channel.
+pub type PublisherTask = JoinHandle<(Client, Vec<(String, u64)>)>;
 
 /// An open-loop publisher: `rate` messages per second round-robin over `channels`, numbered
 /// per channel from 1. Returns the client and the last number sent on each channel.
@@ -109,7 +127,7 @@ fn spawn_publisher(
     deadline: Instant,
     payload: usize,
     recorder: Arc<Recorder>,
-) -> JoinHandle<(Client, Vec<(String, u64)>)> {
+) -> PublisherTask {
     tokio::spawn(async move {
         let mut pacer = Pacer::new(rate, start);
         let mut seqs = vec![0u64; channels.len()];
@@ -131,6 +149,36 @@ fn spawn_publisher(
     })
 }
 
+/// Starts every publisher of `publishers` (client, channels, rate) from `start` until
+/// `deadline`, staggered across one interval of its rate (at most a second) so they do not
+/// all fire together.
+pub fn spawn_staggered(
+    publishers: Vec<(Client, Vec<String>, f64)>,
+    start: Instant,
+    deadline: Instant,
+    payload: usize,
+    recorder: &Arc<Recorder>,
+) -> Vec<PublisherTask> {
+    let n = publishers.len().max(1) as f64;
+    publishers
+        .into_iter()
+        .enumerate()
+        .map(|(k, (client, channels, rate))| {
+            let offset = Duration::from_secs_f64(k as f64 / n / rate.max(1e-9));
+            let offset = offset.min(Duration::from_secs(1));
+            spawn_publisher(
+                client,
+                channels,
+                rate,
+                start + offset,
+                deadline,
+                payload,
+                recorder.clone(),
+            )
+        })
+        .collect()
+}
+
 /// The shared tail of every delivery scenario: window, drain, report.
 async fn measure_deliveries(
     ctx: &Context,
@@ -144,25 +192,7 @@ async fn measure_deliveries(
     recorder.reset_latency();
     let sampler = Sampler::start(recorder.clone(), ctx.probe);
     let start = Instant::now();
-    let n = publishers.len().max(1) as f64;
-    let tasks: Vec<_> = publishers
-        .into_iter()
-        .enumerate()
-        .map(|(k, (client, channels, rate))| {
-            // Stagger publishers across one interval so they do not all fire together.
-            let offset = Duration::from_secs_f64(k as f64 / n / rate.max(1e-9));
-            let offset = offset.min(Duration::from_secs(1));
-            spawn_publisher(
-                client,
-                channels,
-                rate,
-                start + offset,
-                finish.deadline(),
-                ctx.payload,
-                recorder.clone(),
-            )
-        })
-        .collect();
+    let tasks = spawn_staggered(publishers, start, finish.deadline(), ctx.payload, &recorder);
     finish.wait_window(&recorder).await;
     let mut clients = Vec::new();
     for t in tasks {
