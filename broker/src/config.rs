@@ -29,6 +29,8 @@ pub struct Config {
     pub storage: Storage,
     /// Presence behaviour.
     pub presence: PresenceSettings,
+    /// How a hot channel's deliveries spread over the worker threads.
+    pub fanout: FanoutSettings,
     /// Auth0 / OIDC logins (the auth plugin); off unless `domain` is set.
     pub auth0: auth_plugin::Auth0Config,
     /// Name of this node in `connectionDetails.serverId`. Default `broker-1`.
@@ -52,6 +54,7 @@ impl Default for Config {
             connection: ConnectionSettings::default(),
             storage: Storage::default(),
             presence: PresenceSettings::default(),
+            fanout: FanoutSettings::default(),
             auth0: auth_plugin::Auth0Config::default(),
             server_id: "broker-1".to_owned(),
             web_root: None,
@@ -221,6 +224,26 @@ impl Default for PresenceSettings {
             leave_grace_ms: 15_000,
             sync_page_size: 100,
             max_members_per_channel: 20_000,
+        }
+    }
+}
+
+/// Fan-out of a channel with many attachers (`channel/hub.rs`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FanoutSettings {
+    /// Shards a large channel's attachers are split into, each pushed by a task of its own;
+    /// 0 means one per worker thread of the runtime, 1 never splits. Default 0.
+    pub shards: usize,
+    /// Attachers from which a channel's broadcasts are split. Default 512.
+    pub min_attachers: usize,
+}
+
+impl Default for FanoutSettings {
+    fn default() -> Self {
+        FanoutSettings {
+            shards: 0,
+            min_attachers: 512,
         }
     }
 }

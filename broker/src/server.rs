@@ -17,6 +17,7 @@ use crate::auth::{now_ms, KeyAuthenticator};
 use crate::auth0::{ChainAuthenticator, TOKEN_KEY_PREFIX};
 use crate::backend::local::LocalBackend;
 use crate::broker::Broker;
+use crate::channel::hub::Parallelism;
 use crate::channel::{ChannelContext, Channels};
 use crate::config::Config;
 use crate::config::KeyConfig;
@@ -105,6 +106,13 @@ pub async fn run_then(
         max_rewind: config.limits.max_rewind,
         max_resume_replay: config.limits.max_resume_replay,
         max_presence_members: config.presence.max_members_per_channel,
+        fanout: Parallelism {
+            shards: match config.fanout.shards {
+                0 => tokio::runtime::Handle::current().metrics().num_workers(),
+                n => n,
+            },
+            min_attachers: config.fanout.min_attachers,
+        },
         presence_sync_page_size: config.presence.sync_page_size,
         shutdown: stop_rx.clone(),
         tasks: tasks.clone(),

@@ -39,6 +39,10 @@ fn core() -> Core {
         max_rewind: 100,
         max_resume_replay: 100,
         max_presence_members: 100,
+        fanout: hub::Parallelism {
+            shards: 2,
+            min_attachers: 2,
+        },
         presence_sync_page_size: 100,
         shutdown,
         tasks,
@@ -227,4 +231,66 @@ async fn an_attached_channel_does_not_retire() {
     core.settle("c").await;
     tokio::time::sleep(Duration::from_secs(3600)).await;
     assert_eq!(core.channels.active(), 1);
+}
+
+/// A channel with at least `min_attachers` attachers splits its broadcasts over shards: every
+/// attacher still gets every message once and in order, the publisher's own echo follows its
+/// echo setting, and an attacher whose outbox overflows is dropped without holding up the
+/// others.
+#[tokio::test(start_paused = true)]
+async fn a_split_broadcast_delivers_every_message_once_in_order() {
+    let core = core();
+    let mut receivers = Vec::new();
+    for i in 0..5 {
+        let (mut sub, rx) = subscriber(&format!("s{i}"));
+        sub.echo = i != 0;
+        core.attach("c", sub, StartFrom::Live).await;
+        receivers.push(rx);
+    }
+    let (tiny, _tiny_rx) = Outbox::new(Format::Json, 200, Arc::new(Metrics::new()));
+    let (mut small, _) = subscriber("small");
+    small.outbox = tiny;
+    core.attach("c", small, StartFrom::Live).await;
+    for i in 0..20 {
+        let (reply, outcome) = oneshot::channel();
+        let publish = Publish {
+            messages: vec![Message {
+                data: Some(protocol::Data::String(format!("m{i}"))),
+                ..Default::default()
+            }],
+            origin: Some(Origin {
+                connection_id: Arc::from("s0"),
+                pm_id: format!("s0:{i}"),
+            }),
+            app_ids: false,
+            received: Instant::now(),
+            reply,
+        };
+        core.channels
+            .send("c", Command::Publish(publish))
+            .await
+            .unwrap();
+        outcome.await.unwrap().unwrap();
+    }
+    let expected: Vec<String> = std::iter::once("attached".to_owned())
+        .chain((0..20).map(|i| format!("m{i}")))
+        .collect();
+    assert_eq!(
+        seen(&frames(&mut receivers[0])),
+        ["attached"],
+        "no echo for s0"
+    );
+    for rx in &mut receivers[1..] {
+        assert_eq!(seen(&frames(rx)), expected);
+    }
+    let (reply, answer) = oneshot::channel();
+    core.channels
+        .send("c", Command::Occupancy { reply })
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.await.unwrap().connections,
+        5,
+        "the overflowing one was dropped"
+    );
 }

@@ -19,26 +19,27 @@ use super::Subscriber;
 use crate::connection::outbox::{encode_frame, PushError};
 
 /// Who a broadcast is for.
-#[derive(Clone, Copy, Debug)]
-pub enum Audience<'a> {
+#[derive(Clone, Debug)]
+pub enum Audience {
     /// Messages: attachers with the SUBSCRIBE mode, except the publishing connection when it
     /// does not want its own messages echoed.
     Subscribers {
         /// The publishing connection, if any.
-        origin: Option<&'a str>,
+        origin: Option<Arc<str>>,
     },
     /// Presence events: attachers with the PRESENCE_SUBSCRIBE mode, and always the connection
     /// that made the change (RTP17a: ably-js fills its own-member map from that echo).
     PresenceSubscribers {
         /// The connection that made the change, if any.
-        origin: Option<&'a str>,
+        origin: Option<Arc<str>>,
     },
 }
 
-impl Audience<'_> {
+impl Audience {
     fn includes(&self, attacher: &Subscriber) -> bool {
-        let is_origin = |origin: Option<&str>| origin == Some(attacher.connection_id.as_ref());
-        match *self {
+        let is_origin =
+            |origin: &Option<Arc<str>>| origin.as_deref() == Some(attacher.connection_id.as_ref());
+        match self {
             Audience::Subscribers { origin } => {
                 attacher.modes & flags::MODE_SUBSCRIBE != 0 && (attacher.echo || !is_origin(origin))
             }
@@ -49,13 +50,76 @@ impl Audience<'_> {
     }
 }
 
+/// How a hub spreads a broadcast over the runtime's worker threads.
+#[derive(Clone, Copy, Debug)]
+pub struct Parallelism {
+    /// Shards a large channel's attachers are split into (1: never split).
+    pub shards: usize,
+    /// Attachers from which a broadcast is split.
+    pub min_attachers: usize,
+}
+
+impl Default for Parallelism {
+    fn default() -> Self {
+        Parallelism {
+            shards: 1,
+            min_attachers: usize::MAX,
+        }
+    }
+}
+
+/// One frame per wire format, encoded once and shared by every shard.
+struct Frames {
+    json: WsMessage,
+    msgpack: WsMessage,
+}
+
+impl Frames {
+    fn for_format(&self, format: Format) -> &WsMessage {
+        match format {
+            Format::Json => &self.json,
+            Format::Msgpack => &self.msgpack,
+        }
+    }
+}
+
+/// Pushes the frame to each attacher of `audience` in `shard`; returns how many got it and
+/// the attachers whose outbox refused it.
+fn push_all(shard: &[Subscriber], frames: &Frames, audience: &Audience) -> (u64, Vec<Arc<str>>) {
+    let mut delivered = 0;
+    let mut gone = Vec::new();
+    for attacher in shard.iter().filter(|a| audience.includes(a)) {
+        match attacher
+            .outbox
+            .try_push(frames.for_format(attacher.outbox.format()).clone())
+        {
+            Ok(()) => delivered += 1,
+            Err(PushError::Overflow | PushError::Closed) => {
+                gone.push(attacher.connection_id.clone())
+            }
+        }
+    }
+    (delivered, gone)
+}
+
 /// A channel's attachers, by connectionId.
 #[derive(Default)]
 pub struct Hub {
     attachers: HashMap<Arc<str>, Subscriber>,
+    parallelism: Parallelism,
+    /// The attachers split into shards for a parallel broadcast; `None` once they changed.
+    shards: Option<Vec<Arc<[Subscriber]>>>,
 }
 
 impl Hub {
+    /// A hub that splits the broadcasts of a large channel as `parallelism` says.
+    pub fn new(parallelism: Parallelism) -> Self {
+        Hub {
+            parallelism,
+            ..Hub::default()
+        }
+    }
+
     /// True when nothing is attached.
     pub fn is_empty(&self) -> bool {
         self.attachers.is_empty()
@@ -99,17 +163,21 @@ impl Hub {
         }
         self.attachers
             .insert(subscriber.connection_id.clone(), subscriber);
+        self.shards = None;
     }
 
     /// Removes `connection_id`'s attachment if socket `socket_id` still holds it.
     pub fn leave(&mut self, connection_id: &str, socket_id: u64) {
         if self.attached(connection_id, socket_id).is_some() {
             self.attachers.remove(connection_id);
+            self.shards = None;
         }
     }
 
-    /// The attachment of `connection_id` through socket `socket_id`, if it is the current one.
+    /// The attachment of `connection_id` through socket `socket_id`, if it is the current one,
+    /// to read or change (its modes, its last SYNC).
     pub fn attached(&mut self, connection_id: &str, socket_id: u64) -> Option<&mut Subscriber> {
+        self.shards = None;
         self.attachers
             .get_mut(connection_id)
             .filter(|a| a.socket_id == socket_id)
@@ -119,7 +187,7 @@ impl Hub {
     /// format; the same frame (its payload reference-counted) goes to every receiver. An
     /// attacher whose outbox is full or closed is dropped from the channel (its connection is
     /// told by the outbox). Returns how many got it.
-    pub fn broadcast(&mut self, message: &ProtocolMessage, audience: Audience<'_>) -> u64 {
+    pub fn broadcast(&mut self, message: &ProtocolMessage, audience: Audience) -> u64 {
         let mut json: Option<WsMessage> = None;
         let mut msgpack: Option<WsMessage> = None;
         let mut gone = Vec::new();
@@ -139,9 +207,69 @@ impl Hub {
                 Err(PushError::Overflow | PushError::Closed) => gone.push(id.clone()),
             }
         }
+        self.drop_gone(gone);
+        delivered
+    }
+
+    /// Like [`Hub::broadcast`], but a channel with at least `min_attachers` attachers has its
+    /// attachers split into shards, and each shard pushes the frames (encoded once per format,
+    /// before the split) to its attachers on a task of its own, so the pushes and the writer
+    /// wake-ups of a hot channel spread over the runtime's worker threads. It returns once
+    /// every shard is done, so the channel's next frame, to any attacher, follows this one.
+    pub async fn broadcast_parallel(
+        &mut self,
+        message: &ProtocolMessage,
+        audience: Audience,
+    ) -> u64 {
+        let Parallelism {
+            shards,
+            min_attachers,
+        } = self.parallelism;
+        if shards < 2 || self.attachers.len() < min_attachers {
+            return self.broadcast(message, audience);
+        }
+        let frames = Arc::new(Frames {
+            json: encode_frame(Format::Json, message),
+            msgpack: encode_frame(Format::Msgpack, message),
+        });
+        let audience = Arc::new(audience);
+        let mut tasks = tokio::task::JoinSet::new();
+        for shard in self.shards(shards) {
+            let (frames, audience) = (frames.clone(), audience.clone());
+            tasks.spawn(async move { push_all(&shard, &frames, &audience) });
+        }
+        let mut delivered = 0;
+        let mut gone = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            let Ok((count, refused)) = done else {
+                continue;
+            };
+            delivered += count;
+            gone.extend(refused);
+        }
+        self.drop_gone(gone);
+        delivered
+    }
+
+    /// The attachers in `count` shards of equal size, split again only after a change.
+    fn shards(&mut self, count: usize) -> Vec<Arc<[Subscriber]>> {
+        let attachers = &self.attachers;
+        self.shards
+            .get_or_insert_with(|| {
+                let all: Vec<Subscriber> = attachers.values().cloned().collect();
+                let size = all.len().div_ceil(count).max(1);
+                all.chunks(size).map(Arc::from).collect()
+            })
+            .clone()
+    }
+
+    fn drop_gone(&mut self, gone: Vec<Arc<str>>) {
+        if gone.is_empty() {
+            return;
+        }
         for id in gone {
             self.attachers.remove(&id);
         }
-        delivered
+        self.shards = None;
     }
 }

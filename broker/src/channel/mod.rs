@@ -27,6 +27,7 @@ use crate::connection::outbox::Outbox;
 use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
 use crate::store::ChannelLog;
+use hub::Parallelism;
 
 /// The result of one publish: a serial per message, or why it was refused.
 pub type PublishOutcome = Result<Vec<Option<String>>, ErrorInfo>;
@@ -54,6 +55,8 @@ pub struct ChannelContext {
     pub max_resume_replay: usize,
     /// Most presence members per channel.
     pub max_presence_members: usize,
+    /// How a channel with many attachers splits its broadcasts.
+    pub fanout: Parallelism,
     /// Members per SYNC page.
     pub presence_sync_page_size: usize,
     /// Becomes true when the broker shuts down; sequencers then finish and stop.
@@ -420,6 +423,7 @@ mod tests {
             max_rewind: 100,
             max_resume_replay: 100,
             max_presence_members: 100,
+            fanout: Parallelism::default(),
             presence_sync_page_size: 100,
             shutdown,
             tasks: tasks.clone(),

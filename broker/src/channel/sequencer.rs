@@ -75,7 +75,7 @@ impl Sequencer {
         Ok(Sequencer {
             name: name.to_owned(),
             stream,
-            hub: Hub::default(),
+            hub: Hub::new(context.fanout),
             presence: PresenceSet::default(),
             presence_last: presence_bounds.map_or(0, |b| b.last),
             presence_retention: Retention::new(
@@ -356,8 +356,12 @@ impl Sequencer {
                 tracing::warn!(channel = %self.name, error = %e, "presence history append failed")
             }
         }
-        self.hub
-            .broadcast(message, Audience::PresenceSubscribers { origin });
+        self.hub.broadcast(
+            message,
+            Audience::PresenceSubscribers {
+                origin: origin.map(Arc::from),
+            },
+        );
     }
 
     async fn publish(&mut self, mut batch: Vec<Publish>) {
@@ -395,10 +399,11 @@ impl Sequencer {
                     messages: Some(fresh),
                     ..ProtocolMessage::for_channel(Action::Message, &self.name)
                 };
-                let origin = p.origin.as_ref().map(|o| o.connection_id.as_ref());
+                let origin = p.origin.as_ref().map(|o| o.connection_id.clone());
                 let delivered = self
                     .hub
-                    .broadcast(&message, Audience::Subscribers { origin });
+                    .broadcast_parallel(&message, Audience::Subscribers { origin })
+                    .await;
                 self.context.metrics.messages_out.inc_by(delivered);
             }
             acks.push((p.reply, p.received, serials));
