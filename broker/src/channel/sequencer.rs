@@ -28,8 +28,8 @@ use super::{
 use crate::auth::now_ms;
 use crate::backend::local::Retention;
 use crate::backend::{Draft, Stored, Stream};
-use crate::connection::outbox::encode_frame;
 use crate::lifecycle::TaskGuard;
+use crate::outbox::encode_frame;
 use crate::store::{format_serial, parse_serial, Direction, Query, StoreError};
 
 /// Publishes taken into one log append and one commit at most.
