@@ -10,8 +10,8 @@ use protocol::{flags, Action, Data, Format, Message, ProtocolMessage};
 
 use broker::channel::hub::{Audience, Hub};
 use broker::channel::Subscriber;
-use broker::connection::outbox::Outbox;
 use broker::metrics::Metrics;
+use broker::outbox::Outbox;
 
 fn fanout(c: &mut Criterion) {
     let message = ProtocolMessage {

@@ -16,6 +16,7 @@ pub mod error;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
+pub mod outbox;
 pub mod revocation;
 pub mod server;
 pub mod store;

@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::revocation::Revocations;
 use crate::store::commit::Committer;
 use crate::store::sled_log::SledLog;
-use crate::store::{ChannelLog, StoreError};
+use crate::store::{ChannelLog, Database, StoreError};
 use auth_plugin::AuthPlugin;
 
 /// Runs the broker on `listener` until `shutdown` resolves.
@@ -51,7 +51,10 @@ pub async fn run_then(
 ) -> Result<(), Error> {
     config.validate().map_err(Error::Config)?;
     std::fs::create_dir_all(&config.data_dir)?;
-    let (messages, presence) = SledLog::open_logs(&config.data_dir, config.storage.cache_bytes)?;
+    // One database per data directory; the logs, the user table, the development users and
+    // the revocations each keep their own handle on it.
+    let database = Database::open(&config.data_dir, config.storage.cache_bytes)?;
+    let (messages, presence) = SledLog::open_logs_on(&database)?;
     // Tokens minted for Auth0 users are Ably JWTs signed by a key of the broker's own, kept
     // in the data directory so they stay valid across restarts.
     let token_key = crate::cli::stored_key(&config.data_dir, "token-signing-key", TOKEN_KEY_PREFIX)
@@ -63,19 +66,22 @@ pub async fn run_then(
     all_keys.push(internal);
     let keys = Arc::new(KeyAuthenticator::new(&all_keys).map_err(Error::Config)?);
     let auth0 = if config.auth0.enabled() {
-        Some(AuthPlugin::start(config.auth0.clone(), messages.db()).map_err(Error::Config)?)
+        Some(AuthPlugin::start(config.auth0.clone(), &database.handle()).map_err(Error::Config)?)
     } else {
         None
     };
     let dev_users = if config.dev_login_enabled() {
-        let opened = DevUsers::open(messages.db());
+        let opened = DevUsers::open(&database.handle());
         Some(opened.map_err(|e| Error::Store(StoreError::Engine(e.to_string())))?)
     } else {
         None
     };
-    let revocations = Revocations::open(messages.db(), now_ms())
+    let revocations = Revocations::open(&database.handle(), now_ms())
         .map_err(|e| Error::Store(StoreError::Engine(e.to_string())))?;
     let revocations = Arc::new(revocations);
+    // Every owner has its handle now. The database stays open until the last is dropped, as
+    // before: normally the log's, after its clean stop.
+    drop(database);
     let log: Arc<dyn ChannelLog> = Arc::new(messages);
     let presence_log: Arc<dyn ChannelLog> = Arc::new(presence);
     let metrics = Arc::new(Metrics::new());

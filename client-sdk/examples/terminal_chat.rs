@@ -27,7 +27,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use clap::Parser;
-use client_sdk::{Channel, Client, Data, HistoryQuery, Message, PresenceMessage, Subscription};
+use client_sdk::{
+    Channel, Client, Data, HistoryQuery, Message, PresenceAction, PresenceMessage, Subscription,
+};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
@@ -122,8 +124,8 @@ async fn main() -> Result<()> {
             Some(event) = room.presence.next() => {
                 let name = event.client_id.as_deref().unwrap_or("someone");
                 match event.action {
-                    2 => println!("* {name} joined"),
-                    3 => println!("* {name} left"),
+                    PresenceAction::Enter => println!("* {name} joined"),
+                    PresenceAction::Leave => println!("* {name} left"),
                     _ => {}
                 }
             }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
-use protocol::{Message, PresenceMessage};
+use protocol::{Message, PresenceAction, PresenceMessage};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client::Client;
@@ -296,7 +296,7 @@ pub struct Presence {
 impl Presence {
     async fn act(
         &self,
-        action: u64,
+        action: PresenceAction,
         client_id: Option<String>,
         data: Payload,
     ) -> Result<(), Error> {
@@ -321,20 +321,17 @@ impl Presence {
 
     /// Enters with the connection's clientId (attaching if needed); resolves on ACK.
     pub async fn enter(&self, data: impl Into<Payload>) -> Result<(), Error> {
-        self.act(crate::presence_action::ENTER, None, data.into())
-            .await
+        self.act(PresenceAction::Enter, None, data.into()).await
     }
 
     /// Updates this client's data.
     pub async fn update(&self, data: impl Into<Payload>) -> Result<(), Error> {
-        self.act(crate::presence_action::UPDATE, None, data.into())
-            .await
+        self.act(PresenceAction::Update, None, data.into()).await
     }
 
     /// Leaves.
     pub async fn leave(&self, data: impl Into<Payload>) -> Result<(), Error> {
-        self.act(crate::presence_action::LEAVE, None, data.into())
-            .await
+        self.act(PresenceAction::Leave, None, data.into()).await
     }
 
     /// Enters on behalf of `client_id` (key or wildcard connections).
@@ -343,12 +340,8 @@ impl Presence {
         client_id: impl Into<String>,
         data: impl Into<Payload>,
     ) -> Result<(), Error> {
-        self.act(
-            crate::presence_action::ENTER,
-            Some(client_id.into()),
-            data.into(),
-        )
-        .await
+        self.act(PresenceAction::Enter, Some(client_id.into()), data.into())
+            .await
     }
 
     /// Leaves on behalf of `client_id`.
@@ -357,12 +350,8 @@ impl Presence {
         client_id: impl Into<String>,
         data: impl Into<Payload>,
     ) -> Result<(), Error> {
-        self.act(
-            crate::presence_action::LEAVE,
-            Some(client_id.into()),
-            data.into(),
-        )
-        .await
+        self.act(PresenceAction::Leave, Some(client_id.into()), data.into())
+            .await
     }
 
     /// The current members, after the attach's SYNC has completed (§6.7).

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use protocol::{flags, Action, ErrorInfo, Format, Message, PresenceMessage, ProtocolMessage};
+use protocol::{
+    flags, Action, ErrorInfo, Format, Message, PresenceAction, PresenceMessage, ProtocolMessage,
+};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -754,7 +756,7 @@ impl Driver {
         };
         let queued = std::mem::take(&mut ch.presence_queue);
         for mut member in reenter {
-            member.action = 2;
+            member.action = PresenceAction::Enter;
             let (reply, _) = oneshot::channel();
             self.send_presence(socket, &channel, member, reply).await;
         }
@@ -813,7 +815,7 @@ impl Driver {
                 item.connection_id.clone().unwrap_or_default(),
             );
             let own = item.connection_id.is_some() && item.connection_id == own_connection;
-            if item.action == 3 {
+            if item.action == PresenceAction::Leave {
                 ch.members.remove(&key);
                 if own {
                     ch.own.remove(&key.0);
@@ -823,7 +825,7 @@ impl Driver {
                 ch.members.insert(
                     key.clone(),
                     PresenceMessage {
-                        action: 1,
+                        action: PresenceAction::Present,
                         ..item.clone()
                     },
                 );
@@ -845,7 +847,7 @@ impl Driver {
             // §6.4: members not seen in the sync have left.
             for key in std::mem::take(&mut ch.residual) {
                 if let Some(mut gone) = ch.members.remove(&key) {
-                    gone.action = 3;
+                    gone.action = PresenceAction::Leave;
                     ch.presence_subscribers
                         .retain(|_, sink| sink.deliver(gone.clone()));
                 }

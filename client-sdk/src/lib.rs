@@ -47,19 +47,11 @@ pub use channel::{Channel, HistoryPage, HistoryQuery, Presence, Subscription};
 pub use client::{Client, ClientBuilder};
 pub use data::Payload;
 pub use error::Error;
+/// Presence actions as they appear in [`PresenceMessage::action`] (§6.1): the protocol's own
+/// type, so a member from [`Presence::get`] or a presence subscription is matched on
+/// `PresenceAction::Enter`, `PresenceAction::Leave` and so on.
+pub use protocol::PresenceAction;
 pub use protocol::{Data, Format, Message, PresenceMessage};
-
-/// Presence actions as they appear in [`PresenceMessage::action`] (§6.1).
-pub mod presence_action {
-    /// A member listed by a sync or `get()`.
-    pub const PRESENT: u64 = 1;
-    /// Entered.
-    pub const ENTER: u64 = 2;
-    /// Left.
-    pub const LEAVE: u64 = 3;
-    /// Changed its data.
-    pub const UPDATE: u64 = 4;
-}
 
 /// Where the connection is (the states of ably-js's `connection.state`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

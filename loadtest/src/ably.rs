@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use protocol::{codec, flags, Action, Data, Format, Message, PresenceMessage, ProtocolMessage};
+use protocol::{
+    codec, flags, Action, Data, Format, Message, PresenceAction, PresenceMessage, ProtocolMessage,
+};
 use tokio::net::TcpSocket;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
@@ -451,11 +453,11 @@ impl Connection {
         Ok(receivers)
     }
 
-    /// Sends a presence ENTER (2) or LEAVE (3) as `client_id`; settles on its ACK.
+    /// Sends a presence enter or leave as `client_id`; settles on its ACK.
     pub fn presence(
         &self,
         channel: &str,
-        action: u64,
+        action: PresenceAction,
         client_id: &str,
     ) -> Result<oneshot::Receiver<Result<(), String>>, String> {
         let mut frame = ProtocolMessage::for_channel(Action::Presence, channel);

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, FuturesUnordered};
 use futures_util::{FutureExt, StreamExt};
+use protocol::PresenceAction;
 use tokio::task::JoinHandle;
 
 use crate::ably;
@@ -631,7 +632,11 @@ pub async fn presence_churn(ctx: &Context, scale: &Scale) -> RunReport {
                         due = pacer.tick() => due,
                         Some(()) = pending.next() => continue,
                     };
-                    let action = if entered { 3 } else { 2 };
+                    let action = if entered {
+                        PresenceAction::Leave
+                    } else {
+                        PresenceAction::Enter
+                    };
                     entered = !entered;
                     recorder.sent();
                     match conn.presence(&channel, action, &client_id) {

@@ -1,5 +1,7 @@
-//! Protocol action numbers (§3.1). Unknown numbers survive decoding as [`Action::Unknown`] so the
-//! broker can answer them with an error instead of dropping the frame.
+//! Action numbers: a ProtocolMessage's [`Action`] (§3.1) and a PresenceMessage's
+//! [`PresenceAction`] (§6.1). Both travel as plain integers in JSON and msgpack, and unknown
+//! numbers survive decoding as an `Unknown` variant so the broker can answer them with an error
+//! instead of dropping the frame.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -115,6 +117,70 @@ impl<'de> Deserialize<'de> for Action {
     }
 }
 
+/// The `action` of a [`crate::PresenceMessage`] (§6.1).
+///
+/// Unknown numbers decode as [`PresenceAction::Unknown`] rather than failing, exactly as the
+/// raw `u64` this replaces did: a client's PRESENCE item with such a number reaches the broker,
+/// which refuses it with the same NACK (40000, "presence action N cannot be sent by a client") as
+/// it does ABSENT and PRESENT. A number that is not an unsigned integer still fails decoding, as
+/// before. [`PresenceAction::from_code`] never yields `Unknown` for a named number; build values
+/// with it (or the named variants), not with `Unknown(1)`, which would not compare equal to
+/// [`PresenceAction::Present`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PresenceAction {
+    /// 0: a tombstone in a client's presence map; the broker never sends it.
+    #[default]
+    Absent,
+    /// 1: a member as listed by a SYNC page or a REST `presence.get()`.
+    Present,
+    /// 2: a member entered.
+    Enter,
+    /// 3: a member left.
+    Leave,
+    /// 4: a member changed its data.
+    Update,
+    /// Any other number, kept so it can be refused with its number.
+    Unknown(u64),
+}
+
+impl PresenceAction {
+    /// The action's number on the wire.
+    pub fn code(self) -> u64 {
+        match self {
+            PresenceAction::Absent => 0,
+            PresenceAction::Present => 1,
+            PresenceAction::Enter => 2,
+            PresenceAction::Leave => 3,
+            PresenceAction::Update => 4,
+            PresenceAction::Unknown(n) => n,
+        }
+    }
+
+    /// The presence action for a wire number.
+    pub fn from_code(code: u64) -> PresenceAction {
+        match code {
+            0 => PresenceAction::Absent,
+            1 => PresenceAction::Present,
+            2 => PresenceAction::Enter,
+            3 => PresenceAction::Leave,
+            4 => PresenceAction::Update,
+            n => PresenceAction::Unknown(n),
+        }
+    }
+}
+
+impl Serialize for PresenceAction {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.code())
+    }
+}
+
+impl<'de> Deserialize<'de> for PresenceAction {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        u64::deserialize(deserializer).map(PresenceAction::from_code)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +192,46 @@ mod tests {
         }
         assert_eq!(Action::from_code(15), Action::Message);
         assert_eq!(Action::from_code(21), Action::Unknown(21));
+    }
+
+    #[test]
+    fn presence_actions_travel_as_their_numbers_in_json_and_msgpack() {
+        let cases = [
+            (PresenceAction::Absent, 0),
+            (PresenceAction::Present, 1),
+            (PresenceAction::Enter, 2),
+            (PresenceAction::Leave, 3),
+            (PresenceAction::Update, 4),
+            (PresenceAction::Unknown(99), 99),
+        ];
+        for (action, code) in cases {
+            let item = crate::PresenceMessage {
+                action,
+                client_id: Some("ann".into()),
+                ..Default::default()
+            };
+            let json = serde_json::to_value(&item).unwrap();
+            assert_eq!(json["action"], code);
+            let back: crate::PresenceMessage = serde_json::from_value(json).unwrap();
+            assert_eq!(back, item);
+
+            let packed = rmp_serde::to_vec_named(&item).unwrap();
+            let same_as_a_number =
+                rmp_serde::to_vec_named(&serde_json::json!({"action": code, "clientId": "ann"}))
+                    .unwrap();
+            assert_eq!(packed, same_as_a_number);
+            let back: crate::PresenceMessage = rmp_serde::from_slice(&packed).unwrap();
+            assert_eq!(back, item);
+        }
+    }
+
+    #[test]
+    fn a_presence_action_that_is_not_a_number_does_not_decode() {
+        for bad in [r#"{"action":"enter"}"#, r#"{"action":-1}"#, r#"{}"#] {
+            assert!(
+                serde_json::from_str::<crate::PresenceMessage>(bad).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

@@ -10,7 +10,7 @@ pub mod error;
 pub mod flags;
 pub mod message;
 
-pub use action::Action;
+pub use action::{Action, PresenceAction};
 pub use capability::{Capability, Operation};
 pub use codec::{decode, encode, salvage, DecodeError, Format, Salvage};
 pub use error::ErrorInfo;

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::action::Action;
+use crate::action::{Action, PresenceAction};
 use crate::error::{codes, ErrorInfo};
 
 /// One frame of the realtime protocol (§3.2). Every field but `action` is optional.
@@ -231,8 +231,8 @@ impl Message {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PresenceMessage {
-    /// 0 absent, 1 present, 2 enter, 3 leave, 4 update.
-    pub action: u64,
+    /// Absent, present, enter, leave or update.
+    pub action: PresenceAction,
     /// `<connectionId>:<msgSerial>:<index>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,

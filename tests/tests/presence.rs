@@ -2,17 +2,17 @@
 //! leaves on CLOSE and after the grace period of an abrupt drop, none on a timely resume, the
 //! REST views, and the refusals.
 
-use protocol::{flags, Action, Data, PresenceMessage, ProtocolMessage};
+use protocol::{flags, Action, Data, PresenceAction, PresenceMessage, ProtocolMessage};
 use tests::{ably_jwt, acked_by, http, now_secs, send, urlencode, Client, TestBroker, KEY};
 
-const ENTER: u64 = 2;
-const LEAVE: u64 = 3;
-const UPDATE: u64 = 4;
+const ENTER: PresenceAction = PresenceAction::Enter;
+const LEAVE: PresenceAction = PresenceAction::Leave;
+const UPDATE: PresenceAction = PresenceAction::Update;
 
 fn presence(
     channel: &str,
     msg_serial: u64,
-    action: u64,
+    action: PresenceAction,
     client_id: Option<&str>,
     data: &str,
 ) -> ProtocolMessage {
@@ -109,14 +109,20 @@ async fn members_see_each_other_by_event_and_by_sync() {
     let sync = carol.expect(Action::Sync).await;
     let serial = sync.channel_serial.unwrap();
     assert!(serial.ends_with(':'), "single page ends the sync: {serial}");
-    let mut members: Vec<(u64, String)> = sync
+    let mut members: Vec<(PresenceAction, String)> = sync
         .presence
         .unwrap()
         .into_iter()
         .map(|m| (m.action, m.client_id.unwrap()))
         .collect();
-    members.sort();
-    assert_eq!(members, [(1, "alice".to_owned()), (1, "bob".to_owned())]);
+    members.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(
+        members,
+        [
+            (PresenceAction::Present, "alice".to_owned()),
+            (PresenceAction::Present, "bob".to_owned())
+        ]
+    );
 }
 
 #[tokio::test]
@@ -317,11 +323,11 @@ async fn rest_presence_history_and_occupancy_agree_with_what_happened() {
     assert_eq!(filtered.as_array().unwrap().len(), 0);
 
     let events = get("/channels/hall/presence/history?direction=forwards").await;
-    let actions: Vec<u64> = events
+    let actions: Vec<PresenceAction> = events
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["action"].as_u64().unwrap())
+        .map(|e| PresenceAction::from_code(e["action"].as_u64().unwrap()))
         .collect();
     assert_eq!(actions, [ENTER, UPDATE, LEAVE, ENTER]);
 

@@ -2,7 +2,7 @@
 //! connectionId, resent publishes are de-duplicated, and each channel replays from the
 //! client's channelSerial without loss or duplicates.
 
-use protocol::{flags, Action, ProtocolMessage};
+use protocol::{flags, Action, PresenceAction, ProtocolMessage};
 use tests::{publish_message, texts, urlencode, TestBroker, KEY};
 
 async fn resume(broker: &TestBroker, key: &str) -> tests::Client {
@@ -201,7 +201,7 @@ async fn a_silent_peer_is_dropped_and_its_members_leave() {
     let enter = ProtocolMessage {
         msg_serial: Some(0),
         presence: Some(vec![protocol::PresenceMessage {
-            action: 2,
+            action: PresenceAction::Enter,
             client_id: Some("mute".into()),
             ..Default::default()
         }]),
@@ -213,7 +213,9 @@ async fn a_silent_peer_is_dropped_and_its_members_leave() {
     // From here on `silent` is never read, so it answers no ping.
     loop {
         let m = watcher.next().await.expect("watcher stays connected");
-        if m.action == Action::Presence && m.presence.as_ref().unwrap()[0].action == 3 {
+        if m.action == Action::Presence
+            && m.presence.as_ref().unwrap()[0].action == PresenceAction::Leave
+        {
             assert_eq!(m.presence.unwrap()[0].client_id.as_deref(), Some("mute"));
             break;
         }

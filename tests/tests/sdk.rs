@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use client_sdk::{Client, ConnectionState, Data, Format, HistoryQuery};
+use client_sdk::{Client, ConnectionState, Data, Format, HistoryQuery, PresenceAction};
 use futures_util::StreamExt;
 use tests::proxy::Proxy;
 use tests::{ably_jwt, http, now_secs, send, TestBroker, KEY, SAFETY};
@@ -140,7 +140,10 @@ async fn presence_enter_get_and_events() {
     bob_room.attach().await.unwrap();
     ann_room.presence().enter("here").await.unwrap();
     let event = next(&mut events).await;
-    assert_eq!((event.action, event.client_id.as_deref()), (2, Some("ann")));
+    assert_eq!(
+        (event.action, event.client_id.as_deref()),
+        (PresenceAction::Enter, Some("ann"))
+    );
     bob_room
         .presence()
         .enter(serde_json::json!({"mood": "ok"}))
@@ -157,11 +160,14 @@ async fn presence_enter_get_and_events() {
     }
     assert_eq!(
         (seen.action, seen.data),
-        (4, Some(Data::String("away".into())))
+        (PresenceAction::Update, Some(Data::String("away".into())))
     );
     ann.close().await;
     let leave = next(&mut events).await;
-    assert_eq!((leave.action, leave.client_id.as_deref()), (3, Some("ann")));
+    assert_eq!(
+        (leave.action, leave.client_id.as_deref()),
+        (PresenceAction::Leave, Some("ann"))
+    );
 }
 
 #[tokio::test]

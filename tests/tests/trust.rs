@@ -4,7 +4,7 @@
 //! live original, empty namespaces, presence SYNC on request, REST publish on behalf of a
 //! realtime connection). References are to `../shared/ably-protocol.md`.
 
-use protocol::{flags, Action, Message, PresenceMessage, ProtocolMessage};
+use protocol::{flags, Action, Message, PresenceAction, PresenceMessage, ProtocolMessage};
 use tests::{basic_auth, history, http, json, send, texts, urlencode, TestBroker, KEY};
 
 fn message_with(extras: serde_json::Value) -> Message {
@@ -122,7 +122,7 @@ async fn client_set_user_claims_are_stripped_and_headers_kept() {
         assert!(stored["extras"].get("userClaim").is_none(), "{stored}");
     }
     let enter = PresenceMessage {
-        action: 2,
+        action: PresenceAction::Enter,
         client_id: Some("eve".into()),
         extras: Some(forged),
         ..Default::default()
@@ -242,7 +242,7 @@ async fn operations_outside_the_attached_modes_are_refused() {
         .send(&ProtocolMessage {
             msg_serial: Some(1),
             presence: Some(vec![PresenceMessage {
-                action: 2,
+                action: PresenceAction::Enter,
                 client_id: Some("x".into()),
                 ..Default::default()
             }]),
@@ -288,7 +288,7 @@ async fn a_client_sync_gets_a_fresh_presence_sync() {
         .send(&ProtocolMessage {
             msg_serial: Some(0),
             presence: Some(vec![PresenceMessage {
-                action: 2,
+                action: PresenceAction::Enter,
                 client_id: Some("ann".into()),
                 ..Default::default()
             }]),
@@ -304,7 +304,11 @@ async fn a_client_sync_gets_a_fresh_presence_sync() {
     let members = sync.presence.unwrap();
     assert_eq!(members.len(), 1);
     assert_eq!(members[0].client_id.as_deref(), Some("ann"));
-    assert_eq!(members[0].action, 1, "members are sent as present");
+    assert_eq!(
+        members[0].action,
+        PresenceAction::Present,
+        "members are sent as present"
+    );
     // A burst of SYNCs is not a way to keep the channel busy: the next ones, right after,
     // are ignored, and the publish behind them is the next frame.
     for _ in 0..3 {

@@ -7,12 +7,11 @@
 //! or NACK goes out in msgSerial order with publishes.
 
 use protocol::error::codes;
-use protocol::{flags, ErrorInfo, Operation, PresenceMessage, ProtocolMessage};
+use protocol::{flags, ErrorInfo, Operation, PresenceAction, PresenceMessage, ProtocolMessage};
 
 use super::message::refuse;
 use super::{new_msg_serial, track};
 use crate::auth::now_ms;
-use crate::channel::presence::action;
 use crate::channel::service::{mode_not_attached, strip_server_fields};
 use crate::channel::{Command, Origin, PresenceOp};
 use crate::connection::state::Connection;
@@ -80,10 +79,16 @@ fn prepare(
     let now = now_ms();
     let mut size = 0;
     for (index, item) in items.iter_mut().enumerate() {
-        if !matches!(item.action, action::ENTER | action::UPDATE | action::LEAVE) {
+        if !matches!(
+            item.action,
+            PresenceAction::Enter | PresenceAction::Update | PresenceAction::Leave
+        ) {
             return Err(ErrorInfo::new(
                 codes::BAD_REQUEST,
-                format!("presence action {} cannot be sent by a client", item.action),
+                format!(
+                    "presence action {} cannot be sent by a client",
+                    item.action.code()
+                ),
             ));
         }
         let client_id = identity

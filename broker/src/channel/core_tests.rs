@@ -12,7 +12,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::*;
 use crate::backend::memory::MemoryBackend;
-use crate::connection::outbox::{Outbox, OutboxReceiver};
+use crate::outbox::{Outbox, OutboxReceiver};
 use crate::store::sled_log::SledLog;
 
 struct Core {

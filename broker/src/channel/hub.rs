@@ -16,7 +16,7 @@ use protocol::{flags, Format, ProtocolMessage};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::Subscriber;
-use crate::connection::outbox::{encode_frame, PushError};
+use crate::outbox::{encode_frame, PushError};
 
 /// Who a broadcast is for.
 #[derive(Clone, Debug)]

@@ -23,9 +23,9 @@ use protocol::{ErrorInfo, Message};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backend::Backend;
-use crate::connection::outbox::Outbox;
 use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use crate::store::ChannelLog;
 use hub::Parallelism;
 

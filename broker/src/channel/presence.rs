@@ -6,19 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use protocol::{Message, PresenceMessage};
-
-/// Presence actions on the wire (§6.1).
-pub mod action {
-    /// A member in a SYNC or REST listing.
-    pub const PRESENT: u64 = 1;
-    /// Entered.
-    pub const ENTER: u64 = 2;
-    /// Left.
-    pub const LEAVE: u64 = 3;
-    /// Changed its data.
-    pub const UPDATE: u64 = 4;
-}
+use protocol::{Message, PresenceAction, PresenceMessage};
 
 /// The members of one channel.
 #[derive(Default)]
@@ -51,8 +39,8 @@ impl PresenceSet {
             item.connection_id.clone().unwrap_or_default(),
         );
         match item.action {
-            action::LEAVE => self.members.remove(&key).map(|_| item),
-            action::ENTER | action::UPDATE | action::PRESENT => {
+            PresenceAction::Leave => self.members.remove(&key).map(|_| item),
+            PresenceAction::Enter | PresenceAction::Update | PresenceAction::Present => {
                 let previous = self.members.get(&key);
                 let event = match previous {
                     // §6.3 item 4: a re-enter with unchanged data is not announced again.
@@ -64,14 +52,14 @@ impl PresenceSet {
                         None
                     }
                     Some(_) => Some(PresenceMessage {
-                        action: action::UPDATE,
+                        action: PresenceAction::Update,
                         ..item.clone()
                     }),
                     None => Some(PresenceMessage {
-                        action: if item.action == action::UPDATE {
-                            action::UPDATE
+                        action: if item.action == PresenceAction::Update {
+                            PresenceAction::Update
                         } else {
-                            action::ENTER
+                            PresenceAction::Enter
                         },
                         ..item.clone()
                     }),
@@ -80,7 +68,7 @@ impl PresenceSet {
                     self.members.insert(
                         key,
                         PresenceMessage {
-                            action: action::PRESENT,
+                            action: PresenceAction::Present,
                             ..item
                         },
                     );
@@ -103,7 +91,7 @@ impl PresenceSet {
         keys.into_iter()
             .filter_map(|key| self.members.remove(&key))
             .map(|m| PresenceMessage {
-                action: action::LEAVE,
+                action: PresenceAction::Leave,
                 id: None,
                 timestamp: Some(now),
                 ..m
@@ -152,7 +140,7 @@ pub fn to_record(event: &PresenceMessage) -> Message {
         encoding: event.encoding.clone(),
         extras: event.extras.clone(),
         timestamp: event.timestamp,
-        action: Some(event.action),
+        action: Some(event.action.code()),
         ..Default::default()
     }
 }
@@ -160,7 +148,9 @@ pub fn to_record(event: &PresenceMessage) -> Message {
 /// A presence event back from its history record.
 pub fn from_record(record: Message) -> PresenceMessage {
     PresenceMessage {
-        action: record.action.unwrap_or(action::PRESENT),
+        action: record
+            .action
+            .map_or(PresenceAction::Present, PresenceAction::from_code),
         id: record.id,
         client_id: record.client_id,
         connection_id: record.connection_id,
@@ -176,7 +166,7 @@ mod tests {
     use super::*;
     use protocol::Data;
 
-    fn item(action: u64, client: &str, conn: &str, data: &str) -> PresenceMessage {
+    fn item(action: PresenceAction, client: &str, conn: &str, data: &str) -> PresenceMessage {
         PresenceMessage {
             action,
             client_id: Some(client.into()),
@@ -190,36 +180,38 @@ mod tests {
     fn enter_update_leave_and_silent_reenter() {
         let mut set = PresenceSet::default();
         assert_eq!(
-            set.apply(item(action::ENTER, "a", "c1", "x"))
+            set.apply(item(PresenceAction::Enter, "a", "c1", "x"))
                 .unwrap()
                 .action,
-            action::ENTER
+            PresenceAction::Enter
         );
         assert!(
-            set.apply(item(action::ENTER, "a", "c1", "x")).is_none(),
+            set.apply(item(PresenceAction::Enter, "a", "c1", "x"))
+                .is_none(),
             "re-enter is silent"
         );
         assert_eq!(
-            set.apply(item(action::ENTER, "a", "c1", "y"))
+            set.apply(item(PresenceAction::Enter, "a", "c1", "y"))
                 .unwrap()
                 .action,
-            action::UPDATE
+            PresenceAction::Update
         );
         assert_eq!(
-            set.apply(item(action::UPDATE, "a", "c1", "z"))
+            set.apply(item(PresenceAction::Update, "a", "c1", "z"))
                 .unwrap()
                 .action,
-            action::UPDATE
+            PresenceAction::Update
         );
-        assert_eq!(set.all().next().unwrap().action, action::PRESENT);
+        assert_eq!(set.all().next().unwrap().action, PresenceAction::Present);
         assert_eq!(
-            set.apply(item(action::LEAVE, "a", "c1", ""))
+            set.apply(item(PresenceAction::Leave, "a", "c1", ""))
                 .unwrap()
                 .action,
-            action::LEAVE
+            PresenceAction::Leave
         );
         assert!(
-            set.apply(item(action::LEAVE, "a", "c1", "")).is_none(),
+            set.apply(item(PresenceAction::Leave, "a", "c1", ""))
+                .is_none(),
             "leave of a non-member"
         );
         assert!(set.is_empty());
@@ -228,14 +220,14 @@ mod tests {
     #[test]
     fn a_connection_leaves_all_its_members_with_synthesized_leaves() {
         let mut set = PresenceSet::default();
-        set.apply(item(action::ENTER, "a", "c1", ""));
-        set.apply(item(action::ENTER, "b", "c1", ""));
-        set.apply(item(action::ENTER, "a", "c2", ""));
+        set.apply(item(PresenceAction::Enter, "a", "c1", ""));
+        set.apply(item(PresenceAction::Enter, "b", "c1", ""));
+        set.apply(item(PresenceAction::Enter, "a", "c2", ""));
         let leaves = set.leave_connection("c1", 42);
         assert_eq!(leaves.len(), 2);
-        assert!(leaves
-            .iter()
-            .all(|l| l.id.is_none() && l.timestamp == Some(42) && l.action == action::LEAVE));
+        assert!(leaves.iter().all(|l| l.id.is_none()
+            && l.timestamp == Some(42)
+            && l.action == PresenceAction::Leave));
         assert_eq!(set.len(), 1);
     }
 
@@ -243,7 +235,7 @@ mod tests {
     fn listing_pages_in_key_order_with_filters() {
         let mut set = PresenceSet::default();
         for i in 0..5 {
-            set.apply(item(action::ENTER, &format!("u{i}"), "c", ""));
+            set.apply(item(PresenceAction::Enter, &format!("u{i}"), "c", ""));
         }
         let first = set.list(None, None, None, 2);
         assert_eq!(first.len(), 2);

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::error::codes;
-use protocol::{flags, Action, ErrorInfo, Message, PresenceMessage, ProtocolMessage};
+use protocol::{
+    flags, Action, ErrorInfo, Message, PresenceAction, PresenceMessage, ProtocolMessage,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -26,8 +28,8 @@ use super::{
 use crate::auth::now_ms;
 use crate::backend::local::Retention;
 use crate::backend::{Draft, Stored, Stream};
-use crate::connection::outbox::encode_frame;
 use crate::lifecycle::TaskGuard;
+use crate::outbox::encode_frame;
 use crate::store::{format_serial, parse_serial, Direction, Query, StoreError};
 
 /// Publishes taken into one log append and one commit at most.
@@ -252,7 +254,7 @@ impl Sequencer {
         let count = items.len();
         let joining = items
             .iter()
-            .filter(|i| i.action != presence::action::LEAVE)
+            .filter(|i| i.action != PresenceAction::Leave)
             .filter(|i| {
                 !self.presence.contains(
                     i.client_id.as_deref().unwrap_or(""),
@@ -324,8 +326,8 @@ impl Sequencer {
         let events = message.presence.as_deref().unwrap_or_default();
         for event in events {
             let name = match event.action {
-                presence::action::ENTER => "enter",
-                presence::action::LEAVE => "leave",
+                PresenceAction::Enter => "enter",
+                PresenceAction::Leave => "leave",
                 _ => "update",
             };
             self.context

@@ -2,10 +2,10 @@
 //! [`session::Session`], send CONNECTED (§4.3), then read frames and hand each decoded
 //! ProtocolMessage to `actions`. Framing is apart from the session: this module turns socket
 //! frames into ProtocolMessages and back; the actions change the per-socket state in
-//! [`state`]. The writer side is the [`outbox`].
+//! [`state`]. The writer side is the socket's [`crate::outbox`], a top-level module so that
+//! channels can push to it without depending on this one.
 
 pub mod ledger;
-pub mod outbox;
 pub mod session;
 pub mod state;
 
@@ -26,7 +26,7 @@ use crate::auth::{now_ms, Credential, Identity};
 use crate::broker::Broker;
 use crate::channel::Command;
 use crate::channel::PublishOutcome;
-use outbox::Outbox;
+use crate::outbox::{self, Outbox};
 use session::{Authority, Session};
 use state::{Connection, Ending};
 

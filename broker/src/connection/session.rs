@@ -13,9 +13,9 @@ use rand::Rng;
 use subtle::ConstantTimeEq;
 
 use super::ledger::{Ledger, Seen, SharedOutcome};
-use super::outbox::Outbox;
 use crate::auth::{Identity, TokenStamp};
 use crate::channel::PublishOutcome;
+use crate::outbox::Outbox;
 
 /// What the connection may do and who it is; replaced on resume and on in-band AUTH.
 #[derive(Clone, Debug)]

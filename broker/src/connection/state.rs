@@ -11,11 +11,11 @@ use futures_util::stream::FuturesOrdered;
 use protocol::error::codes;
 use protocol::{Action, ConnectionDetails, ErrorInfo, ProtocolMessage};
 
-use super::outbox::Outbox;
 use super::session::{Authority, Session};
 use crate::auth::now_ms;
 use crate::broker::Broker;
 use crate::channel::PublishOutcome;
+use crate::outbox::Outbox;
 use crate::revocation::{self, Lapsed};
 
 /// A publish awaiting its ACK or NACK, in msgSerial order.

@@ -2,11 +2,16 @@
 //! serial. [`ChannelLog`] is the trait the rest of the broker sees; [`sled_log::SledLog`] is
 //! the implementation, and [`commit::Committer`] batches the fsyncs of many appends into one
 //! (group commit) so that an ACK always means "on disk" without one fsync per message.
+//! [`database::Database`] owns the data directory's sled database, which the logs share with
+//! the other trees kept there (users, revocations); each gets its own handle from it.
 
 pub mod commit;
+pub mod database;
 mod indexer;
 pub mod segments;
 pub mod sled_log;
+
+pub use database::Database;
 
 use protocol::Message;
 

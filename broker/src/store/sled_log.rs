@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use protocol::Message;
 
+use super::database::Database;
 use super::indexer::{Change, Indexer};
 use super::segments::{tagged_frame, Location, Position, Segments, FRAME_HEADER};
 use super::{
@@ -49,9 +50,6 @@ const RECORD_BYTES: usize = 32 * 1024;
 /// The meta key present while a broker runs on the database; found at start, it means the
 /// last run did not stop cleanly.
 const RUNNING: &str = "running";
-/// How long opening waits for another process (or a just-dropped database) to release the
-/// data directory's lock.
-const LOCK_WAIT_MS: u64 = 2000;
 /// The on-disk layout: index entries in sled, records in segment files that are also the
 /// index's write-ahead log.
 const FORMAT: &str = "records-3";
@@ -311,53 +309,34 @@ impl From<sled::Error> for StoreError {
 }
 
 impl SledLog {
-    /// The database, for other trees that share its fsync (the auth plugin's user table).
-    pub fn db(&self) -> &sled::Db {
-        &self.db
-    }
-
     /// Opens (or creates) the message log in `dir` with a page cache of `cache_bytes`.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<SledLog, StoreError> {
         Ok(SledLog::open_logs(dir, cache_bytes)?.0)
     }
 
-    /// Opens the message log and the presence history log, which share one database (sled in
-    /// `dir/log`), one set of segments (`dir/segments`), one epoch and one fsync. A log in the
-    /// layout before segments is converted; an older one is refused rather than misread. When
-    /// the previous run did not stop cleanly, every channel's head skips
-    /// [`UNCLEAN_STOP_SKIP`] serials ahead.
+    /// Opens the database of `dir` and both logs on it ([`SledLog::open_logs_on`]), for a
+    /// caller that needs no other tree of the database.
     pub fn open_logs(dir: &Path, cache_bytes: u64) -> Result<(SledLog, SledLog), StoreError> {
-        SledLog::open_with_checkpoints(dir, cache_bytes, Some(CHECKPOINT_EVERY))
+        SledLog::open_logs_on(&Database::open(dir, cache_bytes)?)
     }
 
-    /// [`SledLog::open_logs`], checkpointing every `every` (`None`: only at opening and at a
-    /// clean stop, which tests use to keep changes out of sled's flushed state).
+    /// Opens the message log and the presence history log, which share one database (the
+    /// data directory's, `dir/log`), one set of segments (`dir/segments`), one epoch and one
+    /// fsync. A log in the layout before segments is converted; an older one is refused rather
+    /// than misread. When the previous run did not stop cleanly, every channel's head skips
+    /// [`UNCLEAN_STOP_SKIP`] serials ahead.
+    pub fn open_logs_on(database: &Database) -> Result<(SledLog, SledLog), StoreError> {
+        SledLog::open_with_checkpoints(database, Some(CHECKPOINT_EVERY))
+    }
+
+    /// [`SledLog::open_logs_on`], checkpointing every `every` (`None`: only at opening and at
+    /// a clean stop, which tests use to keep changes out of sled's flushed state).
     fn open_with_checkpoints(
-        dir: &Path,
-        cache_bytes: u64,
+        database: &Database,
         every: Option<Duration>,
     ) -> Result<(SledLog, SledLog), StoreError> {
-        // The checkpoint thread flushes; sled's own flusher would only add writes.
-        let config = sled::Config::new()
-            .path(dir.join("log"))
-            .cache_capacity(cache_bytes)
-            .flush_every_ms(None);
-        // A broker that just stopped (a supervisor's quick restart, or a test restarting in
-        // one process) may hold the file lock a moment longer; wait for it, briefly.
-        let mut waited = 0;
-        let db = loop {
-            match config.open() {
-                // sled reports a held lock only in its message.
-                Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && waited < LOCK_WAIT_MS =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                    waited += 10;
-                }
-                other => break other?,
-            }
-        };
+        let db = database.handle();
+        let dir = database.data_dir();
         let segments_dir = dir.join("segments");
         let meta = db.open_tree("meta")?;
         let mut convert = false;
@@ -1166,8 +1145,8 @@ mod tests {
     use super::*;
     use crate::store::segments::PREALLOCATE;
 
-    /// Opens the log in `dir` again; `open_logs` waits for the lock the dropped one may still
-    /// hold for a moment.
+    /// Opens the log in `dir` again; `Database::open` waits for the lock the dropped one may
+    /// still hold for a moment.
     fn reopen(dir: &Path) -> SledLog {
         SledLog::open(dir, 1 << 20).unwrap()
     }
@@ -1364,8 +1343,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         drop(SledLog::open(dir.path(), 1 << 20).unwrap());
         {
-            // Through open_logs, which waits for the lock, then the raw database.
-            let db = reopen(dir.path()).db().clone();
+            // Through the log, whose opening waits for the lock, then its raw database.
+            let db = reopen(dir.path()).db.clone();
             db.open_tree("meta").unwrap().remove("format").unwrap();
             db.flush().unwrap();
         }
@@ -1408,7 +1387,7 @@ mod tests {
             .collect();
         assert_eq!(names, ["old1", "old2"]);
         assert!(!log
-            .db()
+            .db
             .tree_names()
             .iter()
             .any(|n| n.as_ref() == b"messages"));
@@ -1612,7 +1591,9 @@ mod tests {
     fn queued_index_entries_are_in_sled_before_a_checkpoint_records_their_position() {
         let dir = tempfile::tempdir().unwrap();
         // No index thread: only the checkpoint itself can apply the queue here.
-        let (log, presence) = SledLog::open_with_checkpoints(dir.path(), 1 << 20, None).unwrap();
+        let (log, presence) =
+            SledLog::open_with_checkpoints(&Database::open(dir.path(), 1 << 20).unwrap(), None)
+                .unwrap();
         let (m1, p1) = (message(1, "m1"), message(1, "p1"));
         log.append("c", &[(1, &m1)]).unwrap();
         presence.append("c", &[(1, &p1)]).unwrap();
@@ -1639,7 +1620,8 @@ mod tests {
         );
         {
             let (log, presence) =
-                SledLog::open_with_checkpoints(dir.path(), 1 << 20, None).unwrap();
+                SledLog::open_with_checkpoints(&Database::open(dir.path(), 1 << 20).unwrap(), None)
+                    .unwrap();
             log.append("c", &[(1, &m1), (2, &m2)]).unwrap();
             log.indexer.catch_up().unwrap();
             let before_trim = log.index.get(key("c", 1)).unwrap().unwrap();
@@ -1691,16 +1673,16 @@ mod tests {
             let log = SledLog::open(dir.path(), 1 << 20).unwrap();
             log.append("c", &[(1, &message(1, "kept"))]).unwrap();
             log.close_cleanly().unwrap();
-            let meta = log.db().open_tree("meta").unwrap();
+            let meta = log.db.open_tree("meta").unwrap();
             meta.insert("format", FORMAT_UNLOGGED).unwrap();
             meta.remove(CHECKPOINT).unwrap();
             meta.insert(RUNNING, "1").unwrap();
-            log.db().flush().unwrap();
+            log.db.flush().unwrap();
         }
         let log = reopen(dir.path());
         let kept = log.read("c", &query(Direction::Forwards, 10)).unwrap();
         assert_eq!(kept.len(), 1);
-        let meta = log.db().open_tree("meta").unwrap();
+        let meta = log.db.open_tree("meta").unwrap();
         assert_eq!(
             meta.get("format").unwrap().as_deref(),
             Some(FORMAT.as_bytes())

@@ -2,7 +2,9 @@
 //! channel's sequencer) does a non-blocking [`Outbox::try_push`] of an already-encoded frame;
 //! one writer task per socket drains it. The queue is bounded in bytes: a subscriber that falls
 //! that far behind is disconnected with a resumable DISCONNECTED and catches up from the
-//! channel log when it resumes (§4.5, habit 7 of `../shared/style.md`).
+//! channel log when it resumes (§4.5, habit 7 of `../shared/style.md`). It lives beside
+//! `connection/` rather than inside it, so the channel core depends on the outbox and never on
+//! the connection module.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
