@@ -97,6 +97,7 @@ pub async fn run_then(
     let age_sweeps = Arc::new(AtomicU64::new(0));
     let backend = LocalBackend::new(
         log.clone(),
+        presence_log.clone(),
         committer,
         config.storage.deliver_after_sync,
         config.retention.max_messages_per_channel,
@@ -104,9 +105,7 @@ pub async fn run_then(
     );
     let channels = Channels::new(ChannelContext {
         backend: Arc::new(backend),
-        presence_log: presence_log.clone(),
         metrics: metrics.clone(),
-        max_messages: config.retention.max_messages_per_channel,
         max_channel_name_length: config.limits.max_channel_name_length,
         max_message_size: config.limits.max_message_size,
         max_rewind: config.limits.max_rewind,

@@ -17,11 +17,8 @@ use std::sync::Arc;
 use protocol::error::codes;
 use protocol::{Action, DecodeError, ErrorInfo, Format, ProtocolMessage};
 
-use futures_util::FutureExt;
-use tokio::sync::oneshot;
-
 use crate::channel::service::outcome_of;
-use crate::channel::{Command, PublishOutcome};
+use crate::channel::{Command, Reply};
 use crate::connection::ledger::Seen;
 use crate::connection::state::{Connection, Ending};
 
@@ -90,9 +87,11 @@ fn new_msg_serial(conn: &mut Connection, message: &ProtocolMessage, items: usize
     };
     match conn.session.seen(msg_serial) {
         Seen::New => Some(msg_serial),
-        Seen::Waiting(outcome) => {
-            conn.pending
-                .push_back(Box::pin(async move { (msg_serial, outcome.await) }));
+        Seen::Waiting => {
+            let session = conn.session.clone();
+            conn.pending.push_back(Box::pin(async move {
+                (msg_serial, session.outcome(msg_serial, items).await)
+            }));
             None
         }
         Seen::Answered(outcome) => {
@@ -106,26 +105,23 @@ fn new_msg_serial(conn: &mut Connection, message: &ProtocolMessage, items: usize
     }
 }
 
-/// Records a new msgSerial and queues its ACK/NACK in order; the returned sender is where the
-/// channel's sequencer reports the outcome (dropping it unsent NACKs with 50001). Whichever
-/// socket awaits the outcome first leaves it in the ledger as data.
-fn track(conn: &mut Connection, msg_serial: u64) -> oneshot::Sender<PublishOutcome> {
-    let (reply, outcome) = oneshot::channel();
-    // Weak: the ledger holds this future until it settles, and must not keep its own session.
+/// Records a new msgSerial and queues its ACK/NACK in order; the returned reply is where the
+/// channel's sequencer reports the outcome (dropping it unsent NACKs with 50001). The reply
+/// writes the outcome into the connection's ledger before this socket sees it, so a resend on
+/// a socket that resumed the connection gets the same answer even if this one is gone.
+fn track(conn: &mut Connection, msg_serial: u64) -> Reply {
+    let (reply, outcome) = Reply::new();
+    // Weak: a reply held by a channel must not keep a closed connection's session.
     let session = Arc::downgrade(&conn.session);
-    let outcome = async move {
-        let outcome = outcome_of(outcome).await;
+    conn.session.record(msg_serial);
+    conn.pending.push_back(Box::pin(
+        async move { (msg_serial, outcome_of(outcome).await) },
+    ));
+    reply.keeping(move |outcome| {
         if let Some(session) = session.upgrade() {
-            session.settle(msg_serial, &outcome);
+            session.settle(msg_serial, outcome);
         }
-        outcome
-    }
-    .boxed()
-    .shared();
-    conn.session.record(msg_serial, outcome.clone());
-    conn.pending
-        .push_back(Box::pin(async move { (msg_serial, outcome.await) }));
-    reply
+    })
 }
 
 /// Fails one channel (§5.7): ERROR with `channel`. The connection stays up; the channel stops

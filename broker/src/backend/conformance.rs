@@ -1,6 +1,6 @@
 //! The conformance suite every backend must pass: order, idempotent publish, history both ways
 //! with pagination, resume positions across a reopened stream, epochs, count retention,
-//! durability answers and failure answers. Each check is written once against [`Fixture`] and
+//! presence history, durability answers and failure answers. Each check is written once against [`Fixture`] and
 //! run for every backend by `conformance!` at the bottom; the JetStream backend of cluster mode
 //! is to be added there.
 
@@ -56,8 +56,9 @@ impl Local {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let failing = Arc::new(AtomicBool::new(false));
+        let (messages, presence) = SledLog::open_logs(dir.path(), 1 << 20).unwrap();
         let log: Arc<dyn ChannelLog> = Arc::new(Faulty {
-            log: SledLog::open(dir.path(), 1 << 20).unwrap(),
+            log: messages,
             failing: failing.clone(),
         });
         let synced = log.clone();
@@ -67,7 +68,14 @@ impl Local {
             Arc::new(Metrics::new()),
         )
         .unwrap();
-        let backend = LocalBackend::new(log, committer, false, KEEP, Default::default());
+        let backend = LocalBackend::new(
+            log,
+            Arc::new(presence),
+            committer,
+            false,
+            KEEP,
+            Default::default(),
+        );
         Local {
             backend: Arc::new(backend),
             failing,
@@ -361,6 +369,47 @@ async fn a_failed_append_stores_nothing_and_reuses_no_serial(fixture: impl Fixtu
     assert_eq!(names(&rows), ["kept", "lost"]);
 }
 
+async fn presence_history_is_kept_apart_in_order_and_to_retention(fixture: impl Fixture) {
+    let backend = fixture.backend();
+    let mut stream = backend.open("presence").unwrap();
+    publish(stream.as_mut(), &["message"]).await;
+    let events: Vec<Message> = ["enter", "update", "leave"].map(named).into();
+    stream.record_presence(&events).unwrap();
+    assert_eq!(
+        names(
+            &backend
+                .read_presence("presence", &all(Direction::Forwards))
+                .unwrap()
+        ),
+        ["enter", "update", "leave"]
+    );
+    assert_eq!(
+        names(&backend.read("presence", &all(Direction::Forwards)).unwrap()),
+        ["message"],
+        "presence history is not in the message history"
+    );
+    // Numbering goes on across a reopened stream, and retention keeps the newest.
+    drop(stream);
+    let mut stream = backend.open("presence").unwrap();
+    let more: Vec<Message> = ["e2", "e3", "e4"].map(named).into();
+    stream.record_presence(&more).unwrap();
+    let newest = backend
+        .read_presence("presence", &all(Direction::Backwards))
+        .unwrap();
+    assert_eq!(names(&newest), ["e4", "e3", "e2", "leave", "update"]);
+    let positions: Vec<u64> = newest.iter().map(|(p, _)| *p).collect();
+    assert!(positions.windows(2).all(|w| w[0] > w[1]), "{positions:?}");
+    let older = Query {
+        to: positions[1] - 1,
+        limit: 2,
+        ..all(Direction::Backwards)
+    };
+    assert_eq!(
+        names(&backend.read_presence("presence", &older).unwrap()),
+        ["e2", "leave"]
+    );
+}
+
 /// Runs every check for one backend, as its own test.
 macro_rules! conformance {
     ($backend:ident, $fixture:expr) => {
@@ -390,6 +439,11 @@ macro_rules! conformance {
             #[tokio::test]
             async fn channels_are_independent() {
                 super::channels_are_independent($fixture).await;
+            }
+
+            #[tokio::test]
+            async fn presence_history_is_kept_apart_in_order_and_to_retention() {
+                super::presence_history_is_kept_apart_in_order_and_to_retention($fixture).await;
             }
 
             #[tokio::test]

@@ -29,9 +29,10 @@ const IDEMPOTENCY_MAX_IDS: usize = 10_000;
 /// Most serials delivered to subscribers ahead of the last completed sync.
 pub const MAX_UNSYNCED: u64 = UNCLEAN_STOP_SKIP / 2;
 
-/// The single-node backend over one [`ChannelLog`].
+/// The single-node backend over one [`ChannelLog`] for messages and one for presence history.
 pub struct LocalBackend {
     log: Arc<dyn ChannelLog>,
+    presence_log: Arc<dyn ChannelLog>,
     committer: Committer,
     deliver_after_sync: bool,
     max_messages: u64,
@@ -39,11 +40,12 @@ pub struct LocalBackend {
 }
 
 impl LocalBackend {
-    /// A backend storing in `log`, made durable by `committer`, keeping `max_messages` per
-    /// channel. `age_sweeps` counts the retention sweeps that removed messages by age (see
-    /// [`Retention`]).
+    /// A backend storing messages in `log` and presence history in `presence_log`, made
+    /// durable by `committer`, keeping `max_messages` of each per channel. `age_sweeps` counts
+    /// the retention sweeps that removed messages by age (see [`Retention`]).
     pub fn new(
         log: Arc<dyn ChannelLog>,
+        presence_log: Arc<dyn ChannelLog>,
         committer: Committer,
         deliver_after_sync: bool,
         max_messages: u64,
@@ -51,6 +53,7 @@ impl LocalBackend {
     ) -> Self {
         LocalBackend {
             log,
+            presence_log,
             committer,
             deliver_after_sync,
             max_messages,
@@ -81,6 +84,11 @@ impl Backend for LocalBackend {
             last_timestamp: bounds.map_or(0, |b| b.last_timestamp),
             ids: RecentIds::default(),
             retention: Retention::new(channel, self.max_messages, self.age_sweeps.clone()),
+            presence: PresenceHistory {
+                log: self.presence_log.clone(),
+                last: self.presence_log.bounds(channel)?.map_or(0, |b| b.last),
+                retention: Retention::new(channel, self.max_messages, self.age_sweeps.clone()),
+            },
         };
         // Idempotent publishing must hold across restarts: remember recent ids from the log.
         let recent = self.log.read(
@@ -105,6 +113,21 @@ impl Backend for LocalBackend {
     fn read(&self, channel: &str, query: &Query) -> Result<Vec<(u64, Message)>, StoreError> {
         self.log.read(channel, query)
     }
+
+    fn read_presence(
+        &self,
+        channel: &str,
+        query: &Query,
+    ) -> Result<Vec<(u64, Message)>, StoreError> {
+        self.presence_log.read(channel, query)
+    }
+}
+
+/// One channel's presence history: its own log, numbered from 1, with its own retention.
+struct PresenceHistory {
+    log: Arc<dyn ChannelLog>,
+    last: u64,
+    retention: Retention,
 }
 
 /// One channel's stream on the local log.
@@ -119,6 +142,7 @@ struct LocalStream {
     last_timestamp: i64,
     ids: RecentIds,
     retention: Retention,
+    presence: PresenceHistory,
 }
 
 impl LocalStream {
@@ -247,6 +271,21 @@ impl Stream for LocalStream {
     fn read(&self, query: &Query) -> Result<Vec<(u64, Message)>, StoreError> {
         self.log.read(&self.name, query)
     }
+
+    fn record_presence(&mut self, records: &[Message]) -> Result<(), StoreError> {
+        let history = &mut self.presence;
+        let numbered: Vec<(u64, &Message)> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (history.last + 1 + i as u64, r))
+            .collect();
+        history.log.append(&self.name, &numbered)?;
+        history.last += records.len() as u64;
+        history
+            .retention
+            .after_append(history.log.as_ref(), &self.name, records.len() as u64);
+        Ok(())
+    }
 }
 
 /// The app-set ids of a channel's recent messages and their serials, for idempotent
@@ -290,13 +329,13 @@ impl RecentIds {
 ///
 /// Counting reads what is kept, so it is done once, when the log is first trimmed after
 /// opening, and again after an age sweep removed messages behind the count's back. After that
-/// the log grows a slack past `max` and a trim reads and removes only the oldest few hundred
-/// messages, so the work is spread over appends and over channels. Trimming every channel by an
+/// the log grows a slack past `max` (a 16th to an 8th of it) and a trim reads and removes only
+/// those oldest messages, so the work is spread over appends and over channels. Trimming every channel by an
 /// eighth at once (a thousand index removals each, after a scan of the whole channel) stalled
 /// every delivery for about 2 s when many channels reached the limit together.
 pub struct Retention {
     max: u64,
-    /// How far past `max` the log grows before a trim: a 64th of `max`, and up to as much
+    /// How far past `max` the log grows before a trim: a 16th of `max`, and up to as much
     /// again chosen by the channel's name, so that channels filled at the same pace do not all
     /// trim at the same moment.
     slack: u64,
@@ -312,7 +351,7 @@ impl Retention {
     /// messages by age.
     pub fn new(channel: &str, max: u64, age_sweeps: Arc<AtomicU64>) -> Self {
         use std::hash::{Hash, Hasher};
-        let step = (max / 64).max(1);
+        let step = (max / 16).max(1);
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         channel.hash(&mut hasher);
         Retention {

@@ -29,6 +29,8 @@ struct Channel {
     ids: HashMap<String, String>,
     last: u64,
     last_timestamp: i64,
+    presence: BTreeMap<u64, Message>,
+    presence_last: u64,
 }
 
 impl MemoryBackend {
@@ -70,7 +72,21 @@ impl Backend for MemoryBackend {
     }
 
     fn read(&self, channel: &str, query: &Query) -> Result<Vec<(u64, Message)>, StoreError> {
-        Ok(read(&self.channel(channel).lock().expect("lock"), query))
+        Ok(read(
+            &self.channel(channel).lock().expect("lock").messages,
+            query,
+        ))
+    }
+
+    fn read_presence(
+        &self,
+        channel: &str,
+        query: &Query,
+    ) -> Result<Vec<(u64, Message)>, StoreError> {
+        Ok(read(
+            &self.channel(channel).lock().expect("lock").presence,
+            query,
+        ))
     }
 }
 
@@ -87,7 +103,7 @@ fn head(epoch: &str, channel: &Channel) -> Head {
     }
 }
 
-fn read(channel: &Channel, query: &Query) -> Vec<(u64, Message)> {
+fn read(log: &BTreeMap<u64, Message>, query: &Query) -> Vec<(u64, Message)> {
     let wanted = |(serial, m): (&u64, &Message)| {
         let ts = m.timestamp.unwrap_or(0);
         let in_time =
@@ -97,7 +113,7 @@ fn read(channel: &Channel, query: &Query) -> Vec<(u64, Message)> {
     if query.from > query.to {
         return Vec::new();
     }
-    let range = channel.messages.range(query.from..=query.to);
+    let range = log.range(query.from..=query.to);
     match query.direction {
         Direction::Forwards => range.filter_map(wanted).take(query.limit).collect(),
         Direction::Backwards => range.rev().filter_map(wanted).take(query.limit).collect(),
@@ -182,6 +198,22 @@ impl Stream for MemoryStream {
     }
 
     fn read(&self, query: &Query) -> Result<Vec<(u64, Message)>, StoreError> {
-        Ok(read(&self.data.lock().expect("memory channel lock"), query))
+        Ok(read(
+            &self.data.lock().expect("memory channel lock").messages,
+            query,
+        ))
+    }
+
+    fn record_presence(&mut self, records: &[Message]) -> Result<(), StoreError> {
+        let mut channel = self.data.lock().expect("memory channel lock");
+        for record in records {
+            channel.presence_last += 1;
+            let position = channel.presence_last;
+            channel.presence.insert(position, record.clone());
+        }
+        while channel.presence.len() > self.max_messages {
+            channel.presence.pop_first();
+        }
+        Ok(())
     }
 }

@@ -4,7 +4,9 @@
 //! timestamp, answers a message whose app-set id it has seen with the earlier serial, stores
 //! the rest, and says when the batch is durable. The actor then fans the stored messages out
 //! and acknowledges the publishers. Readers (resume, rewind, REST history) read the committed
-//! messages back through [`Backend::read`].
+//! messages back through [`Backend::read`]. The stream also keeps the channel's presence
+//! history ([`Stream::record_presence`], read with [`Backend::read_presence`]); the member set
+//! itself is still the actor's in-memory state.
 //!
 //! What crosses the seam is plain data: messages, serials, positions and errors, never a
 //! future of another task. Two backends now:
@@ -13,7 +15,8 @@
 //! - [`memory`]: everything in memory, durable at once, for unit tests of the channel core.
 //!
 //! Both pass the same conformance suite (`conformance.rs`): order, idempotent publish,
-//! history both ways with pagination, resume positions, epochs, retention and failure answers.
+//! history both ways with pagination, resume positions, epochs, retention, presence history and
+//! failure answers.
 //! The cluster backend on NATS JetStream (`../shared/cluster.md`) is to be the third.
 
 pub mod local;
@@ -83,6 +86,13 @@ pub trait Backend: Send + Sync + 'static {
     fn open(&self, channel: &str) -> Result<Box<dyn Stream>, StoreError>;
     /// Reads committed messages of `channel` with their positions. Blocking.
     fn read(&self, channel: &str, query: &Query) -> Result<Vec<(u64, Message)>, StoreError>;
+    /// Reads `channel`'s presence history (the records of [`Stream::record_presence`]) with
+    /// their positions. Blocking.
+    fn read_presence(
+        &self,
+        channel: &str,
+        query: &Query,
+    ) -> Result<Vec<(u64, Message)>, StoreError>;
 }
 
 /// One channel's stream, owned by the channel's actor: the only writer of that channel.
@@ -101,4 +111,9 @@ pub trait Stream: Send {
     fn refresh(&mut self) -> Result<(), StoreError>;
     /// Reads committed messages with their positions. Blocking.
     fn read(&self, query: &Query) -> Result<Vec<(u64, Message)>, StoreError>;
+    /// Adds presence events, as history records (`channel::presence::to_record`), to the
+    /// channel's presence history, numbered after the last and kept to the backend's
+    /// retention. Not waited for: presence itself is the actor's state, and its history is
+    /// made durable with the next commit. Blocking.
+    fn record_presence(&mut self, records: &[Message]) -> Result<(), StoreError>;
 }

@@ -13,27 +13,20 @@ use tokio::sync::{oneshot, watch};
 use super::*;
 use crate::backend::memory::MemoryBackend;
 use crate::outbox::{Outbox, OutboxReceiver};
-use crate::store::sled_log::SledLog;
 
 struct Core {
     channels: Arc<Channels>,
     backend: Arc<MemoryBackend>,
     _stop: watch::Sender<bool>,
-    _dir: tempfile::TempDir,
 }
 
 fn core() -> Core {
-    let dir = tempfile::tempdir().unwrap();
-    // Presence history is not behind the seam yet: a real log in a temporary directory.
-    let (_log, presence_log) = SledLog::open_logs(dir.path(), 1 << 20).unwrap();
     let backend = Arc::new(MemoryBackend::new("core", 100));
     let (tasks, _done) = Tasks::new();
     let (stop, shutdown) = watch::channel(false);
     let channels = Channels::new(ChannelContext {
         backend: backend.clone(),
-        presence_log: Arc::new(presence_log),
         metrics: Arc::new(Metrics::new()),
-        max_messages: 100,
         max_channel_name_length: 100,
         max_message_size: 10_000,
         max_rewind: 100,
@@ -52,14 +45,13 @@ fn core() -> Core {
         channels,
         backend,
         _stop: stop,
-        _dir: dir,
     }
 }
 
 impl Core {
     /// Publishes one message and waits for its outcome.
     async fn publish(&self, channel: &str, data: &str) -> PublishOutcome {
-        let (reply, outcome) = oneshot::channel();
+        let (reply, outcome) = Reply::new();
         let publish = Publish {
             messages: vec![Message {
                 data: Some(protocol::Data::String(data.to_owned())),
@@ -252,7 +244,7 @@ async fn a_split_broadcast_delivers_every_message_once_in_order() {
     small.outbox = tiny;
     core.attach("c", small, StartFrom::Live).await;
     for i in 0..20 {
-        let (reply, outcome) = oneshot::channel();
+        let (reply, outcome) = Reply::new();
         let publish = Publish {
             messages: vec![Message {
                 data: Some(protocol::Data::String(format!("m{i}"))),

@@ -26,7 +26,6 @@ use crate::backend::Backend;
 use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
-use crate::store::ChannelLog;
 use hub::Parallelism;
 
 /// The result of one publish: a serial per message, or why it was refused.
@@ -39,12 +38,8 @@ const QUEUE_DEPTH: usize = 1024;
 pub struct ChannelContext {
     /// Where messages get their serials and are kept.
     pub backend: Arc<dyn Backend>,
-    /// The presence history log.
-    pub presence_log: Arc<dyn ChannelLog>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Presence events kept per channel in the presence history.
-    pub max_messages: u64,
     /// Longest channel name, in bytes.
     pub max_channel_name_length: usize,
     /// Largest publish, counted as §7.5 does.
@@ -68,6 +63,59 @@ pub struct ChannelContext {
     pub age_sweeps: Arc<AtomicU64>,
 }
 
+/// Where the outcome of a publish or a presence operation goes: to the publisher awaiting it
+/// and, first, to whoever keeps it as data (a connection's msgSerial ledger, so that a resend
+/// on another socket gets the same answer). A reply dropped unanswered answers 50001, so
+/// neither the publisher nor the ledger waits forever for a channel that stopped.
+pub struct Reply {
+    sender: Option<oneshot::Sender<PublishOutcome>>,
+    keep: Option<Keep>,
+}
+
+/// What keeps an outcome as data before the publisher sees it.
+type Keep = Box<dyn FnOnce(&PublishOutcome) + Send>;
+
+impl Reply {
+    /// A reply, and the receiver the publisher awaits (see [`service::outcome_of`]).
+    pub fn new() -> (Reply, oneshot::Receiver<PublishOutcome>) {
+        let (sender, receiver) = oneshot::channel();
+        let reply = Reply {
+            sender: Some(sender),
+            keep: None,
+        };
+        (reply, receiver)
+    }
+
+    /// Has `keep` see the outcome before the publisher does.
+    pub fn keeping(mut self, keep: impl FnOnce(&PublishOutcome) + Send + 'static) -> Self {
+        self.keep = Some(Box::new(keep));
+        self
+    }
+
+    /// Answers the publish.
+    pub fn send(mut self, outcome: PublishOutcome) {
+        self.answer(outcome);
+    }
+
+    fn answer(&mut self, outcome: PublishOutcome) {
+        if let Some(keep) = self.keep.take() {
+            keep(&outcome);
+        }
+        if let Some(sender) = self.sender.take() {
+            // The publisher may be gone (its socket closed); the outcome is kept regardless.
+            let _ = sender.send(outcome);
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if self.sender.is_some() || self.keep.is_some() {
+            self.answer(Err(service::stopped_before_storing()));
+        }
+    }
+}
+
 /// A publish of one ProtocolMessage's messages, already validated, with ids, clientIds and
 /// connectionIds set. The sequencer adds serials and timestamps.
 pub struct Publish {
@@ -81,7 +129,7 @@ pub struct Publish {
     /// When the broker received it, for the latency metric.
     pub received: Instant,
     /// Where the outcome goes once the messages are durable.
-    pub reply: oneshot::Sender<PublishOutcome>,
+    pub reply: Reply,
 }
 
 /// The realtime publisher of a [`Publish`].
@@ -190,12 +238,8 @@ impl Command {
     /// the broker shuts down) rather than with a generic failure.
     fn refuse(self, error: ErrorInfo) {
         match self {
-            Command::Publish(p) => {
-                let _ = p.reply.send(Err(error));
-            }
-            Command::Presence(op) => {
-                let _ = op.reply.send(Err(error));
-            }
+            Command::Publish(p) => p.reply.send(Err(error)),
+            Command::Presence(op) => op.reply.send(Err(error)),
             _ => {}
         }
     }
@@ -209,7 +253,7 @@ pub struct PresenceOp {
     /// Who sent them.
     pub origin: Origin,
     /// ACK or NACK.
-    pub reply: oneshot::Sender<PublishOutcome>,
+    pub reply: Reply,
 }
 
 /// A page request over the presence set.
@@ -402,22 +446,17 @@ pub fn validate_name(name: &str, max_len: usize) -> Result<(), ErrorInfo> {
 mod tests {
     use super::*;
     use crate::backend::memory::MemoryBackend;
-    use crate::store::sled_log::SledLog;
 
     /// Issue 15 item 6: a command refused because the broker shuts down is answered with
     /// 50300, the publisher's NACK included, not with a generic channel failure.
     #[tokio::test]
     async fn commands_during_shutdown_are_refused_with_50300() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_log, presence_log) = SledLog::open_logs(dir.path(), 1 << 20).unwrap();
         let metrics = Arc::new(Metrics::new());
         let (tasks, _done) = Tasks::new();
         let (_stop, shutdown) = watch::channel(true);
         let channels = Channels::new(ChannelContext {
             backend: Arc::new(MemoryBackend::new("test", 100)),
-            presence_log: Arc::new(presence_log),
             metrics,
-            max_messages: 100,
             max_channel_name_length: 100,
             max_message_size: 1000,
             max_rewind: 100,
@@ -430,7 +469,7 @@ mod tests {
             age_sweeps: Default::default(),
         });
         tasks.close();
-        let (reply, outcome) = oneshot::channel();
+        let (reply, outcome) = Reply::new();
         let publish = Publish {
             messages: vec![Message::default()],
             origin: None,

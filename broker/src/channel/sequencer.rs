@@ -6,8 +6,8 @@
 //! delivery wait for the sync too, see `backend/local.rs`). Each outgoing ProtocolMessage is
 //! encoded once per wire format and the same frame is handed to every subscriber (habit 6).
 //! Attaches are ordered with publishes here too, so a replay joins live traffic without a gap
-//! or a duplicate (§5.6). Presence lives here as well: the member set, SYNC pages, and the
-//! presence history log.
+//! or a duplicate (§5.6). Presence lives here as well: the member set and SYNC pages; its
+//! history goes to the stream too.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +26,6 @@ use super::{
     Subscriber,
 };
 use crate::auth::now_ms;
-use crate::backend::local::Retention;
 use crate::backend::{Draft, Stored, Stream};
 use crate::lifecycle::TaskGuard;
 use crate::outbox::encode_frame;
@@ -64,27 +63,18 @@ pub(super) struct Sequencer {
     /// The channel's attachers and its fan-out.
     hub: Hub,
     presence: PresenceSet,
-    presence_last: u64,
-    presence_retention: Retention,
     syncs: u64,
 }
 
 impl Sequencer {
-    /// Opens the channel's stream in the backend and its presence history.
+    /// Opens the channel's stream in the backend.
     pub(super) fn load(name: &str, context: Arc<ChannelContext>) -> Result<Sequencer, StoreError> {
         let stream = context.backend.open(name)?;
-        let presence_bounds = context.presence_log.bounds(name)?;
         Ok(Sequencer {
             name: name.to_owned(),
             stream,
             hub: Hub::new(context.fanout),
             presence: PresenceSet::default(),
-            presence_last: presence_bounds.map_or(0, |b| b.last),
-            presence_retention: Retention::new(
-                name,
-                context.max_messages,
-                context.age_sweeps.clone(),
-            ),
             syncs: 0,
             context,
         })
@@ -263,7 +253,7 @@ impl Sequencer {
             })
             .count();
         if self.presence.len() + joining > self.context.max_presence_members {
-            let _ = reply.send(Err(ErrorInfo::new(
+            reply.send(Err(ErrorInfo::new(
                 codes::PRESENCE_LIMIT,
                 format!(
                     "channel {} already has the maximum of {} presence members",
@@ -279,7 +269,7 @@ impl Sequencer {
             .collect();
         self.track_members(before);
         if events.is_empty() {
-            let _ = reply.send(Ok(vec![None; count]));
+            reply.send(Ok(vec![None; count]));
             return;
         }
         let timestamp = events.iter().filter_map(|e| e.timestamp).max();
@@ -293,7 +283,7 @@ impl Sequencer {
         self.announce_presence(&message, Some(&origin.connection_id));
         // Only now the ACK: ably-js records its own members from the echo, so the echo must
         // reach the originator's outbox before the ACK does.
-        let _ = reply.send(Ok(vec![None; count]));
+        reply.send(Ok(vec![None; count]));
     }
 
     /// Removes a connection's members and broadcasts server-made leaves (§6.5, §6.6).
@@ -337,26 +327,10 @@ impl Sequencer {
                 .inc();
         }
         let records: Vec<Message> = events.iter().map(presence::to_record).collect();
-        let numbered: Vec<(u64, &Message)> = records
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (self.presence_last + 1 + i as u64, r))
-            .collect();
         // Presence history is not waited for: the next group commit or checkpoint
         // makes it durable; presence itself lives in memory.
-        match self.context.presence_log.append(&self.name, &numbered) {
-            Ok(()) => {
-                self.presence_last += records.len() as u64;
-                let log = self.context.presence_log.clone();
-                self.presence_retention.after_append(
-                    log.as_ref(),
-                    &self.name,
-                    records.len() as u64,
-                );
-            }
-            Err(e) => {
-                tracing::warn!(channel = %self.name, error = %e, "presence history append failed")
-            }
+        if let Err(e) = self.stream.record_presence(&records) {
+            tracing::warn!(channel = %self.name, error = %e, "presence history append failed")
         }
         self.hub.broadcast(
             message,
@@ -382,7 +356,7 @@ impl Sequencer {
                 tracing::error!(channel = %self.name, error = %e, "append failed");
                 let error = ErrorInfo::new(codes::INTERNAL_CHANNEL, "message could not be stored");
                 for p in batch {
-                    let _ = p.reply.send(Err(error.clone()));
+                    p.reply.send(Err(error.clone()));
                 }
                 return;
             }
@@ -425,7 +399,7 @@ impl Sequencer {
                 metrics
                     .publish_ack_latency
                     .observe(received.elapsed().as_secs_f64());
-                let _ = reply.send(match &result {
+                reply.send(match &result {
                     Ok(()) => Ok(serials),
                     Err(_) => Err(ErrorInfo::new(
                         codes::INTERNAL_CHANNEL,

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 
 use super::{
     validate_name, Channels, Command, ListPresence, Occupancy, Origin, Publish, PublishOutcome,
+    Reply,
 };
 use crate::auth::Identity;
 use crate::store::{parse_serial, push_decimal, Query};
@@ -154,11 +155,7 @@ impl Channels {
 
     /// Hands a checked publish to its channel's sequencer; the outcome goes to `reply` (also
     /// when the channel refuses it, e.g. 50300 during shutdown).
-    pub async fn publish(
-        self: &Arc<Self>,
-        publish: CheckedPublish,
-        reply: oneshot::Sender<PublishOutcome>,
-    ) {
+    pub async fn publish(self: &Arc<Self>, publish: CheckedPublish, reply: Reply) {
         let CheckedPublish {
             channel,
             messages,
@@ -177,7 +174,7 @@ impl Channels {
 
     /// [`Channels::publish`], waiting for the outcome: a serial per message once durable.
     pub async fn publish_and_wait(self: &Arc<Self>, publish: CheckedPublish) -> PublishOutcome {
-        let (reply, outcome) = oneshot::channel();
+        let (reply, outcome) = Reply::new();
         self.publish(publish, reply).await;
         outcome_of(outcome).await
     }
@@ -229,7 +226,7 @@ impl Channels {
         let log = request.log;
         tokio::task::spawn_blocking(move || match log {
             HistoryLog::Messages => context.backend.read(&name, &query),
-            HistoryLog::Presence => context.presence_log.read(&name, &query),
+            HistoryLog::Presence => context.backend.read_presence(&name, &query),
         })
         .await
         .map_err(|_| ErrorInfo::new(codes::INTERNAL, "history read failed"))?
@@ -299,12 +296,15 @@ fn channel_stopped() -> ErrorInfo {
 /// Turns a channel's publish reply into the outcome the publisher awaits; a channel that
 /// stopped without answering NACKs with 50001.
 pub fn outcome_of(reply: oneshot::Receiver<PublishOutcome>) -> BoxFuture<'static, PublishOutcome> {
-    Box::pin(reply.unwrap_or_else(|_| {
-        Err(ErrorInfo::new(
-            codes::INTERNAL_CHANNEL,
-            "channel stopped before storing the message",
-        ))
-    }))
+    Box::pin(reply.unwrap_or_else(|_| Err(stopped_before_storing())))
+}
+
+/// The answer to a publish whose channel stopped without storing it: 50001.
+pub fn stopped_before_storing() -> ErrorInfo {
+    ErrorInfo::new(
+        codes::INTERNAL_CHANNEL,
+        "channel stopped before storing the message",
+    )
 }
 
 /// The refusal of an operation outside the modes an attachment was granted (§8.8): 40160, as

@@ -2,23 +2,20 @@
 //! each was answered, so that a publish resent after a resume is answered again instead of
 //! being applied twice.
 //!
-//! An entry is plain data once its outcome is known: a settled publish keeps only its serials
-//! (or its error), boxed to their length. Only a publish still waiting for its channel holds the
-//! shared future that a resumed socket awaits beside the original one. Under steady publishing
-//! an entry holding the future cost about 200 bytes and a settled one about 80, and the ledger
-//! was the largest part of the memory that grew with the messages published.
+//! The ledger is plain data: a publish still waiting for its channel is a mark, and a settled
+//! one keeps only its serials (or its error), boxed to their length, or just a position for
+//! the usual one-message publish. The outcome is written in by the channel's reply
+//! (`channel::Reply`), not by the socket awaiting it, so a resend on a resumed socket waits for
+//! the ledger to change (`Session::outcome`) rather than for another socket's future. When
+//! entries held that shared future (about 200 bytes each, 4,096 of them per connection) the
+//! ledger was the largest part of the memory that grew with the messages published.
 
 use std::collections::VecDeque;
 
-use futures_util::future::{BoxFuture, Shared};
 use protocol::ErrorInfo;
 
 use crate::channel::PublishOutcome;
 use crate::store::{format_serial, parse_serial};
-
-/// A publish's outcome that several sockets of one connection may await (the original one
-/// and, after a resume, the one that receives the resent msgSerial).
-pub type SharedOutcome = Shared<BoxFuture<'static, PublishOutcome>>;
 
 /// How many recent publishes a connection remembers with their answers. A client resends only
 /// what it has no ACK for: those read ahead of their ACKs (`limits.max_pending_publishes`, 512
@@ -31,8 +28,8 @@ pub const LEDGER_SIZE: usize = 512;
 pub enum Seen {
     /// Not seen before: publish it.
     New,
-    /// Seen, and its channel has not answered yet: await the same outcome.
-    Waiting(SharedOutcome),
+    /// Seen, and its channel has not answered yet: wait until the ledger has the answer.
+    Waiting,
     /// Seen and answered: answer the same again.
     Answered(PublishOutcome),
     /// Seen too long ago to remember the answer: acknowledge without serials.
@@ -59,7 +56,10 @@ impl Settled {
             };
             if let Some((serial_epoch, position)) = parse_serial(serial) {
                 let epoch = epoch.get_or_insert_with(|| serial_epoch.into());
-                if **epoch == *serial_epoch && format_serial(epoch, position) == *serial {
+                // `format_serial` pads to 16 digits: such a serial is rebuilt exactly.
+                let digits = &serial[serial_epoch.len() + 1..];
+                let canonical = digits.len() == 16 && digits.bytes().all(|b| b.is_ascii_digit());
+                if **epoch == *serial_epoch && canonical {
                     return Self::One(Some(position));
                 }
             }
@@ -87,7 +87,7 @@ impl Settled {
 }
 
 enum Entry {
-    Waiting(SharedOutcome),
+    Waiting,
     Settled(Settled),
 }
 
@@ -106,7 +106,7 @@ impl Ledger {
     pub fn seen(&self, msg_serial: u64) -> Seen {
         match self.highest {
             Some(highest) if msg_serial <= highest => match self.find(msg_serial) {
-                Some(Entry::Waiting(outcome)) => Seen::Waiting(outcome.clone()),
+                Some(Entry::Waiting) => Seen::Waiting,
                 Some(Entry::Settled(settled)) => {
                     Seen::Answered(settled.outcome(self.epoch.as_deref()))
                 }
@@ -118,8 +118,8 @@ impl Ledger {
 
     /// Records a new msgSerial whose outcome is still to come. msgSerials only grow, so the
     /// entries stay sorted.
-    pub fn record(&mut self, msg_serial: u64, outcome: SharedOutcome) {
-        self.push(msg_serial, Entry::Waiting(outcome));
+    pub fn record(&mut self, msg_serial: u64) {
+        self.push(msg_serial, Entry::Waiting);
     }
 
     /// Records a new msgSerial already answered (a refusal).
@@ -128,7 +128,7 @@ impl Ledger {
         self.push(msg_serial, Entry::Settled(settled));
     }
 
-    /// Keeps the outcome of `msg_serial` as data, dropping the future that produced it.
+    /// Keeps the outcome of `msg_serial`, recorded as waiting.
     pub fn settle(&mut self, msg_serial: u64, outcome: &PublishOutcome) {
         if let Ok(i) = self.position(msg_serial) {
             self.entries[i].1 = Entry::Settled(Settled::of(outcome, &mut self.epoch));
@@ -158,11 +158,6 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::FutureExt;
-
-    fn waiting() -> SharedOutcome {
-        futures_util::future::pending().boxed().shared()
-    }
 
     fn ok(serial: &str) -> PublishOutcome {
         Ok(vec![Some(serial.to_owned())])
@@ -195,8 +190,8 @@ mod tests {
     fn a_new_msg_serial_is_new_and_a_recorded_one_waits_until_settled() {
         let mut ledger = Ledger::default();
         assert!(matches!(ledger.seen(0), Seen::New));
-        ledger.record(0, waiting());
-        assert!(matches!(ledger.seen(0), Seen::Waiting(_)));
+        ledger.record(0);
+        assert!(matches!(ledger.seen(0), Seen::Waiting));
         ledger.settle(0, &ok("e-1"));
         match ledger.seen(0) {
             Seen::Answered(outcome) => assert_eq!(outcome, ok("e-1")),

@@ -12,7 +12,9 @@ use rand::distributions::Alphanumeric;
 use rand::Rng;
 use subtle::ConstantTimeEq;
 
-use super::ledger::{Ledger, Seen, SharedOutcome};
+use tokio::sync::watch;
+
+use super::ledger::{Ledger, Seen};
 use crate::auth::{Identity, TokenStamp};
 use crate::channel::PublishOutcome;
 use crate::outbox::Outbox;
@@ -38,6 +40,8 @@ pub struct Session {
     /// Echo own messages back (`echo` query param).
     pub echo: bool,
     state: Mutex<State>,
+    /// Counts the outcomes settled in the ledger, for a resend waiting on one.
+    settled: watch::Sender<u64>,
 }
 
 struct State {
@@ -180,9 +184,9 @@ impl Session {
 
     /// Records a newly processed msgSerial whose outcome is still to come; [`Session::settle`]
     /// keeps the outcome once known.
-    pub fn record(&self, msg_serial: u64, outcome: SharedOutcome) {
+    pub fn record(&self, msg_serial: u64) {
         let mut state = self.state.lock().expect("session lock");
-        state.ledger.record(msg_serial, outcome);
+        state.ledger.record(msg_serial);
     }
 
     /// Records a newly processed msgSerial that was refused at once.
@@ -191,10 +195,32 @@ impl Session {
         state.ledger.record_answered(msg_serial, &Err(error));
     }
 
-    /// Keeps the outcome of a recorded msgSerial as plain data.
+    /// Keeps the outcome of a recorded msgSerial, and wakes the resends waiting for one.
     pub fn settle(&self, msg_serial: u64, outcome: &PublishOutcome) {
         let mut state = self.state.lock().expect("session lock");
         state.ledger.settle(msg_serial, outcome);
+        drop(state);
+        self.settled
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// The answer to a resent msgSerial of `items` messages, once the ledger has it (§4.6):
+    /// the original publish's outcome, or an ACK without serials when the ledger no longer
+    /// remembers it.
+    pub async fn outcome(&self, msg_serial: u64, items: usize) -> PublishOutcome {
+        let mut settled = self.settled.subscribe();
+        loop {
+            match self.seen(msg_serial) {
+                Seen::Answered(outcome) => return outcome,
+                Seen::Waiting => {}
+                Seen::Forgotten | Seen::New => return Ok(vec![None; items]),
+            }
+            // Settling happens under the reply's guarantee (a dropped reply answers 50001), and
+            // the sender lives as long as `self`.
+            if settled.changed().await.is_err() {
+                return Ok(vec![None; items]);
+            }
+        }
     }
 }
 
@@ -220,6 +246,7 @@ impl Sessions {
                     ledger: Ledger::default(),
                     closed: false,
                 }),
+                settled: watch::Sender::new(0),
                 id: id.clone(),
             });
             if let dashmap::Entry::Vacant(slot) = self.map.entry(id) {
@@ -297,5 +324,72 @@ impl Sessions {
     /// True when no connection is known.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Identity;
+    use crate::channel::Reply;
+
+    fn session() -> Arc<Session> {
+        let authority = Authority {
+            identity: Identity {
+                reported: None,
+                default: None,
+                any: false,
+            },
+            capability: Capability::all(),
+            expires_at: None,
+            token: None,
+        };
+        Sessions::default().create(authority, true)
+    }
+
+    /// A reply that writes into the ledger, as `actions::track` makes it.
+    fn tracked(session: &Arc<Session>, msg_serial: u64) -> Reply {
+        session.record(msg_serial);
+        let (reply, _publisher_gone) = Reply::new();
+        let session = Arc::downgrade(session);
+        reply.keeping(move |outcome| {
+            if let Some(session) = session.upgrade() {
+                session.settle(msg_serial, outcome);
+            }
+        })
+    }
+
+    /// §4.6: a msgSerial resent on a resumed socket while the original publish is still
+    /// waiting for its channel gets the original's serials, even though the socket that sent
+    /// it first is gone.
+    #[tokio::test]
+    async fn a_resend_waiting_for_its_channel_gets_the_original_answer() {
+        let session = session();
+        let reply = tracked(&session, 7);
+        let resend = tokio::spawn({
+            let session = session.clone();
+            async move { session.outcome(7, 1).await }
+        });
+        tokio::task::yield_now().await;
+        reply.send(Ok(vec![Some("e:0000000000000042".to_owned())]));
+        let outcome = resend.await.unwrap();
+        assert_eq!(outcome, Ok(vec![Some("e:0000000000000042".to_owned())]));
+    }
+
+    /// A channel that stops without answering leaves 50001 in the ledger, so a waiting
+    /// resend is NACKed rather than left hanging.
+    #[tokio::test]
+    async fn a_reply_dropped_unanswered_settles_the_resend_with_50001() {
+        let session = session();
+        let reply = tracked(&session, 3);
+        let resend = tokio::spawn({
+            let session = session.clone();
+            async move { session.outcome(3, 1).await }
+        });
+        tokio::task::yield_now().await;
+        drop(reply);
+        let error = resend.await.unwrap().unwrap_err();
+        assert_eq!(error.code, protocol::error::codes::INTERNAL_CHANNEL);
+        assert!(matches!(session.seen(3), Seen::Answered(Err(_))));
     }
 }
