@@ -4,69 +4,51 @@
 //! append-only segment files of [`Segments`]; sled holds an index entry per record, keyed by
 //! the channel name, a 0xFF byte (never part of UTF-8) and the record's first serial
 //! big-endian, so each channel is one contiguous, serial-ordered key range and the record
-//! holding serial `s` is the last key at or before `key(channel, s)`.
+//! holding serial `s` is the last key at or before `key(channel, s)`. Retention that cuts a
+//! record in two writes the kept part as a new record under its new first serial. A second
+//! tree keeps each channel's head (its newest serial ever), so serials are never reused after
+//! retention has emptied a channel.
 //!
-//! A record is a header — entry count (u32), last serial (u64), last timestamp (i64) — then
-//! its entries, each serial (u64), timestamp (i64), length (u32) and the message in msgpack,
-//! all big-endian. An index entry is the same header followed by the record's [`Location`],
-//! so bounds, retention counts and expiry read only the index; only the records a read returns
-//! are fetched and only their returned messages decoded. An append of more than 32 KiB is cut
-//! into several records. Retention that cuts a record in two writes the kept part as a new
-//! record under its new first serial. A second tree keeps each channel's head (its newest
-//! serial ever), so serials are never reused after retention has emptied a channel.
-//!
-//! The segments are also the write-ahead log of the index. Every change to an index entry
-//! is first written as a tagged frame ([`Op`]): a record appended, a range of records
-//! removed, a record replaced by its kept part. An ACK waits only for the segments'
-//! `fdatasync`; sled is flushed once a second by a checkpoint thread, which then records
-//! the position up to which the index is durable. After an unclean stop, opening replays
-//! every frame from that position on, so nothing acknowledged is lost with the index's
-//! unflushed tail. Replaying is idempotent (each op sets or removes keys outright), and a
-//! segment is deleted only once a durable checkpoint lies past it.
+//! This file opens the two logs of a data directory and implements the trait. The rest is
+//! split by role: `record` (the bytes of a record and of its index entry), `wal` (the segments
+//! as the index's write-ahead log: ops, the edits that write them, replay after an unclean
+//! stop), `checkpoint` (the thread that makes sled's copy of the index durable) and `migrate`
+//! (older layouts).
 
-use std::collections::HashMap;
+mod checkpoint;
+mod migrate;
+mod record;
+mod wal;
+
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::{mpsc, Arc, Mutex, RwLock};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use protocol::Message;
 
 use super::database::Database;
 use super::indexer::{Change, Indexer};
-use super::segments::{tagged_frame, Location, Position, Segments, FRAME_HEADER};
+use super::segments::{Position, Segments};
 use super::{
     Bounds, ChannelLog, CheckpointHealth, Direction, Query, Retained, StoreError, UNCLEAN_STOP_SKIP,
 };
+use checkpoint::{checkpoint, Checkpoints, Health, CHECKPOINT, CHECKPOINT_EVERY};
+use migrate::OLD_TREES;
+use record::{
+    be_u64, key, split_key, Entry, Header, Index, Record, RecordBuilder, RECORD_BYTES, SEPARATOR,
+};
+use wal::{count_live, replay, Op};
 
-const SEPARATOR: u8 = 0xFF;
-const HEADER_LEN: usize = 4 + 8 + 8;
-const ENTRY_PREFIX_LEN: usize = 8 + 8 + 4;
-/// Bytes of an index entry: the record's header and where the record is.
-const INDEX_LEN: usize = HEADER_LEN + Location::LEN;
-/// A record is closed once its entries reach this many bytes.
-const RECORD_BYTES: usize = 32 * 1024;
 /// The meta key present while a broker runs on the database; found at start, it means the
 /// last run did not stop cleanly.
 const RUNNING: &str = "running";
 /// The on-disk layout: index entries in sled, records in segment files that are also the
 /// index's write-ahead log.
 const FORMAT: &str = "records-3";
-/// The layout before, the same without the write-ahead log: sled was flushed at every sync,
-/// so there is nothing to replay, and opening only records the new format.
-const FORMAT_UNLOGGED: &str = "records-2";
-/// The layout before that, whole records as sled values, which opening converts.
-const FORMAT_RECORDS_IN_SLED: &str = "records-1";
-/// The meta key of the durable checkpoint: the [`Position`] before which every index change
-/// is in sled and flushed.
-const CHECKPOINT: &str = "checkpoint";
-/// How often the checkpoint thread flushes sled.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
-/// The index trees of the two logs, and the trees that held whole records before.
+/// The index trees of the two logs.
 const MESSAGE_INDEX: &str = "message-index";
 const PRESENCE_INDEX: &str = "presence-index";
-const OLD_TREES: [(&str, &str); 2] = [("messages", MESSAGE_INDEX), ("presence", PRESENCE_INDEX)];
 
 /// A channel log on sled and segment files: one index tree and one heads tree of one database,
 /// and the segments it shares with the other log of the same data directory.
@@ -111,197 +93,6 @@ impl LogId {
     }
 }
 
-/// What a frame does to the index, as its tag says: the op's code, the log, its serials
-/// (big-endian u64s), then the channel name to the end of the tag.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Op {
-    /// The frame's record is indexed under its first serial.
-    Append,
-    /// The records keyed `from..=to` are removed; the frame has no record.
-    Remove { from: u64, to: u64 },
-    /// The record keyed `old` is removed and the frame's record indexed instead.
-    Replace { old: u64 },
-}
-
-impl Op {
-    fn tag(self, log: LogId, channel: &str) -> Vec<u8> {
-        let mut tag = Vec::with_capacity(2 + 16 + channel.len());
-        match self {
-            Op::Append => tag.extend_from_slice(&[1, log as u8]),
-            Op::Remove { from, to } => {
-                tag.extend_from_slice(&[2, log as u8]);
-                tag.extend_from_slice(&from.to_be_bytes());
-                tag.extend_from_slice(&to.to_be_bytes());
-            }
-            Op::Replace { old } => {
-                tag.extend_from_slice(&[3, log as u8]);
-                tag.extend_from_slice(&old.to_be_bytes());
-            }
-        }
-        tag.extend_from_slice(channel.as_bytes());
-        tag
-    }
-
-    /// The op, log and channel of a tag; `None` for one this version does not know.
-    fn parse(tag: &[u8]) -> Option<(Op, LogId, &[u8])> {
-        let log = LogId::from_byte(*tag.get(1)?)?;
-        let serial = |at: usize| tag.get(at..at + 8).map(be_u64);
-        match tag.first()? {
-            1 => Some((Op::Append, log, tag.get(2..)?)),
-            2 => Some((
-                Op::Remove {
-                    from: serial(2)?,
-                    to: serial(10)?,
-                },
-                log,
-                tag.get(18..)?,
-            )),
-            3 => Some((Op::Replace { old: serial(2)? }, log, tag.get(10..)?)),
-            _ => None,
-        }
-    }
-}
-
-/// The checkpoint thread: once a second it reads the segments' position (under the gate),
-/// syncs the segments, flushes sled, and records that position as durable; then segments
-/// older than it that nothing points into may go.
-struct Checkpoints {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-    health: Arc<Mutex<Health>>,
-}
-
-/// What [`CheckpointHealth`] is made from.
-struct Health {
-    last_success: Instant,
-    last_duration: Duration,
-    failures_in_a_row: u64,
-}
-
-impl Health {
-    fn new(last_duration: Duration) -> Health {
-        Health {
-            last_success: Instant::now(),
-            last_duration,
-            failures_in_a_row: 0,
-        }
-    }
-}
-
-impl Checkpoints {
-    fn start(
-        db: sled::Db,
-        segments: Arc<Segments>,
-        gate: Arc<RwLock<()>>,
-        indexer: Arc<Indexer>,
-        every: Duration,
-        health: Arc<Mutex<Health>>,
-    ) -> Result<Checkpoints, StoreError> {
-        let (stop, stopped) = mpsc::channel::<()>();
-        let kept = health.clone();
-        let thread = std::thread::Builder::new()
-            .name("log-checkpoint".into())
-            .spawn(move || {
-                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                    let started = Instant::now();
-                    let result = checkpoint(&db, &segments, &gate, &indexer);
-                    let mut health = kept.lock().unwrap_or_else(|e| e.into_inner());
-                    match result {
-                        Ok(_) => *health = Health::new(started.elapsed()),
-                        Err(e) => {
-                            health.failures_in_a_row += 1;
-                            tracing::warn!(error = %e, "log checkpoint failed; retrying");
-                        }
-                    }
-                }
-            })
-            .map_err(|e| StoreError::Engine(format!("starting the checkpoint thread: {e}")))?;
-        Ok(Checkpoints {
-            stop: Some(stop),
-            thread: Some(thread),
-            health,
-        })
-    }
-}
-
-impl Drop for Checkpoints {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Makes every index change so far durable and records where replay would start.
-fn checkpoint(
-    db: &sled::Db,
-    segments: &Segments,
-    gate: &RwLock<()>,
-    indexer: &Indexer,
-) -> Result<Position, StoreError> {
-    let position = {
-        let _alone = gate.write().unwrap_or_else(|e| e.into_inner());
-        segments.position()
-    };
-    // Every frame before `position` has its change in sled or queued: apply the queue.
-    indexer.catch_up()?;
-    // Syncing the segments too bounds what `fsync = false` can lose to about this interval.
-    segments.sync()?;
-    db.flush()?;
-    db.open_tree("meta")?
-        .insert(CHECKPOINT, &position.encode())?;
-    db.flush()?;
-    segments.collect(position.segment);
-    Ok(position)
-}
-
-/// Redoes every index change logged from `from` on (after an unclean stop). Returns how many
-/// frames it applied.
-fn replay(db: &sled::Db, segments_dir: &Path, from: Position) -> Result<u64, StoreError> {
-    let trees = |log: LogId| -> Result<(sled::Tree, sled::Tree), StoreError> {
-        let (index, heads) = log.trees();
-        Ok((db.open_tree(index)?, db.open_tree(heads)?))
-    };
-    let (messages, presence) = (trees(LogId::Messages)?, trees(LogId::Presence)?);
-    let mut applied = 0;
-    let ends = Segments::scan(segments_dir, from, |at, tag, record| {
-        let Some((op, log, channel)) = Op::parse(tag) else {
-            return Ok(());
-        };
-        let (index, heads) = match log {
-            LogId::Messages => &messages,
-            LogId::Presence => &presence,
-        };
-        let channel = String::from_utf8_lossy(channel);
-        let removed = match op {
-            Op::Append => None,
-            Op::Remove { from, to } => Some((from, to)),
-            Op::Replace { old } => Some((old, old)),
-        };
-        if let Some((from, to)) = removed {
-            for item in index.range(key(&channel, from)..=key(&channel, to)) {
-                index.remove(item?.0)?;
-            }
-        }
-        let header = Header::parse(record);
-        let first = record.get(HEADER_LEN..HEADER_LEN + 8).map(be_u64);
-        if let (Some(header), Some(first)) = (header, first) {
-            index.insert(key(&channel, first), index_value(record, 0, at))?;
-            let head = heads.get(channel.as_bytes())?.map_or(0, |v| be_u64(&v));
-            if header.last_serial > head {
-                heads.insert(channel.as_bytes(), &header.last_serial.to_be_bytes())?;
-            }
-        }
-        applied += 1;
-        Ok(())
-    })?;
-    // Past the intact frames lies only what was never acknowledged, or allocated ahead; the
-    // index is checked against the files' lengths next (`count_live`).
-    Segments::cut(segments_dir, &ends)?;
-    Ok(applied)
-}
-
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         StoreError::Engine(e.to_string())
@@ -342,16 +133,7 @@ impl SledLog {
         let mut convert = false;
         let epoch = match meta.get("epoch")? {
             Some(bytes) => {
-                let format = meta.get("format")?;
-                convert = format.as_deref() == Some(FORMAT_RECORDS_IN_SLED.as_bytes());
-                let known = [FORMAT, FORMAT_UNLOGGED].map(str::as_bytes);
-                if !convert && !format.is_some_and(|f| known.contains(&f.as_ref())) {
-                    return Err(StoreError::Engine(format!(
-                        "{} holds a message log in an older layout than {FORMAT}; \
-                         move it aside to start afresh",
-                        dir.display()
-                    )));
-                }
+                convert = migrate::needs_conversion(&meta, dir)?;
                 String::from_utf8_lossy(&bytes).into_owned()
             }
             None => {
@@ -418,15 +200,7 @@ impl SledLog {
             },
         );
         if convert {
-            logs.0.convert_from(&db.open_tree(OLD_TREES[0].0)?)?;
-            logs.1.convert_from(&db.open_tree(OLD_TREES[1].0)?)?;
-            logs.0.sync()?;
-            meta.insert("format", FORMAT)?;
-            db.flush()?;
-            for (old, _) in OLD_TREES {
-                db.drop_tree(old)?;
-            }
-            tracing::info!("converted the message log to {FORMAT} (records in segment files)");
+            migrate::convert(&logs, &db, &meta)?;
         }
         meta.insert(RUNNING, "1")?;
         if unclean {
@@ -453,22 +227,6 @@ impl SledLog {
         Ok(logs)
     }
 
-    /// Moves the whole records of a `records-1` tree into segments, indexing each.
-    fn convert_from(&self, old: &sled::Tree) -> Result<(), StoreError> {
-        for item in old.iter() {
-            let (key, record) = item?;
-            let Some((channel, _)) = split_key(&key) else {
-                continue;
-            };
-            let tag = Op::Append.tag(self.log, &String::from_utf8_lossy(channel));
-            let (mut frame, record_at) = tagged_frame(&tag, record.len())?;
-            frame.extend_from_slice(&record);
-            let at = self.segments.write(&mut frame, true)?;
-            self.index.insert(key, index_value(&frame, record_at, at))?;
-        }
-        Ok(())
-    }
-
     /// Skips every channel's head `gap` serials ahead. Called after an unclean stop: serials
     /// handed to subscribers before their fsync may be gone from the log, and must not be
     /// given to different messages.
@@ -488,203 +246,6 @@ impl SledLog {
     }
 }
 
-/// Counts the index entries per segment over both logs, and removes entries whose record lies
-/// past the end of its segment or in a segment that is gone: after a power loss, records
-/// that were never synced (so never acknowledged) whose index entry sled kept.
-fn count_live(db: &sled::Db, segments_dir: &Path) -> Result<HashMap<u64, u64>, StoreError> {
-    let lengths = Segments::lengths(segments_dir)?;
-    let mut live = HashMap::new();
-    for name in [MESSAGE_INDEX, PRESENCE_INDEX] {
-        let tree = db.open_tree(name)?;
-        for item in tree.iter() {
-            let (key, value) = item?;
-            let at = Index::parse(&value).map(|i| i.at);
-            let stored = at.is_some_and(|at| {
-                lengths.get(&at.segment).is_some_and(|&len| {
-                    at.offset + (FRAME_HEADER as u64) + u64::from(at.len) <= len
-                })
-            });
-            match at {
-                Some(at) if stored => *live.entry(at.segment).or_insert(0) += 1,
-                _ => {
-                    tracing::warn!("a log index entry points past its segment; removed");
-                    tree.remove(key)?;
-                }
-            }
-        }
-    }
-    Ok(live)
-}
-
-fn key(channel: &str, serial: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(channel.len() + 9);
-    key.extend_from_slice(channel.as_bytes());
-    key.push(SEPARATOR);
-    key.extend_from_slice(&serial.to_be_bytes());
-    key
-}
-
-fn split_key(key: &[u8]) -> Option<(&[u8], u64)> {
-    let (prefix, serial) = key.split_at(key.len().checked_sub(8)?);
-    let (name, sep) = prefix.split_at(prefix.len().checked_sub(1)?);
-    (sep == [SEPARATOR]).then(|| (name, be_u64(serial)))
-}
-
-fn be_u64(bytes: &[u8]) -> u64 {
-    bytes
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u64::from_be_bytes)
-}
-
-/// The index entry of the record at `record_at` in `frame` (a frame written at `at`): the
-/// record's header, then `at`.
-fn index_value(frame: &[u8], record_at: usize, at: Location) -> Vec<u8> {
-    let mut value = Vec::with_capacity(INDEX_LEN);
-    value.extend_from_slice(&frame[record_at..record_at + HEADER_LEN]);
-    at.encode(&mut value);
-    value
-}
-
-/// A record's header: what bounds, retention and expiry need without reading the record.
-struct Header {
-    count: u64,
-    last_serial: u64,
-    last_timestamp: i64,
-}
-
-impl Header {
-    fn parse(bytes: &[u8]) -> Option<Header> {
-        (bytes.len() >= HEADER_LEN).then(|| Header {
-            count: u64::from(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])),
-            last_serial: be_u64(&bytes[4..12]),
-            last_timestamp: be_u64(&bytes[12..20]) as i64,
-        })
-    }
-}
-
-/// An index entry: a record's header and location.
-struct Index {
-    header: Header,
-    at: Location,
-}
-
-impl Index {
-    fn parse(value: &[u8]) -> Option<Index> {
-        Some(Index {
-            header: Header::parse(value)?,
-            at: Location::decode(value.get(HEADER_LEN..)?)?,
-        })
-    }
-}
-
-/// One stored message, still encoded.
-struct Entry<'a> {
-    serial: u64,
-    timestamp: i64,
-    body: &'a [u8],
-}
-
-/// The entries of a record read back from its segment.
-struct Record<'a> {
-    entries: &'a [u8],
-}
-
-impl<'a> Record<'a> {
-    fn parse(record: &'a [u8]) -> Option<Record<'a>> {
-        Some(Record {
-            entries: record.get(HEADER_LEN..)?,
-        })
-    }
-
-    /// The entries oldest first; a truncated tail ends the iteration.
-    fn entries(&self) -> impl DoubleEndedIterator<Item = Entry<'a>> {
-        let mut entries = Vec::new();
-        let mut rest = self.entries;
-        while rest.len() >= ENTRY_PREFIX_LEN {
-            let len = u32::from_be_bytes([rest[16], rest[17], rest[18], rest[19]]) as usize;
-            let Some(body) = rest.get(ENTRY_PREFIX_LEN..ENTRY_PREFIX_LEN + len) else {
-                break;
-            };
-            entries.push(Entry {
-                serial: be_u64(rest),
-                timestamp: be_u64(&rest[8..]) as i64,
-                body,
-            });
-            rest = &rest[ENTRY_PREFIX_LEN + len..];
-        }
-        entries.into_iter()
-    }
-}
-
-/// Builds one record, entry by entry, in serial order, in a tagged frame
-/// ([`tagged_frame`]).
-struct RecordBuilder {
-    frame: Vec<u8>,
-    record_at: usize,
-    first: Option<u64>,
-    count: u32,
-    last_serial: u64,
-    last_timestamp: i64,
-}
-
-/// A record ready for [`Segments::write`]: its first serial (its key), its frame, and where
-/// in the frame the record starts.
-struct Finished {
-    first: u64,
-    frame: Vec<u8>,
-    record_at: usize,
-}
-
-impl RecordBuilder {
-    fn new(tag: &[u8]) -> Result<RecordBuilder, StoreError> {
-        let (mut frame, record_at) = tagged_frame(tag, HEADER_LEN + 256)?;
-        frame.resize(record_at + HEADER_LEN, 0);
-        Ok(RecordBuilder {
-            frame,
-            record_at,
-            first: None,
-            count: 0,
-            last_serial: 0,
-            last_timestamp: 0,
-        })
-    }
-
-    /// Adds an entry whose message `write_body` appends to the record in place.
-    fn push(&mut self, serial: u64, timestamp: i64, write_body: impl FnOnce(&mut Vec<u8>)) {
-        self.frame.extend_from_slice(&serial.to_be_bytes());
-        self.frame.extend_from_slice(&timestamp.to_be_bytes());
-        let len_at = self.frame.len();
-        self.frame.extend_from_slice(&[0; 4]);
-        write_body(&mut self.frame);
-        let len = (self.frame.len() - len_at - 4) as u32;
-        self.frame[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
-        self.first.get_or_insert(serial);
-        self.count += 1;
-        self.last_serial = serial;
-        self.last_timestamp = timestamp;
-    }
-
-    /// Bytes of entries so far.
-    fn entry_bytes(&self) -> usize {
-        self.frame.len() - self.record_at - HEADER_LEN
-    }
-
-    /// The finished record; `None` when it has no entry.
-    fn finish(mut self) -> Option<Finished> {
-        let first = self.first?;
-        let header = &mut self.frame[self.record_at..self.record_at + HEADER_LEN];
-        header[..4].copy_from_slice(&self.count.to_be_bytes());
-        header[4..12].copy_from_slice(&self.last_serial.to_be_bytes());
-        header[12..20].copy_from_slice(&self.last_timestamp.to_be_bytes());
-        Some(Finished {
-            first,
-            frame: self.frame,
-            record_at: self.record_at,
-        })
-    }
-}
-
 impl SledLog {
     /// Reads the record an index entry points to; `None`, with the entry removed, when its
     /// bytes are gone (see [`Segments::read`]).
@@ -698,98 +259,6 @@ impl SledLog {
             self.segments.release(index.at.segment);
         }
         Ok(frame)
-    }
-
-    /// Writes a finished record to the segments and returns its index key and value.
-    fn store(&self, channel: &str, mut record: Finished) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
-        let at = self.segments.write(&mut record.frame, true)?;
-        Ok((
-            key(channel, record.first),
-            index_value(&record.frame, record.record_at, at),
-        ))
-    }
-
-    /// Writes the [`Op::Remove`] frame of the entries keyed `from..=to`; call it under the
-    /// gate, before removing them from sled.
-    fn log_removal(&self, channel: &str, from: u64, to: u64) -> Result<(), StoreError> {
-        let tag = Op::Remove { from, to }.tag(self.log, channel);
-        let (mut frame, _) = tagged_frame(&tag, 0)?;
-        self.segments.write(&mut frame, false)?;
-        Ok(())
-    }
-
-    /// Shares the gate: from an op's frame until its change is in sled.
-    fn gate(&self) -> std::sync::RwLockReadGuard<'_, ()> {
-        self.gate.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Removes the index entries keyed `from..=to` of `channel` (`keys`, with the segment
-    /// each points into) in one batch, logged as one [`Op::Remove`], then releases their
-    /// segments.
-    fn remove_all(
-        &self,
-        channel: &str,
-        (from, to): (u64, u64),
-        keys: Vec<(sled::IVec, u64)>,
-    ) -> Result<(), StoreError> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let mut batch = sled::Batch::default();
-        for (k, _) in &keys {
-            batch.remove(k);
-        }
-        {
-            let _gate = self.gate();
-            self.log_removal(channel, from, to)?;
-            self.index.apply_batch(batch)?;
-        }
-        for (_, segment) in keys {
-            self.segments.release(segment);
-        }
-        Ok(())
-    }
-
-    /// Keeps only the entries of the record at `key_bytes` that `keep` picks: removes its
-    /// index entry and indexes the kept entries as a new record under their first serial.
-    /// Returns how many went.
-    fn rewrite(
-        &self,
-        channel: &str,
-        key_bytes: &[u8],
-        index: &Index,
-        keep: impl Fn(&Entry) -> bool,
-    ) -> Result<u64, StoreError> {
-        let Some(frame) = self.load(key_bytes, index)? else {
-            return Ok(index.header.count);
-        };
-        let Some(record) = Record::parse(frame.body()) else {
-            return Ok(0);
-        };
-        let (kept, gone): (Vec<Entry>, Vec<Entry>) = record.entries().partition(|e| keep(e));
-        if gone.is_empty() {
-            return Ok(0);
-        }
-        let old = split_key(key_bytes).map_or(0, |(_, s)| s);
-        let mut batch = sled::Batch::default();
-        batch.remove(key_bytes);
-        let mut record = RecordBuilder::new(&Op::Replace { old }.tag(self.log, channel))?;
-        for e in &kept {
-            record.push(e.serial, e.timestamp, |v| v.extend_from_slice(e.body));
-        }
-        {
-            let _gate = self.gate();
-            match record.finish() {
-                Some(finished) => {
-                    let (k, v) = self.store(channel, finished)?;
-                    batch.insert(k, v);
-                }
-                None => self.log_removal(channel, old, old)?,
-            }
-            self.index.apply_batch(batch)?;
-        }
-        self.segments.release(index.at.segment);
-        Ok(gone.len() as u64)
     }
 
     /// The key and index entry of the record that holds `serial`, if any: the last record
@@ -806,7 +275,6 @@ impl SledLog {
             .transpose()?)
     }
 }
-
 impl ChannelLog for SledLog {
     fn epoch(&self) -> &str {
         &self.epoch
@@ -1143,15 +611,16 @@ impl ChannelLog for SledLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::segments::PREALLOCATE;
+
+    // The helpers are shared with the tests of `wal`, `checkpoint` and `migrate`.
 
     /// Opens the log in `dir` again; `Database::open` waits for the lock the dropped one may
     /// still hold for a moment.
-    fn reopen(dir: &Path) -> SledLog {
+    pub(super) fn reopen(dir: &Path) -> SledLog {
         SledLog::open(dir, 1 << 20).unwrap()
     }
 
-    fn message(ts: i64, name: &str) -> Message {
+    pub(super) fn message(ts: i64, name: &str) -> Message {
         Message {
             name: Some(name.into()),
             timestamp: Some(ts),
@@ -1159,7 +628,7 @@ mod tests {
         }
     }
 
-    fn query(direction: Direction, limit: usize) -> Query {
+    pub(super) fn query(direction: Direction, limit: usize) -> Query {
         Query {
             from: 0,
             to: u64::MAX,
@@ -1339,153 +808,6 @@ mod tests {
     }
 
     #[test]
-    fn an_older_layout_is_refused_not_misread() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(SledLog::open(dir.path(), 1 << 20).unwrap());
-        {
-            // Through the log, whose opening waits for the lock, then its raw database.
-            let db = reopen(dir.path()).db.clone();
-            db.open_tree("meta").unwrap().remove("format").unwrap();
-            db.flush().unwrap();
-        }
-        let error = SledLog::open(dir.path(), 1 << 20).err().expect("refused");
-        assert!(error.to_string().contains("older layout"), "{error}");
-    }
-
-    #[test]
-    fn a_log_with_records_inside_sled_is_converted_to_segments() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            // The records-1 layout: whole records as the values of the "messages" tree.
-            let db = sled::Config::new()
-                .path(dir.path().join("log"))
-                .open()
-                .unwrap();
-            let meta = db.open_tree("meta").unwrap();
-            meta.insert("epoch", "e1").unwrap();
-            meta.insert("format", FORMAT_RECORDS_IN_SLED).unwrap();
-            let mut record = RecordBuilder::new(b"").unwrap();
-            for (serial, m) in [(1, message(10, "old1")), (2, message(20, "old2"))] {
-                record.push(serial, 10 * serial as i64, |v| {
-                    rmp_serde::encode::write_named(v, &m).unwrap()
-                });
-            }
-            let record = record.finish().unwrap();
-            db.open_tree("messages")
-                .unwrap()
-                .insert(key("c", record.first), &record.frame[record.record_at..])
-                .unwrap();
-            db.flush().unwrap();
-        }
-        let log = reopen(dir.path());
-        assert_eq!(log.epoch(), "e1");
-        let names: Vec<String> = log
-            .read("c", &query(Direction::Forwards, 10))
-            .unwrap()
-            .into_iter()
-            .map(|(_, m)| m.name.unwrap())
-            .collect();
-        assert_eq!(names, ["old1", "old2"]);
-        assert!(!log
-            .db
-            .tree_names()
-            .iter()
-            .any(|n| n.as_ref() == b"messages"));
-        log.close_cleanly().unwrap();
-        drop(log);
-        // Converted once: the next start reads the same from the segments.
-        let log = reopen(dir.path());
-        assert_eq!(log.bounds("c").unwrap().unwrap().last, 2);
-    }
-
-    #[test]
-    fn records_a_power_loss_cut_from_a_segment_leave_the_index() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let log = SledLog::open(dir.path(), 1 << 20).unwrap();
-            log.append("p", &[(1, &message(1, "synced"))]).unwrap();
-            log.sync().unwrap();
-            log.append("p", &[(2, &message(2, "lost"))]).unwrap();
-            log.sync().unwrap();
-        }
-        // As if the second record's last bytes never reached the disk while sled kept its
-        // entry: the segment was allocated ahead, so what was never written reads as zeros.
-        let segments_dir = dir.path().join("segments");
-        let start = Position {
-            segment: 0,
-            offset: 0,
-        };
-        let ends = Segments::scan(&segments_dir, start, |_, _, _| Ok(())).unwrap();
-        let (&segment, &end) = ends.iter().max().unwrap();
-        let path = segments_dir.join(format!("{segment:016x}.seg"));
-        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-        std::os::unix::fs::FileExt::write_all_at(&file, &[0; 3], end - 3).unwrap();
-        drop(file);
-        let log = reopen(dir.path());
-        let left = log.read("p", &query(Direction::Forwards, 10)).unwrap();
-        assert_eq!(left.len(), 1);
-        assert_eq!(left[0].1.name.as_deref(), Some("synced"));
-        // Serial 2 may have reached subscribers: it is never given out again.
-        assert!(log.bounds("p").unwrap().unwrap().last > 2);
-    }
-
-    #[test]
-    fn opening_after_an_unclean_stop_cuts_the_segment_allocated_ahead() {
-        let dir = tempfile::tempdir().unwrap();
-        let segments_dir = dir.path().join("segments");
-        let newest_length = || {
-            let lengths = Segments::lengths(&segments_dir).unwrap();
-            let newest = lengths.keys().max().copied().unwrap();
-            lengths[&newest]
-        };
-        {
-            let log = SledLog::open(dir.path(), 1 << 20).unwrap();
-            log.append("u", &[(1, &message(1, "kept"))]).unwrap();
-            log.sync().unwrap();
-            assert!(newest_length() >= PREALLOCATE);
-        }
-        let log = reopen(dir.path());
-        let cut = Segments::lengths(&segments_dir).unwrap();
-        // The crashed run's segment now ends with its frame; the new run's is still empty.
-        let crashed = cut.keys().min().copied().unwrap();
-        assert!(cut[&crashed] > 0 && cut[&crashed] < 1024, "{cut:?}");
-        let left = log.read("u", &query(Direction::Forwards, 10)).unwrap();
-        assert_eq!(left[0].1.name.as_deref(), Some("kept"));
-        let next = log.bounds("u").unwrap().unwrap().last + 1;
-        log.append("u", &[(next, &message(2, "next"))]).unwrap();
-        log.close_cleanly().unwrap();
-        drop(log);
-        let log = reopen(dir.path());
-        assert_eq!(
-            log.read("u", &query(Direction::Forwards, 10))
-                .unwrap()
-                .len(),
-            2
-        );
-    }
-
-    #[test]
-    fn segments_emptied_by_retention_are_deleted() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = SledLog::open(dir.path(), 1 << 20).unwrap();
-        log.append("s", &[(1, &message(1, "a"))]).unwrap();
-        log.close_cleanly().unwrap();
-        drop(log);
-        // The next run writes to a new segment; once the first one's only record is trimmed,
-        // its file goes.
-        let log = reopen(dir.path());
-        log.append("s", &[(2, &message(2, "b"))]).unwrap();
-        assert_eq!(log.segments.count(), 2);
-        log.trim_before("s", 2).unwrap();
-        // Not before a checkpoint lies past it: a replay may still need its frames.
-        assert_eq!(log.segments.count(), 2);
-        checkpoint(&log.db, &log.segments, &log.gate, &log.indexer).unwrap();
-        assert_eq!(log.segments.count(), 1);
-        let left = log.read("s", &query(Direction::Forwards, 10)).unwrap();
-        assert_eq!(left.len(), 1);
-    }
-
-    #[test]
     fn a_large_append_is_cut_into_records_read_as_one_sequence() {
         let dir = tempfile::tempdir().unwrap();
         let log = SledLog::open(dir.path(), 1 << 20).unwrap();
@@ -1585,107 +907,5 @@ mod tests {
         assert_eq!(log.drop_oldest("d", 10).unwrap(), None);
         assert!(names(&log).is_empty());
         assert_eq!(log.bounds("d").unwrap().unwrap().last, 6);
-    }
-
-    #[test]
-    fn queued_index_entries_are_in_sled_before_a_checkpoint_records_their_position() {
-        let dir = tempfile::tempdir().unwrap();
-        // No index thread: only the checkpoint itself can apply the queue here.
-        let (log, presence) =
-            SledLog::open_with_checkpoints(&Database::open(dir.path(), 1 << 20).unwrap(), None)
-                .unwrap();
-        let (m1, p1) = (message(1, "m1"), message(1, "p1"));
-        log.append("c", &[(1, &m1)]).unwrap();
-        presence.append("c", &[(1, &p1)]).unwrap();
-        assert!(
-            log.index.get(key("c", 1)).unwrap().is_none(),
-            "still queued"
-        );
-        checkpoint(&log.db, &log.segments, &log.gate, &log.indexer).unwrap();
-        // A replay would start past both frames: sled must have them.
-        assert!(log.index.get(key("c", 1)).unwrap().is_some());
-        assert!(presence.index.get(key("c", 1)).unwrap().is_some());
-        assert_eq!(be_u64(&log.heads.get("c").unwrap().unwrap()), 1);
-    }
-
-    #[test]
-    fn acknowledged_changes_survive_a_crash_that_loses_the_index_tail() {
-        let dir = tempfile::tempdir().unwrap();
-        let (m1, m2, m3, d1, p1) = (
-            message(1, "m1"),
-            message(2, "m2"),
-            message(3, "m3"),
-            message(1, "d1"),
-            message(1, "p1"),
-        );
-        {
-            let (log, presence) =
-                SledLog::open_with_checkpoints(&Database::open(dir.path(), 1 << 20).unwrap(), None)
-                    .unwrap();
-            log.append("c", &[(1, &m1), (2, &m2)]).unwrap();
-            log.indexer.catch_up().unwrap();
-            let before_trim = log.index.get(key("c", 1)).unwrap().unwrap();
-            log.append("c", &[(3, &m3)]).unwrap();
-            log.append("d", &[(1, &d1)]).unwrap();
-            // Cuts the first record: its kept part replaces it under serial 2.
-            log.trim_before("c", 2).unwrap();
-            presence.append("c", &[(1, &p1)]).unwrap();
-            log.sync().unwrap();
-            log.indexer.catch_up().unwrap();
-            // sled keeps any subset of its unflushed changes after a crash. Here: the trim's
-            // replacement is undone, the later appends and the heads are gone.
-            log.index.remove(key("c", 2)).unwrap();
-            log.index.insert(key("c", 1), before_trim).unwrap();
-            log.index.remove(key("c", 3)).unwrap();
-            log.index.remove(key("d", 1)).unwrap();
-            log.heads.clear().unwrap();
-            presence.index.clear().unwrap();
-            // Dropped without a clean stop: the next start finds the run unfinished.
-        }
-        let (log, presence) = SledLog::open_logs(dir.path(), 1 << 20).unwrap();
-        let names = |log: &SledLog, channel| -> Vec<String> {
-            log.read(channel, &query(Direction::Forwards, 10))
-                .unwrap()
-                .into_iter()
-                .map(|(_, m)| m.name.unwrap())
-                .collect()
-        };
-        assert_eq!(names(&log, "c"), ["m2", "m3"]);
-        assert_eq!(names(&log, "d"), ["d1"]);
-        assert_eq!(names(&presence, "c"), ["p1"]);
-        let bounds = log.bounds("c").unwrap().unwrap();
-        assert_eq!(bounds.first, 2);
-        assert!(
-            bounds.last > 3,
-            "the head skips past serials that may have been seen"
-        );
-        // A clean stop leaves nothing to replay, and the next start reads the same.
-        log.close_cleanly().unwrap();
-        drop((log, presence));
-        let log = reopen(dir.path());
-        assert_eq!(names(&log, "c"), ["m2", "m3"]);
-    }
-
-    #[test]
-    fn a_log_in_the_layout_without_its_write_ahead_log_opens_as_it_is() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let log = SledLog::open(dir.path(), 1 << 20).unwrap();
-            log.append("c", &[(1, &message(1, "kept"))]).unwrap();
-            log.close_cleanly().unwrap();
-            let meta = log.db.open_tree("meta").unwrap();
-            meta.insert("format", FORMAT_UNLOGGED).unwrap();
-            meta.remove(CHECKPOINT).unwrap();
-            meta.insert(RUNNING, "1").unwrap();
-            log.db.flush().unwrap();
-        }
-        let log = reopen(dir.path());
-        let kept = log.read("c", &query(Direction::Forwards, 10)).unwrap();
-        assert_eq!(kept.len(), 1);
-        let meta = log.db.open_tree("meta").unwrap();
-        assert_eq!(
-            meta.get("format").unwrap().as_deref(),
-            Some(FORMAT.as_bytes())
-        );
     }
 }
