@@ -1,9 +1,12 @@
 //! The plugin's settings: the Auth0 tenant (or any OIDC issuer) and how tokens map to
 //! capabilities. Read from the broker's config file section `[auth0]`, overridden by the
-//! `AUTH0_*` environment variables and flags. Every default is in the `Default` impl.
+//! `AUTH0_*` environment variables and flags. Every default is in the `Default` impl. The
+//! capabilities stay Ably JSON text here, as the file has them; [`Auth0Config::capabilities`]
+//! parses them once, at start-up, into the [`RoleCapabilities`] the plugin maps tokens with.
 
 use std::collections::BTreeMap;
 
+use protocol::Capability;
 use serde::Deserialize;
 
 /// Settings of the auth plugin. The plugin is on when `domain` is set.
@@ -48,6 +51,16 @@ pub struct Auth0Config {
     pub jwks_max_bytes: usize,
     /// How long a verified token is remembered, in seconds (never past its expiry). Default 60.
     pub verified_cache_secs: u64,
+}
+
+/// The capabilities of `[auth0]`, parsed: what each mapped role grants, and what a user with
+/// neither permissions nor mapped roles gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleCapabilities {
+    /// The capability of each role name.
+    pub roles: BTreeMap<String, Capability>,
+    /// The capability of users with neither permissions nor mapped roles.
+    pub default: Capability,
 }
 
 impl Default for Auth0Config {
@@ -124,13 +137,22 @@ impl Auth0Config {
         if !url.starts_with("https://") && !is_loopback_http(&url) {
             return Err(format!("auth0: the JWKS URL {url} must be https"));
         }
-        for (role, cap) in &self.roles {
-            protocol::Capability::parse(cap)
-                .map_err(|e| format!("auth0: capability of role {role}: {}", e.message))?;
-        }
-        protocol::Capability::parse(&self.default_capability)
-            .map_err(|e| format!("auth0: default_capability: {}", e.message))?;
+        self.capabilities()?;
         Ok(())
+    }
+
+    /// The role capabilities and `default_capability`, parsed; the error names the first that
+    /// does not parse.
+    pub fn capabilities(&self) -> Result<RoleCapabilities, String> {
+        let mut roles = BTreeMap::new();
+        for (role, cap) in &self.roles {
+            let parsed = Capability::parse(cap)
+                .map_err(|e| format!("auth0: capability of role {role}: {}", e.message))?;
+            roles.insert(role.clone(), parsed);
+        }
+        let default = Capability::parse(&self.default_capability)
+            .map_err(|e| format!("auth0: default_capability: {}", e.message))?;
+        Ok(RoleCapabilities { roles, default })
     }
 }
 
@@ -175,5 +197,33 @@ mod tests {
         config.validate().unwrap();
         config.algorithms = vec!["HS256".into()];
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn capabilities_parse_and_the_first_bad_one_is_named() {
+        let mut config = Auth0Config {
+            domain: "d".into(),
+            audience: "a".into(),
+            ..Default::default()
+        };
+        config
+            .roles
+            .insert("moderator".into(), r#"{"mod:*":["*"]}"#.into());
+        let parsed = config.capabilities().unwrap();
+        assert_eq!(parsed.roles["moderator"].as_json(), r#"{"mod:*":["*"]}"#);
+        assert_eq!(parsed.default.as_json(), config.default_capability);
+        config.roles.insert("broken".into(), r#"{"x":[]}"#.into());
+        let refused = config.validate().unwrap_err();
+        assert!(
+            refused.starts_with("auth0: capability of role broken:"),
+            "{refused}"
+        );
+        config.roles.remove("broken");
+        config.default_capability = r#"{"x":["fly"]}"#.into();
+        let refused = config.capabilities().unwrap_err();
+        assert_eq!(
+            refused,
+            r#"auth0: default_capability: unknown capability operation "fly""#
+        );
     }
 }

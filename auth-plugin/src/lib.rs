@@ -1,9 +1,10 @@
 //! Auth0 (or any OIDC issuer) logins for the broker. [`AuthPlugin::authenticate`] turns an
 //! Auth0-issued JWT into a [`Principal`]: the user's internal id (their clientId on the
-//! broker), a capability mapped from the token's permissions and roles, and the expiry. On the
-//! way it keeps the user table. [`AuthPlugin::handle`] serves the app's auth routes. A leaf
-//! crate: it knows nothing of the broker, which calls it through its authenticator seam and
-//! mints its own tokens for `/api/auth/token`. `../shared/auth0.md` is the reference.
+//! broker), a capability mapped from the token's permissions and roles (a parsed
+//! [`protocol::Capability`], which the broker takes as is), and the expiry. On the way it keeps
+//! the user table. [`AuthPlugin::handle`] serves the app's auth routes. A leaf crate: it knows
+//! nothing of the broker, which calls it through its authenticator seam and mints its own
+//! tokens for `/api/auth/token`. `../shared/auth0.md` is the reference.
 
 pub mod config;
 pub mod jwks;
@@ -17,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use protocol::error::codes;
-use protocol::ErrorInfo;
+use protocol::{Capability, ErrorInfo};
 use sha2::{Digest, Sha256};
 
-pub use config::Auth0Config;
+pub use config::{Auth0Config, RoleCapabilities};
 pub use routes::{ApiKey, ApiRequest, ApiResponse};
 pub use users::{PublicProfile, User, UserStore};
 use verify::{Verifier, VerifyError};
@@ -35,8 +36,8 @@ pub struct Principal {
     pub client_id: String,
     /// The token's subject.
     pub sub: String,
-    /// The capability, Ably JSON text.
-    pub capability: String,
+    /// What they may do on which channels.
+    pub capability: Capability,
     /// Whether the admin routes are open to them.
     pub admin: bool,
     /// When the token expires, ms since the epoch.
@@ -46,6 +47,8 @@ pub struct Principal {
 /// The plugin: verifier, user table, and settings.
 pub struct AuthPlugin {
     config: Auth0Config,
+    /// The capabilities of `config`, parsed at start.
+    capabilities: RoleCapabilities,
     verifier: Verifier,
     users: UserStore,
     verified: DashMap<[u8; 32], (Principal, Instant)>,
@@ -69,15 +72,19 @@ fn now_ms() -> i64 {
 
 impl AuthPlugin {
     /// Starts the plugin on the broker's database, fetching the signing keys in the
-    /// background (a dead IdP at start-up only delays logins). Needs a tokio runtime.
+    /// background (a dead IdP at start-up only delays logins). Settings that do not validate,
+    /// a capability that does not parse among them, are an error here, not at the first login.
+    /// Needs a tokio runtime.
     pub fn start(config: Auth0Config, db: &sled::Db) -> Result<Arc<AuthPlugin>, String> {
         config.validate()?;
+        let capabilities = config.capabilities()?;
         let verifier = Verifier::new(&config);
         let users = UserStore::open(db).map_err(|e| e.to_string())?;
         let jwks = verifier.jwks().clone();
         tokio::spawn(async move { jwks.refresh().await });
         Ok(Arc::new(AuthPlugin {
             config,
+            capabilities,
             verifier,
             users,
             verified: DashMap::new(),
@@ -129,8 +136,8 @@ impl AuthPlugin {
         let grants = rbac::grants(
             &verified.permissions,
             &verified.roles,
-            &self.config.roles,
-            &self.config.default_capability,
+            &self.capabilities.roles,
+            &self.capabilities.default,
         );
         if !grants.ignored.is_empty() {
             tracing::debug!(sub = %verified.sub, ignored = ?grants.ignored, "permissions that do not parse");

@@ -3,9 +3,13 @@
 //! with the pattern following the capability wildcard rules (§8.7 of
 //! `../shared/ably-protocol.md`); `admin:users` grants the admin routes instead. Role names
 //! from a configured claim map to capabilities in the config file. Users with neither get the
-//! configured default. `docs/auth.md` documents the grammar.
+//! configured default. The role and default capabilities arrive parsed (the config is parsed
+//! once, at start-up), and the result is a parsed [`Capability`], which the broker uses as is.
+//! `docs/auth.md` documents the grammar.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use protocol::Capability;
 
 /// The permission that grants the user admin routes.
 pub const ADMIN_PERMISSION: &str = "admin:users";
@@ -30,8 +34,8 @@ const OPERATIONS: &[&str] = &[
 /// The outcome of mapping a token's permissions and roles.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grants {
-    /// The capability as Ably JSON text.
-    pub capability: String,
+    /// The capability: resources in sorted order, each with its operations sorted.
+    pub capability: Capability,
     /// Whether the user may use the admin routes.
     pub admin: bool,
     /// Entries that were ignored because they did not parse.
@@ -42,8 +46,8 @@ pub struct Grants {
 pub fn grants(
     permissions: &[String],
     roles: &[String],
-    role_capabilities: &BTreeMap<String, String>,
-    default_capability: &str,
+    role_capabilities: &BTreeMap<String, Capability>,
+    default_capability: &Capability,
 ) -> Grants {
     let mut resources: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut admin = false;
@@ -64,15 +68,17 @@ pub fn grants(
         }
     }
     for role in roles {
-        let Some(text) = role_capabilities.get(role) else {
-            continue;
-        };
-        merge(&mut resources, text);
+        if let Some(capability) = role_capabilities.get(role) {
+            merge(&mut resources, capability);
+        }
     }
     if resources.is_empty() {
         merge(&mut resources, default_capability);
     }
-    let capability = serde_json::to_string(&resources).expect("map of strings serializes");
+    // Every pattern is non-empty with at least one operation, and every operation is one
+    // `OPERATIONS` lists or one a parsed capability already holds.
+    let capability =
+        Capability::from_resources(resources).expect("permissions and capabilities make one");
     Grants {
         capability,
         admin,
@@ -80,20 +86,13 @@ pub fn grants(
     }
 }
 
-fn merge(resources: &mut BTreeMap<String, BTreeSet<String>>, capability: &str) {
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_str(capability) else {
-        return;
-    };
-    for (pattern, ops) in map {
-        let entry = resources.entry(pattern).or_default();
-        for op in ops
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|o| o.as_str())
-        {
-            entry.insert(op.to_owned());
-        }
+/// Adds the grants of `capability` to `resources`.
+fn merge(resources: &mut BTreeMap<String, BTreeSet<String>>, capability: &Capability) {
+    for (pattern, ops) in capability.resources() {
+        resources
+            .entry(pattern.to_owned())
+            .or_default()
+            .extend(ops.iter().cloned());
     }
 }
 
@@ -103,6 +102,10 @@ mod tests {
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn capability(text: &str) -> Capability {
+        Capability::parse(text).unwrap()
     }
 
     #[test]
@@ -118,31 +121,44 @@ mod tests {
             ]),
             &[],
             &BTreeMap::new(),
-            r#"{"*":["subscribe"]}"#,
+            &capability(r#"{"*":["subscribe"]}"#),
         );
         assert_eq!(
-            g.capability,
+            g.capability.as_json(),
             r#"{"*":["subscribe"],"chat:*":["publish","subscribe"]}"#
         );
         assert!(g.admin);
         assert_eq!(g.ignored, ["fly:away", "publish:"]);
-        let cap = protocol::Capability::parse(&g.capability).unwrap();
-        assert!(cap.allows("chat:1", protocol::Operation::Publish));
-        assert!(!cap.allows("news", protocol::Operation::Publish));
+        assert!(g.capability.allows("chat:1", protocol::Operation::Publish));
+        assert!(!g.capability.allows("news", protocol::Operation::Publish));
     }
 
     #[test]
     fn roles_add_to_permissions_and_the_default_applies_to_neither() {
-        let roles = BTreeMap::from([("moderator".to_owned(), r#"{"mod:*":["*"]}"#.to_owned())]);
-        let g = grants(
-            &[],
-            &strings(&["moderator", "unknown"]),
+        let roles = BTreeMap::from([
+            ("moderator".to_owned(), capability(r#"{"mod:*":["*"]}"#)),
+            (
+                "reader".to_owned(),
+                capability(r#"{"news":["subscribe","history"]}"#),
+            ),
+        ]);
+        let default = capability(r#"{"*":["subscribe"]}"#);
+        let g = grants(&[], &strings(&["moderator", "unknown"]), &roles, &default);
+        assert_eq!(g.capability.as_json(), r#"{"mod:*":["*"]}"#);
+        let both = grants(
+            &strings(&["publish:mod:x", "publish:news"]),
+            &strings(&["reader", "moderator"]),
             &roles,
-            r#"{"*":["subscribe"]}"#,
+            &default,
         );
-        assert_eq!(g.capability, r#"{"mod:*":["*"]}"#);
-        let none = grants(&[], &[], &roles, r#"{"*":["subscribe"]}"#);
-        assert_eq!(none.capability, r#"{"*":["subscribe"]}"#);
+        assert_eq!(
+            both.capability.as_json(),
+            r#"{"mod:*":["*"],"mod:x":["publish"],"news":["history","publish","subscribe"]}"#
+        );
+        let none = grants(&[], &[], &roles, &default);
+        assert_eq!(none.capability, default);
         assert!(!none.admin);
+        let nothing = grants(&[], &[], &roles, &capability("{}"));
+        assert_eq!(nothing.capability.as_json(), "{}");
     }
 }

@@ -341,7 +341,7 @@ fn signed_text(value: &Option<serde_json::Value>) -> String {
 
 /// The capability a token gets: what was asked for (all of the key's when nothing was)
 /// intersected with the key's, written out (§8.7); 40160 when nothing is left.
-fn granted(requested: Option<Capability>, key: &Capability) -> Result<Capability, ErrorInfo> {
+fn granted(requested: Option<&Capability>, key: &Capability) -> Result<Capability, ErrorInfo> {
     let Some(requested) = requested else {
         return Ok(key.clone());
     };
@@ -523,7 +523,7 @@ impl KeyAuthenticator {
                 ))
             }
         }
-        let capability = granted(requested, &key.capability)?;
+        let capability = granted(requested.as_ref(), &key.capability)?;
         Ok(self.issue(
             key_name,
             &key.secret,
@@ -534,15 +534,15 @@ impl KeyAuthenticator {
         ))
     }
 
-    /// Mints a token with key `key_name` for `client_id` with `capability` (JSON text)
-    /// intersected with the key's, valid for `max_ttl_ms` but never past `not_after` (ms since
-    /// the epoch; the Auth0 token's own expiry): the `/api/auth/token` route for Auth0 users and
-    /// the development login. Both bounds are taken from one clock reading, so the token never
+    /// Mints a token with key `key_name` for `client_id` with `capability` intersected with
+    /// the key's, valid for `max_ttl_ms` but never past `not_after` (ms since the epoch; the
+    /// Auth0 token's own expiry): the `/api/auth/token` route for Auth0 users and the
+    /// development login. Both bounds are taken from one clock reading, so the token never
     /// outlives `not_after`. 40142 when that has passed, 40160 when the intersection is empty.
     pub fn mint(
         &self,
         key_name: &str,
-        capability: &str,
+        capability: &Capability,
         client_id: Option<&str>,
         max_ttl_ms: i64,
         not_after: Option<i64>,
@@ -556,7 +556,7 @@ impl KeyAuthenticator {
         if ttl <= 0 {
             return Err(ErrorInfo::new(codes::TOKEN_EXPIRED, "Token expired"));
         }
-        let capability = granted(Some(Capability::parse(capability)?), &key.capability)?;
+        let capability = granted(Some(capability), &key.capability)?;
         Ok(self.issue(key_name, &key.secret, &capability, client_id, now, ttl))
     }
 
@@ -815,7 +815,7 @@ mod tests {
     #[test]
     fn minted_tokens_never_outlive_their_bound() {
         let a = auth();
-        let everything = r#"{"*":["*"]}"#;
+        let everything = &Capability::parse(r#"{"*":["*"]}"#).unwrap();
         let not_after = now_ms() + 500;
         let details = a
             .mint(

@@ -1,14 +1,15 @@
 //! The authenticator the broker runs with: API keys and Ably JWTs through
 //! [`KeyAuthenticator`], and — when Auth0 is configured — any other JWT through the auth
 //! plugin, whose [`auth_plugin::Principal`] becomes a [`Grant`]: the user's id as an exact
-//! clientId, the mapped capability, and the token's expiry (so §4.7 renewal applies).
+//! clientId, the capability the plugin mapped (already parsed), and the token's expiry (so
+//! §4.7 renewal applies).
 
 use std::sync::Arc;
 
 use auth_plugin::AuthPlugin;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use protocol::{Capability, ErrorInfo};
+use protocol::ErrorInfo;
 
 use crate::auth::{
     now_ms, Authenticator, BoxFuture, ClientIdClaim, Credential, Grant, KeyAuthenticator,
@@ -49,7 +50,7 @@ impl ChainAuthenticator {
         Ok(Grant {
             key_name: PLUGIN_KEY_NAME.to_owned(),
             client_id: ClientIdClaim::Exactly(principal.client_id),
-            capability: Capability::parse(&principal.capability)?,
+            capability: principal.capability,
             expires_at: Some(principal.expires_at),
             issued_at: None,
         })

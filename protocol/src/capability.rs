@@ -106,6 +106,37 @@ struct Entry {
 }
 
 impl Entry {
+    /// An entry for `pattern` with no operations yet, room for `names` of them.
+    fn empty(pattern: String, names: usize) -> Entry {
+        Entry {
+            pattern,
+            names: Vec::with_capacity(names),
+            bits: 0,
+        }
+    }
+
+    /// Adds the operation `name`, once; an unknown name is 40003.
+    fn grant(&mut self, name: &str) -> Result<(), ErrorInfo> {
+        self.bits |= Operation::parse(name).ok_or_else(|| {
+            ErrorInfo::new(
+                codes::INVALID_PARAMETER,
+                format!("unknown capability operation \"{name}\""),
+            )
+        })?;
+        if !self.names.iter().any(|n| n == name) {
+            self.names.push(name.to_owned());
+        }
+        Ok(())
+    }
+
+    /// The entry as kept: a list naming `*` is just `["*"]`.
+    fn finished(mut self) -> Entry {
+        if self.all_operations() {
+            self.names = vec!["*".to_owned()];
+        }
+        self
+    }
+
     fn all_operations(&self) -> bool {
         self.names.iter().any(|n| n == "*")
     }
@@ -167,27 +198,39 @@ impl Capability {
             if resource.is_empty() || ops.is_empty() {
                 return Err(invalid());
             }
-            let mut entry = Entry {
-                pattern: resource,
-                names: Vec::with_capacity(ops.len()),
-                bits: 0,
-            };
+            let mut entry = Entry::empty(resource, ops.len());
             for op in ops {
-                let name = op.as_str().ok_or_else(invalid)?;
-                entry.bits |= Operation::parse(name).ok_or_else(|| {
-                    ErrorInfo::new(
-                        codes::INVALID_PARAMETER,
-                        format!("unknown capability operation \"{name}\""),
-                    )
-                })?;
-                if !entry.names.iter().any(|n| n == name) {
-                    entry.names.push(name.to_owned());
-                }
+                entry.grant(op.as_str().ok_or_else(invalid)?)?;
             }
-            if entry.all_operations() {
-                entry.names = vec!["*".to_owned()];
+            entries.push(entry.finished());
+        }
+        Ok(Capability::from_entries(merge_duplicates(entries)))
+    }
+
+    /// Builds a capability from resource patterns with their operation names, in the order
+    /// given, e.g. `[("chat:*", ["publish", "subscribe"])]`: the capability [`Capability::parse`]
+    /// makes of the same object written as JSON, without the text in between, and with the same
+    /// errors (40003) for an empty pattern, an empty list or an unknown operation.
+    pub fn from_resources<R, O, N>(
+        resources: impl IntoIterator<Item = (R, O)>,
+    ) -> Result<Capability, ErrorInfo>
+    where
+        R: Into<String>,
+        O: IntoIterator<Item = N>,
+        N: AsRef<str>,
+    {
+        let mut entries: Vec<Entry> = Vec::new();
+        for (resource, ops) in resources {
+            let resource = resource.into();
+            let ops: Vec<N> = ops.into_iter().collect();
+            if resource.is_empty() || ops.is_empty() {
+                return Err(invalid());
             }
-            entries.push(entry);
+            let mut entry = Entry::empty(resource, ops.len());
+            for op in &ops {
+                entry.grant(op.as_ref())?;
+            }
+            entries.push(entry.finished());
         }
         Ok(Capability::from_entries(merge_duplicates(entries)))
     }
@@ -275,6 +318,16 @@ impl Capability {
     /// True when `op` is allowed on `channel`.
     pub fn allows(&self, channel: &str, op: Operation) -> bool {
         self.operations(channel).contains(op)
+    }
+
+    /// This capability's own grants, not those of the capabilities it was
+    /// [intersected](Capability::intersect) with: each resource pattern with its operation
+    /// names, in order (a list holding `*` is just `["*"]`). [`Capability::from_resources`]
+    /// makes the same capability of them again.
+    pub fn resources(&self) -> impl Iterator<Item = (&str, &[String])> + '_ {
+        self.entries
+            .iter()
+            .map(|e| (e.pattern.as_str(), e.names.as_slice()))
     }
 
     /// The JSON text of this capability's own grants, resources and operations in the order
@@ -498,6 +551,38 @@ mod tests {
         }
         let cap = Capability::parse(r#"{"b":["subscribe","publish"],"a":["*"]}"#).unwrap();
         assert_eq!(cap.as_json(), r#"{"b":["subscribe","publish"],"a":["*"]}"#);
+    }
+
+    #[test]
+    fn resources_build_what_their_json_text_parses_to() {
+        let built = Capability::from_resources([
+            ("b", vec!["subscribe", "publish", "subscribe"]),
+            ("a", vec!["publish", "*"]),
+            ("b", vec!["history"]),
+        ])
+        .unwrap();
+        let parsed =
+            Capability::parse(r#"{"b":["subscribe","publish"],"a":["*"],"b":["history"]}"#)
+                .unwrap();
+        assert_eq!(built, parsed);
+        assert_eq!(
+            built.as_json(),
+            r#"{"b":["subscribe","publish","history"],"a":["*"]}"#
+        );
+        assert!(built.allows("a", Operation::Presence) && !built.allows("c", Operation::Subscribe));
+        let again = Capability::from_resources(built.resources()).unwrap();
+        assert_eq!(again, built);
+        let nothing: [(&str, [&str; 0]); 0] = [];
+        assert_eq!(Capability::from_resources(nothing).unwrap().as_json(), "{}");
+        for (resource, ops) in [("", vec!["publish"]), ("a", vec![]), ("a", vec!["fly"])] {
+            let refused = Capability::from_resources([(resource, ops.clone())]).unwrap_err();
+            let text = format!(
+                "{{{}:{}}}",
+                serde_json::to_string(resource).unwrap(),
+                serde_json::to_string(&ops).unwrap()
+            );
+            assert_eq!(refused, Capability::parse(&text).unwrap_err(), "{text}");
+        }
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! reached only through the channel service (`channel/service.rs`), which checks names and
 //! capabilities; this module authenticates, parses and shapes the answers.
 
+use std::sync::LazyLock;
+
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -11,7 +13,7 @@ use hyper::http::request::Parts;
 use hyper::{Method, StatusCode};
 use protocol::codec::decode_value;
 use protocol::error::codes;
-use protocol::{ErrorInfo, Format, Message};
+use protocol::{Capability, ErrorInfo, Format, Message};
 use serde::{Deserialize, Serialize};
 
 use super::response::{HttpResponse, Negotiated};
@@ -849,7 +851,7 @@ pub const ADMIN_RESOURCE: &str = "[admin]users";
 /// True when a key's capability makes it an admin credential: every operation (`*`) on `*`,
 /// on `[*]*`, or on the admin resource `[admin]users`. (A channel literally named `*` is
 /// matched by exactly the patterns `*` and `[*]*`.)
-fn is_admin_key(capability: &protocol::Capability) -> bool {
+fn is_admin_key(capability: &Capability) -> bool {
     capability.grants_all_operations_on("*") || capability.grants_all_operations_on(ADMIN_RESOURCE)
 }
 
@@ -891,7 +893,10 @@ async fn profile(
 }
 
 /// The capability of development logins: everything a chat user does, nothing more.
-const DEV_CAPABILITY: &str = r#"{"*":["subscribe","publish","presence","history"]}"#;
+static DEV_CAPABILITY: LazyLock<Capability> = LazyLock::new(|| {
+    Capability::parse(r#"{"*":["subscribe","publish","presence","history"]}"#)
+        .expect("literal capability parses")
+});
 
 /// `GET`/`POST /api/dev/login?username=…` (or `{"username":…}`): a token for that username,
 /// so the app runs on a fresh machine without Auth0. Open only while Auth0 is off and
@@ -931,7 +936,7 @@ async fn dev_login(
     }
     let details = broker.keys.mint(
         &broker.token_key,
-        DEV_CAPABILITY,
+        &DEV_CAPABILITY,
         Some(&username),
         3_600_000,
         None,
