@@ -466,7 +466,7 @@ impl ChannelLog for SledLog {
             .as_ref()
             .and_then(|(k, _)| split_key(k))
             .map_or(first_kept, |(_, s)| s);
-        self.remove_all(channel, (0, below.saturating_sub(1)), gone)?;
+        self.remove_oldest(channel, below.saturating_sub(1), &gone)?;
         if let Some((k, index)) = straddling {
             self.rewrite(channel, &k, &index, |e| e.serial >= first_kept)?;
         }
@@ -558,7 +558,7 @@ impl ChannelLog for SledLog {
             let (k, v) = item?;
             gone.push((k, Index::parse(&v).map_or(u64::MAX, |i| i.at.segment)));
         }
-        self.remove_all(channel, (from, u64::MAX), gone)?;
+        self.remove_all(channel, (from, u64::MAX), &gone)?;
         if let Some((k, v)) = self.record_at(channel, last_kept)? {
             if let Some(index) = Index::parse(&v) {
                 if index.header.last_serial > last_kept {
@@ -591,7 +591,7 @@ impl ChannelLog for SledLog {
                 self.remove_all(
                     &name_text,
                     (serial, serial),
-                    vec![(k.clone(), index.at.segment)],
+                    &[(k.clone(), index.at.segment)],
                 )?;
                 cursor = Bound::Excluded(k.to_vec());
                 continue;

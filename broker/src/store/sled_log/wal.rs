@@ -15,6 +15,10 @@ use super::record::{
     HEADER_LEN,
 };
 use super::{LogId, SledLog, MESSAGE_INDEX, PRESENCE_INDEX};
+
+/// Most index entries one removal op takes out under the gate (see
+/// [`SledLog::remove_oldest`]).
+const REMOVAL_CHUNK: usize = 64;
 use crate::store::segments::{tagged_frame, Position, Segments, FRAME_HEADER};
 use crate::store::StoreError;
 
@@ -104,13 +108,13 @@ impl SledLog {
         &self,
         channel: &str,
         (from, to): (u64, u64),
-        keys: Vec<(sled::IVec, u64)>,
+        keys: &[(sled::IVec, u64)],
     ) -> Result<(), StoreError> {
         if keys.is_empty() {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
-        for (k, _) in &keys {
+        for (k, _) in keys {
             batch.remove(k);
         }
         {
@@ -119,7 +123,30 @@ impl SledLog {
             self.index.apply_batch(batch)?;
         }
         for (_, segment) in keys {
-            self.segments.release(segment);
+            self.segments.release(*segment);
+        }
+        Ok(())
+    }
+
+    /// Removes `keys`, every index entry of `channel` at or below serial `to` in ascending
+    /// order, as [`SledLog::remove_all`] does, but at most [`REMOVAL_CHUNK`] per op. Each op
+    /// removes everything from 0 up to just before the next chunk's first key, so the ops
+    /// replay to the same result, and a stop between two leaves only the oldest gone.
+    ///
+    /// Holding the gate for a whole trim (a thousand removals) made the checkpoint thread,
+    /// which waits for the gate, hold up every other channel's append behind it.
+    pub(super) fn remove_oldest(
+        &self,
+        channel: &str,
+        to: u64,
+        keys: &[(sled::IVec, u64)],
+    ) -> Result<(), StoreError> {
+        for (i, chunk) in keys.chunks(REMOVAL_CHUNK).enumerate() {
+            let next = keys.get((i + 1) * REMOVAL_CHUNK);
+            let chunk_to = next
+                .and_then(|(k, _)| split_key(k))
+                .map_or(to, |(_, serial)| serial.saturating_sub(1).min(to));
+            self.remove_all(channel, (0, chunk_to), chunk)?;
         }
         Ok(())
     }
@@ -254,6 +281,31 @@ mod tests {
     use crate::store::segments::PREALLOCATE;
     use crate::store::sled_log::tests::{message, query, reopen};
     use crate::store::{ChannelLog, Database, Direction};
+
+    /// A trim of more records than one removal op takes is logged as several ops; replayed
+    /// after an unclean stop they remove exactly what the trim did.
+    #[test]
+    fn a_trim_in_several_removal_ops_replays_to_the_same_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = 3 * REMOVAL_CHUNK as u64 + 10;
+        let first_kept = 2 * REMOVAL_CHUNK as u64 + 5;
+        {
+            let log = SledLog::open(dir.path(), 1 << 20).unwrap();
+            for serial in 1..=records {
+                log.append("t", &[(serial, &message(serial as i64, "m"))])
+                    .unwrap();
+            }
+            log.trim_before("t", first_kept).unwrap();
+            log.sync().unwrap();
+            let kept = log.read("t", &query(Direction::Forwards, 1000)).unwrap();
+            assert_eq!(kept.first().map(|(s, _)| *s), Some(first_kept));
+        }
+        let log = reopen(dir.path());
+        let kept = log.read("t", &query(Direction::Forwards, 1000)).unwrap();
+        let serials: Vec<u64> = kept.iter().map(|(s, _)| *s).collect();
+        assert_eq!(serials, (first_kept..=records).collect::<Vec<_>>());
+        assert_eq!(log.bounds("t").unwrap().unwrap().first, first_kept);
+    }
 
     #[test]
     fn records_a_power_loss_cut_from_a_segment_leave_the_index() {
