@@ -211,32 +211,51 @@ impl Hub {
         delivered
     }
 
-    /// Like [`Hub::broadcast`], but a channel with at least `min_attachers` attachers has its
-    /// attachers split into shards, and each shard pushes the frames (encoded once per format,
-    /// before the split) to its attachers on a task of its own, so the pushes and the writer
-    /// wake-ups of a hot channel spread over the runtime's worker threads. It returns once
-    /// every shard is done, so the channel's next frame, to any attacher, follows this one.
-    pub async fn broadcast_parallel(
-        &mut self,
-        message: &ProtocolMessage,
-        audience: Audience,
-    ) -> u64 {
+    /// Like [`Hub::broadcast`] for each of `messages` in order, but a channel with at least
+    /// `min_attachers` attachers has its attachers split into shards, and each shard pushes
+    /// the frames (encoded once per format, before the split) to its attachers on a task of
+    /// its own, so the pushes and the writer wake-ups of a hot channel spread over the
+    /// runtime's worker threads. It returns once every shard is done, so the channel's next
+    /// frame, to any attacher, follows these.
+    ///
+    /// The whole batch goes in one split: the channel's task waits for its shards once per
+    /// batch, not per message. Split per message, a hot channel on two cores waited each time
+    /// behind the wake-ups of every writer it had just woken, and fell seconds behind a
+    /// publisher of 100 msg/s to 2,000 attachers that the unsplit broadcast kept up with.
+    pub async fn broadcast_parallel(&mut self, messages: &[(ProtocolMessage, Audience)]) -> u64 {
         let Parallelism {
             shards,
             min_attachers,
         } = self.parallelism;
         if shards < 2 || self.attachers.len() < min_attachers {
-            return self.broadcast(message, audience);
+            return messages
+                .iter()
+                .map(|(message, audience)| self.broadcast(message, audience.clone()))
+                .sum();
         }
-        let frames = Arc::new(Frames {
-            json: encode_frame(Format::Json, message),
-            msgpack: encode_frame(Format::Msgpack, message),
-        });
-        let audience = Arc::new(audience);
+        let batch: Arc<[(Frames, Audience)]> = messages
+            .iter()
+            .map(|(message, audience)| {
+                let frames = Frames {
+                    json: encode_frame(Format::Json, message),
+                    msgpack: encode_frame(Format::Msgpack, message),
+                };
+                (frames, audience.clone())
+            })
+            .collect();
         let mut tasks = tokio::task::JoinSet::new();
         for shard in self.shards(shards) {
-            let (frames, audience) = (frames.clone(), audience.clone());
-            tasks.spawn(async move { push_all(&shard, &frames, &audience) });
+            let batch = batch.clone();
+            tasks.spawn(async move {
+                let mut delivered = 0;
+                let mut gone = Vec::new();
+                for (frames, audience) in batch.iter() {
+                    let (count, refused) = push_all(&shard, frames, audience);
+                    delivered += count;
+                    gone.extend(refused);
+                }
+                (delivered, gone)
+            });
         }
         let mut delivered = 0;
         let mut gone = Vec::new();
@@ -247,6 +266,8 @@ impl Hub {
             delivered += count;
             gone.extend(refused);
         }
+        gone.sort_unstable();
+        gone.dedup();
         self.drop_gone(gone);
         delivered
     }

@@ -363,6 +363,7 @@ impl Sequencer {
         };
         let fanout_start = std::time::Instant::now();
         let mut acks = Vec::with_capacity(batch.len());
+        let mut outgoing = Vec::with_capacity(batch.len());
         for (p, stored) in batch.into_iter().zip(appended.stored) {
             let Stored { fresh, serials } = stored;
             if !fresh.is_empty() {
@@ -376,14 +377,12 @@ impl Sequencer {
                     ..ProtocolMessage::for_channel(Action::Message, &self.name)
                 };
                 let origin = p.origin.as_ref().map(|o| o.connection_id.clone());
-                let delivered = self
-                    .hub
-                    .broadcast_parallel(&message, Audience::Subscribers { origin })
-                    .await;
-                self.context.metrics.messages_out.inc_by(delivered);
+                outgoing.push((message, Audience::Subscribers { origin }));
             }
             acks.push((p.reply, p.received, serials));
         }
+        let delivered = self.hub.broadcast_parallel(&outgoing).await;
+        self.context.metrics.messages_out.inc_by(delivered);
         self.context
             .metrics
             .fanout_latency
