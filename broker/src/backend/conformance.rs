@@ -1,19 +1,20 @@
 //! The conformance suite every backend must pass: order, idempotent publish, history both ways
-//! with pagination, resume positions across a reopened stream, epochs, count retention,
-//! presence history, durability answers and failure answers. Each check is written once against [`Fixture`] and
-//! run for every backend by `conformance!` at the bottom; the JetStream backend of cluster mode
-//! is to be added there.
+//! with pagination, resume positions across a reopened stream, epochs, count retention, the
+//! presence member set and its history, durability answers and failure answers. Each check is
+//! written once against [`Fixture`] and run for every backend by `conformance!` at the bottom;
+//! the JetStream backend of cluster mode is to be added there.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::Message;
+use protocol::{Data, Message, PresenceAction, PresenceMessage};
 use tokio::sync::oneshot;
 
 use super::local::LocalBackend;
 use super::memory::MemoryBackend;
-use super::{Backend, Direction, Draft, Query, Stream};
+use super::presence::from_record;
+use super::{Backend, Direction, Draft, PresenceChange, Query, Stream};
 use crate::metrics::Metrics;
 use crate::store::commit::Committer;
 use crate::store::sled_log::SledLog;
@@ -68,14 +69,11 @@ impl Local {
             Arc::new(Metrics::new()),
         )
         .unwrap();
-        let backend = LocalBackend::new(
-            log,
-            Arc::new(presence),
-            committer,
-            false,
-            KEEP,
-            Default::default(),
-        );
+        let presence = Arc::new(Faulty {
+            log: presence,
+            failing: failing.clone(),
+        });
+        let backend = LocalBackend::new(log, presence, committer, false, KEEP, Default::default());
         Local {
             backend: Arc::new(backend),
             failing,
@@ -369,19 +367,109 @@ async fn a_failed_append_stores_nothing_and_reuses_no_serial(fixture: impl Fixtu
     assert_eq!(names(&rows), ["kept", "lost"]);
 }
 
+/// A client's presence item, as the channel service hands it over.
+fn member(action: PresenceAction, client: &str, connection: &str, data: &str) -> PresenceMessage {
+    PresenceMessage {
+        action,
+        id: Some(format!("{connection}:{client}:{data}")),
+        client_id: Some(client.into()),
+        connection_id: Some(connection.into()),
+        data: Some(Data::String(data.into())),
+        timestamp: Some(1),
+        ..Default::default()
+    }
+}
+
+/// Applies a change and returns the events as `action clientId`.
+async fn change(stream: &mut dyn Stream, change: PresenceChange) -> Vec<String> {
+    let events = stream.presence(change).await.expect("presence change");
+    events
+        .iter()
+        .map(|e| format!("{:?} {}", e.action, e.client_id.as_deref().unwrap_or("")))
+        .collect()
+}
+
+/// Presence history rows as `action clientId`.
+fn presence_rows(rows: Vec<(u64, Message)>) -> Vec<String> {
+    rows.into_iter()
+        .map(|(_, m)| from_record(m))
+        .map(|e| format!("{:?} {}", e.action, e.client_id.as_deref().unwrap_or("")))
+        .collect()
+}
+
+/// §6.3: enter, update, silent re-enter, leave and a connection's leaves (§6.5), with the
+/// member set following each change.
+async fn the_member_set_follows_presence_changes(fixture: impl Fixture) {
+    let backend = fixture.backend();
+    let mut stream = backend.open("members").unwrap();
+    let s = stream.as_mut();
+    let enter = |c: &str, conn: &str, d: &str| member(PresenceAction::Enter, c, conn, d);
+    assert_eq!(
+        change(
+            s,
+            PresenceChange::Apply(vec![enter("a", "c1", "x"), enter("b", "c1", "x")])
+        )
+        .await,
+        ["Enter a", "Enter b"]
+    );
+    assert!(
+        change(s, PresenceChange::Apply(vec![enter("a", "c1", "x")]))
+            .await
+            .is_empty(),
+        "a re-enter with the same data is silent"
+    );
+    assert_eq!(
+        change(s, PresenceChange::Apply(vec![enter("a", "c1", "y")])).await,
+        ["Update a"]
+    );
+    change(s, PresenceChange::Apply(vec![enter("a", "c2", "z")])).await;
+    assert_eq!(s.members().len(), 3);
+    let present = s.members().all().next().unwrap();
+    assert_eq!(present.action, PresenceAction::Present);
+    assert_eq!(present.data, Some(Data::String("y".into())));
+    assert!(
+        change(
+            s,
+            PresenceChange::Apply(vec![member(PresenceAction::Leave, "nobody", "c1", "")])
+        )
+        .await
+        .is_empty(),
+        "the leave of a non-member says nothing"
+    );
+    let leaves = s
+        .presence(PresenceChange::LeaveConnection {
+            connection_id: "c1".into(),
+            at: 42,
+        })
+        .await
+        .unwrap();
+    assert_eq!(leaves.len(), 2);
+    assert!(leaves
+        .iter()
+        .all(|l| l.action == PresenceAction::Leave && l.id.is_none() && l.timestamp == Some(42)));
+    assert_eq!(s.members().len(), 1);
+    assert!(s.members().contains("a", "c2"));
+}
+
 async fn presence_history_is_kept_apart_in_order_and_to_retention(fixture: impl Fixture) {
     let backend = fixture.backend();
     let mut stream = backend.open("presence").unwrap();
     publish(stream.as_mut(), &["message"]).await;
-    let events: Vec<Message> = ["enter", "update", "leave"].map(named).into();
-    stream.record_presence(&events).unwrap();
+    for (action, data) in [
+        (PresenceAction::Enter, "1"),
+        (PresenceAction::Update, "2"),
+        (PresenceAction::Leave, ""),
+    ] {
+        let item = member(action, "a", "c1", data);
+        change(stream.as_mut(), PresenceChange::Apply(vec![item])).await;
+    }
     assert_eq!(
-        names(
-            &backend
+        presence_rows(
+            backend
                 .read_presence("presence", &all(Direction::Forwards))
                 .unwrap()
         ),
-        ["enter", "update", "leave"]
+        ["Enter a", "Update a", "Leave a"]
     );
     assert_eq!(
         names(&backend.read("presence", &all(Direction::Forwards)).unwrap()),
@@ -391,13 +479,16 @@ async fn presence_history_is_kept_apart_in_order_and_to_retention(fixture: impl 
     // Numbering goes on across a reopened stream, and retention keeps the newest.
     drop(stream);
     let mut stream = backend.open("presence").unwrap();
-    let more: Vec<Message> = ["e2", "e3", "e4"].map(named).into();
-    stream.record_presence(&more).unwrap();
+    let entering = ["b", "c", "d"].map(|c| member(PresenceAction::Enter, c, "c2", ""));
+    change(stream.as_mut(), PresenceChange::Apply(entering.into())).await;
     let newest = backend
         .read_presence("presence", &all(Direction::Backwards))
         .unwrap();
-    assert_eq!(names(&newest), ["e4", "e3", "e2", "leave", "update"]);
     let positions: Vec<u64> = newest.iter().map(|(p, _)| *p).collect();
+    assert_eq!(
+        presence_rows(newest),
+        ["Enter d", "Enter c", "Enter b", "Leave a", "Update a"]
+    );
     assert!(positions.windows(2).all(|w| w[0] > w[1]), "{positions:?}");
     let older = Query {
         to: positions[1] - 1,
@@ -405,9 +496,25 @@ async fn presence_history_is_kept_apart_in_order_and_to_retention(fixture: impl 
         ..all(Direction::Backwards)
     };
     assert_eq!(
-        names(&backend.read_presence("presence", &older).unwrap()),
-        ["e2", "leave"]
+        presence_rows(backend.read_presence("presence", &older).unwrap()),
+        ["Enter b", "Leave a"]
     );
+}
+
+/// A store that cannot take writes loses no member: the change and its events stand, as
+/// presence is the stream's state and its history is kept on the side.
+async fn a_failing_store_keeps_presence_changes(fixture: impl Fixture) {
+    let backend = fixture.backend();
+    let mut stream = backend.open("members-failing").unwrap();
+    fixture.fail_appends(true);
+    let entered = change(
+        stream.as_mut(),
+        PresenceChange::Apply(vec![member(PresenceAction::Enter, "a", "c1", "")]),
+    )
+    .await;
+    fixture.fail_appends(false);
+    assert_eq!(entered, ["Enter a"]);
+    assert!(stream.members().contains("a", "c1"));
 }
 
 /// Runs every check for one backend, as its own test.
@@ -444,6 +551,16 @@ macro_rules! conformance {
             #[tokio::test]
             async fn presence_history_is_kept_apart_in_order_and_to_retention() {
                 super::presence_history_is_kept_apart_in_order_and_to_retention($fixture).await;
+            }
+
+            #[tokio::test]
+            async fn the_member_set_follows_presence_changes() {
+                super::the_member_set_follows_presence_changes($fixture).await;
+            }
+
+            #[tokio::test]
+            async fn a_failing_store_keeps_presence_changes() {
+                super::a_failing_store_keeps_presence_changes($fixture).await;
             }
 
             #[tokio::test]

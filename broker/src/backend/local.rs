@@ -15,9 +15,10 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
-use protocol::Message;
+use protocol::{Message, PresenceMessage};
 
-use super::{Appended, Backend, Draft, Head, Query, Stored, Stream, WhenDurable};
+use super::presence::{self, PresenceSet};
+use super::{Appended, Backend, Draft, Head, PresenceChange, Query, Stored, Stream, WhenDurable};
 use crate::auth::now_ms;
 use crate::store::commit::Committer;
 use crate::store::{format_serial, ChannelLog, Direction, Retained, StoreError, UNCLEAN_STOP_SKIP};
@@ -85,6 +86,7 @@ impl Backend for LocalBackend {
             ids: RecentIds::default(),
             retention: Retention::new(channel, self.max_messages, self.age_sweeps.clone()),
             presence: PresenceHistory {
+                members: PresenceSet::default(),
                 log: self.presence_log.clone(),
                 last: self.presence_log.bounds(channel)?.map_or(0, |b| b.last),
                 retention: Retention::new(channel, self.max_messages, self.age_sweeps.clone()),
@@ -123,8 +125,10 @@ impl Backend for LocalBackend {
     }
 }
 
-/// One channel's presence history: its own log, numbered from 1, with its own retention.
+/// One channel's presence: the member set in memory, and the history in its own log,
+/// numbered from 1, with its own retention.
 struct PresenceHistory {
+    members: PresenceSet,
     log: Arc<dyn ChannelLog>,
     last: u64,
     retention: Retention,
@@ -272,7 +276,30 @@ impl Stream for LocalStream {
         self.log.read(&self.name, query)
     }
 
-    fn record_presence(&mut self, records: &[Message]) -> Result<(), StoreError> {
+    fn members(&self) -> &PresenceSet {
+        &self.presence.members
+    }
+
+    fn presence(
+        &mut self,
+        change: PresenceChange,
+    ) -> BoxFuture<'_, Result<Vec<PresenceMessage>, StoreError>> {
+        let events = self.presence.members.change(change);
+        if let Err(e) = self.record_presence(&events) {
+            tracing::warn!(channel = %self.name, error = %e, "presence history append failed");
+        }
+        std::future::ready(Ok(events)).boxed()
+    }
+}
+
+impl LocalStream {
+    /// Appends presence events to the channel's presence history. Not synced here: the next
+    /// group commit or checkpoint makes the records durable.
+    fn record_presence(&mut self, events: &[PresenceMessage]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<Message> = events.iter().map(presence::to_record).collect();
         let history = &mut self.presence;
         let numbered: Vec<(u64, &Message)> = records
             .iter()

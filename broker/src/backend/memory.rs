@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
-use protocol::Message;
+use protocol::{Message, PresenceMessage};
 
-use super::{Appended, Backend, Draft, Head, Query, Stored, Stream, WhenDurable};
+use super::presence::{self, PresenceSet};
+use super::{Appended, Backend, Draft, Head, PresenceChange, Query, Stored, Stream, WhenDurable};
 use crate::auth::now_ms;
 use crate::store::{format_serial, Direction, StoreError};
 
@@ -68,6 +69,7 @@ impl Backend for MemoryBackend {
             head,
             max_messages: self.max_messages,
             failing: self.failing.clone(),
+            members: PresenceSet::default(),
         }))
     }
 
@@ -125,6 +127,9 @@ struct MemoryStream {
     head: Head,
     max_messages: usize,
     failing: Arc<AtomicBool>,
+    /// The member set lives with the stream, as in the local backend: a channel's actor
+    /// retires only when nobody is present.
+    members: PresenceSet,
 }
 
 impl MemoryStream {
@@ -204,16 +209,27 @@ impl Stream for MemoryStream {
         ))
     }
 
-    fn record_presence(&mut self, records: &[Message]) -> Result<(), StoreError> {
+    fn members(&self) -> &PresenceSet {
+        &self.members
+    }
+
+    fn presence(
+        &mut self,
+        change: PresenceChange,
+    ) -> BoxFuture<'_, Result<Vec<PresenceMessage>, StoreError>> {
+        let events = self.members.change(change);
         let mut channel = self.data.lock().expect("memory channel lock");
-        for record in records {
+        for event in &events {
             channel.presence_last += 1;
             let position = channel.presence_last;
-            channel.presence.insert(position, record.clone());
+            channel
+                .presence
+                .insert(position, presence::to_record(event));
         }
         while channel.presence.len() > self.max_messages {
             channel.presence.pop_first();
         }
-        Ok(())
+        drop(channel);
+        Box::pin(std::future::ready(Ok(events)))
     }
 }

@@ -4,29 +4,33 @@
 //! timestamp, answers a message whose app-set id it has seen with the earlier serial, stores
 //! the rest, and says when the batch is durable. The actor then fans the stored messages out
 //! and acknowledges the publishers. Readers (resume, rewind, REST history) read the committed
-//! messages back through [`Backend::read`]. The stream also keeps the channel's presence
-//! history ([`Stream::record_presence`], read with [`Backend::read_presence`]); the member set
-//! itself is still the actor's in-memory state.
+//! messages back through [`Backend::read`]. The stream also keeps the channel's presence: the
+//! actor hands it each change ([`Stream::presence`]), the stream applies it to the member set
+//! and records the events in the presence history (read with [`Backend::read_presence`]), and
+//! the actor broadcasts the events it gets back.
 //!
-//! What crosses the seam is plain data: messages, serials, positions and errors, never a
-//! future of another task. Two backends now:
+//! What crosses the seam is plain data: messages, presence changes and events, serials,
+//! positions and errors, never a future of another task. Two backends now:
 //! - [`local`]: today's single node, the segment log indexed in sled with group commit; an
 //!   ACK means the message was fsynced;
 //! - [`memory`]: everything in memory, durable at once, for unit tests of the channel core.
 //!
 //! Both pass the same conformance suite (`conformance.rs`): order, idempotent publish,
-//! history both ways with pagination, resume positions, epochs, retention, presence history and
-//! failure answers.
+//! history both ways with pagination, resume positions, epochs, retention, the member set and
+//! presence history, and failure answers.
 //! The cluster backend on NATS JetStream (`../shared/cluster.md`) is to be the third.
 
 pub mod local;
 pub mod memory;
+pub mod presence;
 
 #[cfg(test)]
 mod conformance;
 
 use futures_util::future::BoxFuture;
-use protocol::Message;
+use protocol::{Message, PresenceMessage};
+
+use self::presence::PresenceSet;
 
 pub use crate::store::{Direction, Query, StoreError};
 
@@ -74,6 +78,22 @@ pub struct Head {
     pub last: u64,
 }
 
+/// A change to a channel's member set, as the channel's actor hands it to the stream.
+#[derive(Debug)]
+pub enum PresenceChange {
+    /// A client's enter, update and leave items (§6.3), with clientId, connectionId, id and
+    /// timestamp set.
+    Apply(Vec<PresenceMessage>),
+    /// Every member of `connection_id` leaves, with leaves made by the server at `at`
+    /// (§6.5, §6.6).
+    LeaveConnection {
+        /// The connection whose members leave.
+        connection_id: String,
+        /// The leaves' timestamp (ms since the epoch).
+        at: i64,
+    },
+}
+
 /// Called once with whether a batch became durable.
 pub type WhenDurable = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
@@ -86,7 +106,7 @@ pub trait Backend: Send + Sync + 'static {
     fn open(&self, channel: &str) -> Result<Box<dyn Stream>, StoreError>;
     /// Reads committed messages of `channel` with their positions. Blocking.
     fn read(&self, channel: &str, query: &Query) -> Result<Vec<(u64, Message)>, StoreError>;
-    /// Reads `channel`'s presence history (the records of [`Stream::record_presence`]) with
+    /// Reads `channel`'s presence history (the records of [`Stream::presence`]) with
     /// their positions. Blocking.
     fn read_presence(
         &self,
@@ -111,9 +131,16 @@ pub trait Stream: Send {
     fn refresh(&mut self) -> Result<(), StoreError>;
     /// Reads committed messages with their positions. Blocking.
     fn read(&self, query: &Query) -> Result<Vec<(u64, Message)>, StoreError>;
-    /// Adds presence events, as history records (`channel::presence::to_record`), to the
-    /// channel's presence history, numbered after the last and kept to the backend's
-    /// retention. Not waited for: presence itself is the actor's state, and its history is
-    /// made durable with the next commit. Blocking.
-    fn record_presence(&mut self, records: &[Message]) -> Result<(), StoreError>;
+    /// The channel's members, as of the last change.
+    fn members(&self) -> &PresenceSet;
+    /// Applies a presence change to the member set and records the events it causes in the
+    /// channel's presence history (as `presence::to_record` records, numbered after the last,
+    /// kept to the backend's retention); resolves to those events, in order, for the actor to
+    /// broadcast. A re-enter with unchanged data causes none (§6.3 item 4). On an error the
+    /// member set is unchanged. The history is not waited for: it becomes durable with the
+    /// next commit, and a failure to record it is logged, not returned.
+    fn presence(
+        &mut self,
+        change: PresenceChange,
+    ) -> BoxFuture<'_, Result<Vec<PresenceMessage>, StoreError>>;
 }

@@ -8,7 +8,6 @@
 #[cfg(test)]
 mod core_tests;
 pub mod hub;
-pub mod presence;
 mod sequencer;
 pub mod service;
 

@@ -6,8 +6,9 @@
 //! delivery wait for the sync too, see `backend/local.rs`). Each outgoing ProtocolMessage is
 //! encoded once per wire format and the same frame is handed to every subscriber (habit 6).
 //! Attaches are ordered with publishes here too, so a replay joins live traffic without a gap
-//! or a duplicate (§5.6). Presence lives here as well: the member set and SYNC pages; its
-//! history goes to the stream too.
+//! or a duplicate (§5.6). Presence is ordered here as well: each change goes to the stream,
+//! which applies it to the member set and records its history; the sequencer broadcasts the
+//! events that come back and makes the SYNC pages from the stream's members.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,13 +21,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::hub::{Audience, Hub};
-use super::presence::{self, PresenceSet};
 use super::{
     Attach, ChannelContext, Channels, Command, Occupancy, PresenceOp, Publish, StartFrom,
     Subscriber,
 };
 use crate::auth::now_ms;
-use crate::backend::{Draft, Stored, Stream};
+use crate::backend::{Draft, PresenceChange, Stored, Stream};
 use crate::lifecycle::TaskGuard;
 use crate::outbox::encode_frame;
 use crate::store::{format_serial, parse_serial, Direction, Query, StoreError};
@@ -62,7 +62,6 @@ pub(super) struct Sequencer {
     stream: Box<dyn Stream>,
     /// The channel's attachers and its fan-out.
     hub: Hub,
-    presence: PresenceSet,
     syncs: u64,
 }
 
@@ -74,7 +73,6 @@ impl Sequencer {
             name: name.to_owned(),
             stream,
             hub: Hub::new(context.fanout),
-            presence: PresenceSet::default(),
             syncs: 0,
             context,
         })
@@ -92,7 +90,7 @@ impl Sequencer {
         let mut shutdown = self.context.shutdown.clone();
         let mut leftover_attaches = Vec::new();
         loop {
-            let idle = self.hub.is_empty() && self.presence.is_empty();
+            let idle = self.hub.is_empty() && self.stream.members().is_empty();
             let first = tokio::select! {
                 command = commands.recv() => command,
                 _ = tokio::time::sleep(IDLE_RETIRE), if idle => None,
@@ -146,7 +144,7 @@ impl Sequencer {
                     if !publishes.is_empty() {
                         self.publish(std::mem::take(&mut publishes)).await;
                     }
-                    self.execute_other(other);
+                    self.execute_other(other).await;
                 }
             }
         }
@@ -155,7 +153,7 @@ impl Sequencer {
         }
     }
 
-    fn execute_other(&mut self, command: Command) {
+    async fn execute_other(&mut self, command: Command) {
         match command {
             Command::Publish(_) => unreachable!("publishes are batched by execute"),
             Command::Attach(a) => self.attach(a),
@@ -167,14 +165,14 @@ impl Sequencer {
             } => {
                 self.hub.leave(&connection_id, socket_id);
                 if leave_presence {
-                    self.leave_connection(&connection_id);
+                    self.leave_connection(&connection_id).await;
                 }
                 if let Some(outbox) = reply {
                     let _ =
                         outbox.push(&ProtocolMessage::for_channel(Action::Detached, &self.name));
                 }
             }
-            Command::Presence(op) => self.presence(op),
+            Command::Presence(op) => self.presence(op).await,
             Command::UpdateModes {
                 connection_id,
                 socket_id,
@@ -208,9 +206,11 @@ impl Sequencer {
                     }
                 }
             }
-            Command::LeaveConnection { connection_id } => self.leave_connection(&connection_id),
+            Command::LeaveConnection { connection_id } => {
+                self.leave_connection(&connection_id).await
+            }
             Command::ListPresence(list) => {
-                let members = self.presence.list(
+                let members = self.stream.members().list(
                     list.after.as_ref(),
                     list.client_id.as_deref(),
                     list.connection_id.as_deref(),
@@ -223,7 +223,7 @@ impl Sequencer {
                 let _ = reply.send(Occupancy {
                     connections: self.hub.len(),
                     presence_connections: count(flags::MODE_PRESENCE),
-                    presence_members: self.presence.len(),
+                    presence_members: self.stream.members().len(),
                     presence_subscribers: count(flags::MODE_PRESENCE_SUBSCRIBE),
                     publishers: count(flags::MODE_PUBLISH),
                     subscribers: count(flags::MODE_SUBSCRIBE),
@@ -232,27 +232,29 @@ impl Sequencer {
         }
     }
 
-    /// Applies a client's presence operations (§6.3), records the resulting events in the
-    /// presence history, and broadcasts them to presence subscribers and always to the
-    /// originator (RTP17a), which fills its own-member map only from that echo.
-    fn presence(&mut self, op: PresenceOp) {
+    /// Hands a client's presence operations (§6.3) to the stream, which applies them and
+    /// records the events in the presence history, and broadcasts the events to presence
+    /// subscribers and always to the originator (RTP17a), which fills its own-member map only
+    /// from that echo.
+    async fn presence(&mut self, op: PresenceOp) {
         let PresenceOp {
             items,
             origin,
             reply,
         } = op;
         let count = items.len();
+        let members = self.stream.members();
         let joining = items
             .iter()
             .filter(|i| i.action != PresenceAction::Leave)
             .filter(|i| {
-                !self.presence.contains(
+                !members.contains(
                     i.client_id.as_deref().unwrap_or(""),
                     i.connection_id.as_deref().unwrap_or(""),
                 )
             })
             .count();
-        if self.presence.len() + joining > self.context.max_presence_members {
+        if members.len() + joining > self.context.max_presence_members {
             reply.send(Err(ErrorInfo::new(
                 codes::PRESENCE_LIMIT,
                 format!(
@@ -262,12 +264,13 @@ impl Sequencer {
             )));
             return;
         }
-        let before = self.presence.len();
-        let events: Vec<PresenceMessage> = items
-            .into_iter()
-            .filter_map(|item| self.presence.apply(item))
-            .collect();
-        self.track_members(before);
+        let Some(events) = self.change_presence(PresenceChange::Apply(items)).await else {
+            reply.send(Err(ErrorInfo::new(
+                codes::INTERNAL_CHANNEL,
+                "presence could not be updated",
+            )));
+            return;
+        };
         if events.is_empty() {
             reply.send(Ok(vec![None; count]));
             return;
@@ -287,13 +290,17 @@ impl Sequencer {
     }
 
     /// Removes a connection's members and broadcasts server-made leaves (§6.5, §6.6).
-    fn leave_connection(&mut self, connection_id: &str) {
-        let before = self.presence.len();
-        let leaves = self.presence.leave_connection(connection_id, now_ms());
+    async fn leave_connection(&mut self, connection_id: &str) {
+        let change = PresenceChange::LeaveConnection {
+            connection_id: connection_id.to_owned(),
+            at: now_ms(),
+        };
+        let Some(leaves) = self.change_presence(change).await else {
+            return;
+        };
         if leaves.is_empty() {
             return;
         }
-        self.track_members(before);
         // No `id` on the ProtocolMessage either, or ably-js would derive one from it (§6.5).
         let message = ProtocolMessage {
             timestamp: leaves.first().and_then(|l| l.timestamp),
@@ -303,15 +310,26 @@ impl Sequencer {
         self.announce_presence(&message, None);
     }
 
-    fn track_members(&self, before: usize) {
-        let after = self.presence.len();
+    /// Hands one change to the stream and keeps the member gauge; `None` when the backend
+    /// failed (the member set is then unchanged).
+    async fn change_presence(&mut self, change: PresenceChange) -> Option<Vec<PresenceMessage>> {
+        let before = self.stream.members().len();
+        let events = match self.stream.presence(change).await {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::error!(channel = %self.name, error = %e, "presence change failed");
+                return None;
+            }
+        };
+        let after = self.stream.members().len();
         self.context
             .metrics
             .presence_members
             .add(after as i64 - before as i64);
+        Some(events)
     }
 
-    /// Records presence events in the channel's presence history and broadcasts them.
+    /// Counts presence events and broadcasts them (the stream has recorded their history).
     fn announce_presence(&mut self, message: &ProtocolMessage, origin: Option<&str>) {
         let events = message.presence.as_deref().unwrap_or_default();
         for event in events {
@@ -325,12 +343,6 @@ impl Sequencer {
                 .presence_events
                 .with_label_values(&[name])
                 .inc();
-        }
-        let records: Vec<Message> = events.iter().map(presence::to_record).collect();
-        // Presence history is not waited for: the next group commit or checkpoint
-        // makes it durable; presence itself lives in memory.
-        if let Err(e) = self.stream.record_presence(&records) {
-            tracing::warn!(channel = %self.name, error = %e, "presence history append failed")
         }
         self.hub.broadcast(
             message,
@@ -450,8 +462,8 @@ impl Sequencer {
                 return;
             }
         };
-        let syncs_presence =
-            subscriber.modes & flags::MODE_PRESENCE_SUBSCRIBE != 0 && !self.presence.is_empty();
+        let syncs_presence = subscriber.modes & flags::MODE_PRESENCE_SUBSCRIBE != 0
+            && !self.stream.members().is_empty();
         if syncs_presence {
             flags |= flags::HAS_PRESENCE;
         }
@@ -602,7 +614,7 @@ impl Sequencer {
         self.syncs += 1;
         let sync_id = format!("s{}", self.syncs);
         let page_size = self.context.presence_sync_page_size.max(1);
-        let members: Vec<PresenceMessage> = self.presence.all().cloned().collect();
+        let members: Vec<PresenceMessage> = self.stream.members().all().cloned().collect();
         let pages = members.len().div_ceil(page_size).max(1);
         let mut chunks = members.chunks(page_size);
         self.context.metrics.sync_pages.inc_by(pages as u64);

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use super::response::{HttpResponse, Negotiated};
 use crate::auth::{now_ms, ClientIdClaim, Credential, Grant, Identity, TokenRequest};
+use crate::backend::presence::from_record;
 use crate::broker::Broker;
-use crate::channel::presence::from_record;
 use crate::channel::service::{Direction, HistoryLog, HistoryRequest, PresenceQuery, Publisher};
 
 /// Default and largest page of history (§9.2).

@@ -1,12 +1,15 @@
 //! A channel's presence set (§6): members keyed by (clientId, connectionId), each holding its
 //! last PresenceMessage. Applying a client's enter/update/leave returns what, if anything, to
 //! broadcast: a re-enter of a member with the same data changes nothing and says nothing
-//! (§6.3 item 4), so an automatic re-enter after a resume is silent. Lives inside the channel's
-//! sequencer, so it is ordered with attaches and messages without a lock.
+//! (§6.3 item 4), so an automatic re-enter after a resume is silent. Pure data: a backend's
+//! stream keeps one per channel and applies [`PresenceChange`]s to it in the channel's order
+//! (`Stream::presence`); the records of the presence history are made here too.
 
 use std::collections::BTreeMap;
 
 use protocol::{Message, PresenceAction, PresenceMessage};
+
+use super::PresenceChange;
 
 /// The members of one channel.
 #[derive(Default)]
@@ -76,6 +79,20 @@ impl PresenceSet {
                 event
             }
             _ => None,
+        }
+    }
+
+    /// Applies one change in order and returns the events it causes, to broadcast and to
+    /// record in the presence history.
+    pub fn change(&mut self, change: PresenceChange) -> Vec<PresenceMessage> {
+        match change {
+            PresenceChange::Apply(items) => items
+                .into_iter()
+                .filter_map(|item| self.apply(item))
+                .collect(),
+            PresenceChange::LeaveConnection { connection_id, at } => {
+                self.leave_connection(&connection_id, at)
+            }
         }
     }
 
