@@ -251,6 +251,11 @@ impl Stream for LocalStream {
         self.append_batch(drafts).boxed()
     }
 
+    fn committed(&mut self) -> BoxFuture<'_, Vec<(u64, Message)>> {
+        // Appends are the only writes, and they hand back what they stored.
+        Box::pin(std::future::pending())
+    }
+
     fn when_durable(&mut self, count: u64, then: WhenDurable) {
         let (synced, last) = (self.synced.clone(), self.head.last);
         if synced.load(Ordering::Acquire) >= last {

@@ -193,6 +193,11 @@ impl Stream for MemoryStream {
         Box::pin(std::future::ready(result))
     }
 
+    fn committed(&mut self) -> BoxFuture<'_, Vec<(u64, Message)>> {
+        // Appends are the only writes, and they hand back what they stored.
+        Box::pin(std::future::pending())
+    }
+
     fn when_durable(&mut self, _count: u64, then: WhenDurable) {
         then(Ok(()))
     }

@@ -125,6 +125,12 @@ pub trait Stream: Send {
     /// [`Stream::when_durable`]. On an error nothing of the batch is stored and no id of it is
     /// remembered; serials given out are not reused.
     fn append(&mut self, drafts: Vec<Draft>) -> BoxFuture<'_, Result<Appended, StoreError>>;
+    /// Resolves with the next messages committed to the channel that this stream's appends
+    /// did not hand back in [`Stored::fresh`], with their positions, in order and each once,
+    /// and moves the head past them. A backend whose appends are the channel's only writes
+    /// (local, memory) has none and never resolves; a shared backend (cluster mode) delivers
+    /// every message through here, its own writers' included, in the order all nodes share.
+    fn committed(&mut self) -> BoxFuture<'_, Vec<(u64, Message)>>;
     /// Calls `then` once everything appended so far is durable (or could not be made so).
     fn when_durable(&mut self, count: u64, then: WhenDurable);
     /// Reads what retention left since the head was last read (`first` moves up). Blocking.

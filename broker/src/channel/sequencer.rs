@@ -93,6 +93,10 @@ impl Sequencer {
             let idle = self.hub.is_empty() && self.stream.members().is_empty();
             let first = tokio::select! {
                 command = commands.recv() => command,
+                rows = self.stream.committed() => {
+                    self.deliver_committed(rows).await;
+                    continue;
+                }
                 _ = tokio::time::sleep(IDLE_RETIRE), if idle => None,
                 _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => None,
             };
@@ -373,13 +377,13 @@ impl Sequencer {
                 return;
             }
         };
+        self.context.metrics.messages_in.inc_by(appended.count);
         let fanout_start = std::time::Instant::now();
         let mut acks = Vec::with_capacity(batch.len());
         let mut outgoing = Vec::with_capacity(batch.len());
         for (p, stored) in batch.into_iter().zip(appended.stored) {
             let Stored { fresh, serials } = stored;
             if !fresh.is_empty() {
-                self.context.metrics.messages_in.inc_by(fresh.len() as u64);
                 let message = ProtocolMessage {
                     id: p.origin.as_ref().map(|o| o.pm_id.clone()),
                     connection_id: p.origin.as_ref().map(|o| o.connection_id.to_string()),
@@ -420,6 +424,36 @@ impl Sequencer {
             }
         };
         self.stream.when_durable(appended.count, Box::new(answer));
+    }
+
+    /// Fans out messages that reached the channel's stream other than through this
+    /// sequencer's appends (another node's publishes, in cluster mode), in the stream's order:
+    /// one MESSAGE per run of messages from the same connection, so a subscriber with echo
+    /// off is spared its own.
+    async fn deliver_committed(&mut self, rows: Vec<(u64, Message)>) {
+        let mut outgoing: Vec<(ProtocolMessage, Audience)> = Vec::new();
+        for (_, message) in rows {
+            if let Some((last, _)) = outgoing.last_mut() {
+                let same = last.connection_id == message.connection_id;
+                if let Some(messages) = last.messages.as_mut().filter(|_| same) {
+                    last.channel_serial = message.serial.clone();
+                    last.timestamp = message.timestamp;
+                    messages.push(message);
+                    continue;
+                }
+            }
+            let origin = message.connection_id.as_deref().map(Arc::from);
+            let frame = ProtocolMessage {
+                connection_id: message.connection_id.clone(),
+                timestamp: message.timestamp,
+                channel_serial: message.serial.clone(),
+                messages: Some(vec![message]),
+                ..ProtocolMessage::for_channel(Action::Message, &self.name)
+            };
+            outgoing.push((frame, Audience::Subscribers { origin }));
+        }
+        let delivered = self.hub.broadcast_parallel(&outgoing).await;
+        self.context.metrics.messages_out.inc_by(delivered);
     }
 
     fn attach(&mut self, attach: Attach) {
