@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test from a clean checkout: formatting and lints, the Rust unit and integration
 # tests, then the ably-js conformance suite against the release broker binary. Installs what
-# the suites need (npm packages into tests/ably-js/node_modules) on the way.
+# the suites need (the pinned nats-server into target/tools, npm packages into
+# tests/ably-js/node_modules) on the way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,11 @@ cargo fmt --all -- --check
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "nats-server for the cluster tests"
+# Assigned apart from the export, so that a failed install stops the script (set -e).
+NATS_SERVER="$(scripts/nats-server.sh)"
+export NATS_SERVER
 
 step "Rust tests (unit and integration)"
 cargo test --workspace --quiet

@@ -1,9 +1,11 @@
 //! Helpers shared by the integration tests: start a real broker on 127.0.0.1:0 with a
 //! temporary data directory, and talk to it over real WebSocket and HTTP the way ably-js does
-//! (§4.1 of `../shared/ably-protocol.md`). [`issuer`] is a local OIDC issuer for the Auth0 tests. Every wait has a generous safety timeout so a broken
-//! broker fails a test instead of hanging it; none asserts on timing.
+//! (§4.1 of `../shared/ably-protocol.md`). [`issuer`] is a local OIDC issuer for the Auth0 tests;
+//! [`nats`] runs real nats-server processes for the cluster tests. Every wait has a generous
+//! safety timeout so a broken broker fails a test instead of hanging it; none asserts on timing.
 
 pub mod issuer;
+pub mod nats;
 pub mod proxy;
 
 use std::net::SocketAddr;
