@@ -49,6 +49,13 @@ pub struct Args {
     /// Serve the static files of this directory (a built web app) at `/`
     #[arg(long, env = "BROKER_WEB_ROOT")]
     pub web_root: Option<PathBuf>,
+    /// NATS server URLs, comma-separated: turns on cluster mode on JetStream (see
+    /// docs/operations.md)
+    #[arg(long, env = "BROKER_NATS", value_delimiter = ',')]
+    pub nats: Vec<String>,
+    /// This node's name in the cluster [default: <host name>-<listen port>]
+    #[arg(long, env = "BROKER_NODE_ID")]
+    pub node_id: Option<String>,
 }
 
 /// What `main` needs to start: the configuration and, on a fresh setup, the development key.
@@ -95,6 +102,13 @@ impl Args {
         }
         if self.web_root.is_some() {
             config.web_root = self.web_root;
+        }
+        let nats: Vec<String> = self.nats.into_iter().filter(|u| !u.is_empty()).collect();
+        if !nats.is_empty() {
+            config.cluster.nats = nats;
+        }
+        if self.node_id.is_some() {
+            config.cluster.node_id = self.node_id;
         }
         let mut dev_key = None;
         if config.keys.is_empty() {

@@ -31,6 +31,8 @@ pub struct Config {
     pub presence: PresenceSettings,
     /// How a hot channel's deliveries spread over the worker threads.
     pub fanout: FanoutSettings,
+    /// Cluster mode on NATS JetStream; off unless NATS servers are listed.
+    pub cluster: ClusterSettings,
     /// Auth0 / OIDC logins (the auth plugin); off unless `domain` is set.
     pub auth0: auth_plugin::Auth0Config,
     /// Name of this node in `connectionDetails.serverId`. Default `broker-1`.
@@ -55,6 +57,7 @@ impl Default for Config {
             storage: Storage::default(),
             presence: PresenceSettings::default(),
             fanout: FanoutSettings::default(),
+            cluster: ClusterSettings::default(),
             auth0: auth_plugin::Auth0Config::default(),
             server_id: "broker-1".to_owned(),
             web_root: None,
@@ -179,6 +182,76 @@ impl Default for Retention {
             max_messages_per_channel: 10_000,
             sweep_interval_secs: 60,
         }
+    }
+}
+
+/// Cluster mode (`docs/operations.md`, "Cluster mode"): several broker nodes serve the same
+/// channels through NATS JetStream, which orders, replicates and keeps every channel's
+/// messages (`../shared/cluster.md`). Every node must be given the same values, keys and Auth0
+/// settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// NATS server URLs (`nats://host:port`). Empty, the default: one node on its embedded
+    /// store.
+    pub nats: Vec<String>,
+    /// This node's name, unique in the cluster. Default: the host name and the listen port.
+    pub node_id: Option<String>,
+    /// How many JetStream streams the channels are spread over, by a hash of their names.
+    /// Fixed when the cluster is first started. Default 8.
+    pub shards: u32,
+    /// Copies of each stream on the NATS servers (1, 3 or 5). Default: 3 when three or more
+    /// servers are listed, else 1.
+    pub replicas: Option<usize>,
+    /// Prefix of the streams' names and subjects. Default `ably`.
+    pub prefix: String,
+    /// How long JetStream remembers message ids to store a resent publish once, in seconds;
+    /// at least the resume window (`connection_state_ttl_ms`). Default 300.
+    pub duplicate_window_secs: u64,
+    /// How long a publish is retried through a JetStream leader election before it is
+    /// NACKed, in ms. Default 12000 (an election takes 4–9 s).
+    pub publish_deadline_ms: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            nats: Vec::new(),
+            node_id: None,
+            shards: 8,
+            replicas: None,
+            prefix: "ably".to_owned(),
+            duplicate_window_secs: 300,
+            publish_deadline_ms: 12_000,
+        }
+    }
+}
+
+impl ClusterSettings {
+    /// Whether cluster mode is on.
+    pub fn enabled(&self) -> bool {
+        !self.nats.is_empty()
+    }
+
+    /// This node's name: as configured, else `<host name>-<listen port>`, which stays the
+    /// same across restarts of the same node.
+    pub fn node_name(&self, listen: SocketAddr) -> String {
+        if let Some(id) = &self.node_id {
+            return id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "node".to_owned());
+        format!("{host}-{}", listen.port())
+    }
+
+    /// Stream replicas: as configured, or 3 with three or more servers, else 1.
+    pub fn replicas(&self) -> usize {
+        self.replicas
+            .unwrap_or(if self.nats.len() >= 3 { 3 } else { 1 })
     }
 }
 
@@ -318,6 +391,28 @@ impl Config {
         names.sort_unstable();
         if names.windows(2).any(|w| w[0] == w[1]) {
             return Err("two keys share a name".to_owned());
+        }
+        let cluster = &self.cluster;
+        if cluster.enabled() {
+            if cluster.shards == 0 || cluster.shards > 1024 {
+                return Err("cluster: shards must be between 1 and 1024".to_owned());
+            }
+            if ![1, 3, 5].contains(&cluster.replicas()) {
+                return Err("cluster: replicas must be 1, 3 or 5".to_owned());
+            }
+            let prefix_ok = !cluster.prefix.is_empty()
+                && cluster
+                    .prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !prefix_ok {
+                return Err("cluster: prefix must be letters, digits, '_' or '-'".to_owned());
+            }
+            if cluster.duplicate_window_secs * 1000 < self.connection.connection_state_ttl_ms {
+                return Err(
+                    "cluster: duplicate_window_secs must cover connection_state_ttl_ms, or a resumed client's resend could be stored twice".to_owned(),
+                );
+            }
         }
         let l = &self.limits;
         if l.max_message_size == 0 || l.max_frame_size < l.max_message_size {

@@ -52,6 +52,13 @@ pub struct Metrics {
     pub log_checkpoint_duration: Gauge,
     /// Checkpoints failed since the last that succeeded.
     pub log_checkpoint_failures: IntGauge,
+    /// Cluster mode: messages the appliers wrote into this node's view.
+    pub cluster_applied: IntCounter,
+    /// Cluster mode: time from sending a batch of publishes to JetStream to the last PubAck
+    /// (seconds), retries included.
+    pub cluster_publish_latency: Histogram,
+    /// Cluster mode: JetStream publishes that failed (each retry counts).
+    pub cluster_publish_errors: IntCounter,
 }
 
 impl Metrics {
@@ -116,6 +123,19 @@ impl Metrics {
                 "broker_publish_ack_latency_seconds",
                 "Time from receiving a publish to its ACK",
                 latency.clone(),
+            ),
+            cluster_applied: counter(
+                "broker_cluster_applied_total",
+                "Cluster mode: messages the appliers wrote into this node's view",
+            ),
+            cluster_publish_latency: histogram(
+                "broker_cluster_publish_latency_seconds",
+                "Cluster mode: time from sending a batch of publishes to JetStream to the last PubAck",
+                latency.clone(),
+            ),
+            cluster_publish_errors: counter(
+                "broker_cluster_publish_errors_total",
+                "Cluster mode: JetStream publishes that failed (each retry counts)",
             ),
             fanout_latency: histogram(
                 "broker_fanout_latency_seconds",

@@ -15,7 +15,9 @@ use tokio::sync::watch;
 
 use crate::auth::{now_ms, KeyAuthenticator};
 use crate::auth0::{ChainAuthenticator, TOKEN_KEY_PREFIX};
+use crate::backend::jetstream::{self, JetStreamBackend};
 use crate::backend::local::LocalBackend;
+use crate::backend::Backend;
 use crate::broker::Broker;
 use crate::channel::hub::Parallelism;
 use crate::channel::{ChannelContext, Channels};
@@ -54,7 +56,17 @@ pub async fn run_then(
     // One database per data directory; the logs, the user table, the development users and
     // the revocations each keep their own handle on it.
     let database = Database::open(&config.data_dir, config.storage.cache_bytes)?;
-    let (messages, presence) = SledLog::open_logs_on(&database)?;
+    // In cluster mode the channels' messages are JetStream's; the node keeps its view of them
+    // in a database of its own under `<data_dir>/cluster`, rebuilt after an unclean stop.
+    let view_dir = if config.cluster.enabled() {
+        Some(jetstream::prepare_view(&config.data_dir).map_err(cluster_error)?)
+    } else {
+        None
+    };
+    let (messages, presence) = match &view_dir {
+        Some(dir) => SledLog::open_logs_on(&Database::open(dir, config.storage.cache_bytes)?)?,
+        None => SledLog::open_logs_on(&database)?,
+    };
     // Tokens minted for Auth0 users are Ably JWTs signed by a key of the broker's own, kept
     // in the data directory so they stay valid across restarts.
     let token_key = crate::cli::stored_key(&config.data_dir, "token-signing-key", TOKEN_KEY_PREFIX)
@@ -85,26 +97,53 @@ pub async fn run_then(
     let log: Arc<dyn ChannelLog> = Arc::new(messages);
     let presence_log: Arc<dyn ChannelLog> = Arc::new(presence);
     let metrics = Arc::new(Metrics::new());
-    let synced = log.clone();
-    let linger = Duration::from_micros(config.storage.commit_linger_us);
-    let (committer, sync_threads) = Committer::start(
-        move || synced.sync(),
-        config.storage.fsync.then_some(linger),
-        metrics.clone(),
-    )?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (tasks, tasks_done) = Tasks::new();
     let age_sweeps = Arc::new(AtomicU64::new(0));
-    let backend = LocalBackend::new(
-        log.clone(),
-        presence_log.clone(),
-        committer,
-        config.storage.deliver_after_sync,
-        config.retention.max_messages_per_channel,
-        age_sweeps.clone(),
-    );
+    let mut sync_threads = None;
+    let mut cluster = None;
+    let backend: Arc<dyn Backend> = match view_dir {
+        Some(dir) => {
+            let view = jetstream::View {
+                dir,
+                messages: log.clone(),
+                presence: presence_log.clone(),
+            };
+            let mut settings = config.cluster.clone();
+            settings.node_id = Some(settings.node_name(listener.local_addr()?));
+            let backend = JetStreamBackend::start(
+                settings,
+                view,
+                &config.retention,
+                age_sweeps.clone(),
+                metrics.clone(),
+            )
+            .await
+            .map_err(cluster_error)?;
+            cluster = Some(backend.clone());
+            backend
+        }
+        None => {
+            let synced = log.clone();
+            let linger = Duration::from_micros(config.storage.commit_linger_us);
+            let (committer, threads) = Committer::start(
+                move || synced.sync(),
+                config.storage.fsync.then_some(linger),
+                metrics.clone(),
+            )?;
+            sync_threads = threads;
+            Arc::new(LocalBackend::new(
+                log.clone(),
+                presence_log.clone(),
+                committer,
+                config.storage.deliver_after_sync,
+                config.retention.max_messages_per_channel,
+                age_sweeps.clone(),
+            ))
+        }
+    };
     let channels = Channels::new(ChannelContext {
-        backend: Arc::new(backend),
+        backend,
         metrics: metrics.clone(),
         max_channel_name_length: config.limits.max_channel_name_length,
         max_message_size: config.limits.max_message_size,
@@ -199,7 +238,19 @@ pub async fn run_then(
         let joined = tokio::task::spawn_blocking(move || threads.join());
         let _ = tokio::time::timeout(Duration::from_secs(10), joined).await;
     }
-    sync(log).await
+    if let Some(cluster) = &cluster {
+        cluster.stop().await;
+    }
+    sync(log).await?;
+    if let Some(cluster) = cluster {
+        // Only once the view is closed cleanly may the next start trust it.
+        cluster.record_clean_stop()?;
+    }
+    Ok(())
+}
+
+fn cluster_error(e: jetstream::StartError) -> Error {
+    Error::Config(format!("cluster mode: {e}"))
 }
 
 async fn sync(log: Arc<dyn ChannelLog>) -> Result<(), Error> {

@@ -64,7 +64,7 @@ impl LocalBackend {
 }
 
 impl Backend for LocalBackend {
-    fn epoch(&self) -> &str {
+    fn epoch(&self, _channel: &str) -> &str {
         self.log.epoch()
     }
 
@@ -85,12 +85,11 @@ impl Backend for LocalBackend {
             last_timestamp: bounds.map_or(0, |b| b.last_timestamp),
             ids: RecentIds::default(),
             retention: Retention::new(channel, self.max_messages, self.age_sweeps.clone()),
-            presence: PresenceHistory {
-                members: PresenceSet::default(),
-                log: self.presence_log.clone(),
-                last: self.presence_log.bounds(channel)?.map_or(0, |b| b.last),
-                retention: Retention::new(channel, self.max_messages, self.age_sweeps.clone()),
-            },
+            presence: PresenceHistory::open(
+                self.presence_log.clone(),
+                channel,
+                Retention::new(channel, self.max_messages, self.age_sweeps.clone()),
+            )?,
         };
         // Idempotent publishing must hold across restarts: remember recent ids from the log.
         let recent = self.log.read(
@@ -125,13 +124,62 @@ impl Backend for LocalBackend {
     }
 }
 
-/// One channel's presence: the member set in memory, and the history in its own log,
-/// numbered from 1, with its own retention.
-struct PresenceHistory {
+/// One channel's presence on one node: the member set in memory, and the history in its own
+/// log, numbered from 1, with its own retention. The cluster backend keeps presence this way
+/// too, for now.
+pub(super) struct PresenceHistory {
     members: PresenceSet,
     log: Arc<dyn ChannelLog>,
     last: u64,
     retention: Retention,
+}
+
+impl PresenceHistory {
+    /// The presence of `channel`, with an empty member set, its history in `log`. Blocking.
+    pub(super) fn open(
+        log: Arc<dyn ChannelLog>,
+        channel: &str,
+        retention: Retention,
+    ) -> Result<Self, StoreError> {
+        Ok(PresenceHistory {
+            members: PresenceSet::default(),
+            last: log.bounds(channel)?.map_or(0, |b| b.last),
+            log,
+            retention,
+        })
+    }
+
+    /// The members.
+    pub(super) fn members(&self) -> &PresenceSet {
+        &self.members
+    }
+
+    /// Applies `change` and appends its events to the history (not synced here: the next
+    /// group commit or checkpoint makes the records durable; a failed append is logged).
+    pub(super) fn change(&mut self, channel: &str, change: PresenceChange) -> Vec<PresenceMessage> {
+        let events = self.members.change(change);
+        if let Err(e) = self.record(channel, &events) {
+            tracing::warn!(%channel, error = %e, "presence history append failed");
+        }
+        events
+    }
+
+    fn record(&mut self, channel: &str, events: &[PresenceMessage]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<Message> = events.iter().map(presence::to_record).collect();
+        let numbered: Vec<(u64, &Message)> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (self.last + 1 + i as u64, r))
+            .collect();
+        self.log.append(channel, &numbered)?;
+        self.last += records.len() as u64;
+        self.retention
+            .after_append(self.log.as_ref(), channel, records.len() as u64);
+        Ok(())
+    }
 }
 
 /// One channel's stream on the local log.
@@ -282,41 +330,15 @@ impl Stream for LocalStream {
     }
 
     fn members(&self) -> &PresenceSet {
-        &self.presence.members
+        self.presence.members()
     }
 
     fn presence(
         &mut self,
         change: PresenceChange,
     ) -> BoxFuture<'_, Result<Vec<PresenceMessage>, StoreError>> {
-        let events = self.presence.members.change(change);
-        if let Err(e) = self.record_presence(&events) {
-            tracing::warn!(channel = %self.name, error = %e, "presence history append failed");
-        }
+        let events = self.presence.change(&self.name, change);
         std::future::ready(Ok(events)).boxed()
-    }
-}
-
-impl LocalStream {
-    /// Appends presence events to the channel's presence history. Not synced here: the next
-    /// group commit or checkpoint makes the records durable.
-    fn record_presence(&mut self, events: &[PresenceMessage]) -> Result<(), StoreError> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let records: Vec<Message> = events.iter().map(presence::to_record).collect();
-        let history = &mut self.presence;
-        let numbered: Vec<(u64, &Message)> = records
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (history.last + 1 + i as u64, r))
-            .collect();
-        history.log.append(&self.name, &numbered)?;
-        history.last += records.len() as u64;
-        history
-            .retention
-            .after_append(history.log.as_ref(), &self.name, records.len() as u64);
-        Ok(())
     }
 }
 

@@ -57,7 +57,7 @@ impl MemoryBackend {
 }
 
 impl Backend for MemoryBackend {
-    fn epoch(&self) -> &str {
+    fn epoch(&self, _channel: &str) -> &str {
         &self.epoch
     }
 

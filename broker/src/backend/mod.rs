@@ -20,12 +20,13 @@
 //! presence history, and failure answers.
 //! The cluster backend on NATS JetStream (`../shared/cluster.md`) is to be the third.
 
+pub mod jetstream;
 pub mod local;
 pub mod memory;
 pub mod presence;
 
-#[cfg(test)]
-mod conformance;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 
 use futures_util::future::BoxFuture;
 use protocol::{Message, PresenceMessage};
@@ -99,8 +100,9 @@ pub type WhenDurable = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 /// A backend: opens channel streams and reads any channel.
 pub trait Backend: Send + Sync + 'static {
-    /// The identity of this backend's serials.
-    fn epoch(&self) -> &str;
+    /// The identity of `channel`'s serials: a serial of another epoch is never taken as a
+    /// position (§5.5).
+    fn epoch(&self, channel: &str) -> &str;
     /// Opens `channel`'s stream, for the one actor that orders that channel. Blocking: it may
     /// read the store.
     fn open(&self, channel: &str) -> Result<Box<dyn Stream>, StoreError>;

@@ -198,7 +198,7 @@ impl Channels {
         request: &HistoryRequest,
     ) -> Result<Vec<(u64, Message)>, ErrorInfo> {
         self.permit(channel, capability, Operation::History, "history")?;
-        let epoch = self.context().backend.epoch().to_owned();
+        let epoch = self.context().backend.epoch(channel).to_owned();
         let mut to = u64::MAX;
         if let Some((serial_epoch, serial)) = request.until_serial.as_deref().and_then(parse_serial)
         {

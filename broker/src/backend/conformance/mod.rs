@@ -1,138 +1,49 @@
 //! The conformance suite every backend must pass: order, idempotent publish, history both ways
 //! with pagination, resume positions across a reopened stream, epochs, count retention, the
 //! presence member set and its history, durability answers and failure answers. Each check is
-//! written once against [`Fixture`] and run for every backend by `conformance!` at the bottom;
-//! the JetStream backend of cluster mode is to be added there.
+//! written once against a [`Fixture`]; `fixtures.rs` runs them all for the memory and local
+//! backends, and the integration tests (`tests/tests/cluster_conformance.rs`, with the
+//! `conformance` feature) run them for the JetStream backend on real nats-servers.
+//!
+//! A backend that delivers through [`Stream::committed`] (cluster mode) has its appends' messages
+//! come back through that feed; the checks wait for it ([`settle`]) before they read.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+#[cfg(test)]
+mod fixtures;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use protocol::{Data, Message, PresenceAction, PresenceMessage};
 use tokio::sync::oneshot;
 
-use super::local::LocalBackend;
-use super::memory::MemoryBackend;
 use super::presence::from_record;
 use super::{Backend, Direction, Draft, PresenceChange, Query, Stream};
-use crate::metrics::Metrics;
-use crate::store::commit::Committer;
-use crate::store::sled_log::SledLog;
-use crate::store::{parse_serial, Bounds, ChannelLog, Retained, StoreError};
+use crate::store::{parse_serial, StoreError};
 
 /// Most messages each fixture keeps per channel.
-const KEEP: u64 = 5;
+pub const KEEP: u64 = 5;
 
 /// A backend under test, and how to make its appends fail.
-trait Fixture {
+pub trait Fixture {
+    /// The backend, fresh for this check.
     fn backend(&self) -> Arc<dyn Backend>;
+    /// Makes every append fail (`true`) or succeed again.
     fn fail_appends(&self, failing: bool);
 }
 
-struct Memory(Arc<MemoryBackend>);
-
-impl Memory {
-    fn new() -> Self {
-        Memory(Arc::new(MemoryBackend::new("mem", KEEP as usize)))
-    }
-}
-
-impl Fixture for Memory {
-    fn backend(&self) -> Arc<dyn Backend> {
-        self.0.clone()
-    }
-    fn fail_appends(&self, failing: bool) {
-        self.0.fail_appends(failing);
-    }
-}
-
-/// The local backend on a real sled directory with real group commit (fsync on).
-struct Local {
-    backend: Arc<LocalBackend>,
-    failing: Arc<AtomicBool>,
-    _dir: tempfile::TempDir,
-}
-
-impl Local {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let failing = Arc::new(AtomicBool::new(false));
-        let (messages, presence) = SledLog::open_logs(dir.path(), 1 << 20).unwrap();
-        let log: Arc<dyn ChannelLog> = Arc::new(Faulty {
-            log: messages,
-            failing: failing.clone(),
-        });
-        let synced = log.clone();
-        let (committer, _threads) = Committer::start(
-            move || synced.sync(),
-            Some(Duration::ZERO),
-            Arc::new(Metrics::new()),
-        )
-        .unwrap();
-        let presence = Arc::new(Faulty {
-            log: presence,
-            failing: failing.clone(),
-        });
-        let backend = LocalBackend::new(log, presence, committer, false, KEEP, Default::default());
-        Local {
-            backend: Arc::new(backend),
-            failing,
-            _dir: dir,
-        }
-    }
-}
-
-impl Fixture for Local {
-    fn backend(&self) -> Arc<dyn Backend> {
-        self.backend.clone()
-    }
-    fn fail_appends(&self, failing: bool) {
-        self.failing.store(failing, Ordering::Relaxed);
-    }
-}
-
-/// The real log, whose appends fail while `failing` is set (a full disk, say).
-struct Faulty {
-    log: SledLog,
-    failing: Arc<AtomicBool>,
-}
-
-impl ChannelLog for Faulty {
-    fn epoch(&self) -> &str {
-        self.log.epoch()
-    }
-    fn bounds(&self, channel: &str) -> Result<Option<Bounds>, StoreError> {
-        self.log.bounds(channel)
-    }
-    fn append(&self, channel: &str, messages: &[(u64, &Message)]) -> Result<(), StoreError> {
-        if self.failing.load(Ordering::Relaxed) {
-            return Err(StoreError::Engine("the disk is full".to_owned()));
-        }
-        self.log.append(channel, messages)
-    }
-    fn sync(&self) -> Result<(), StoreError> {
-        self.log.sync()
-    }
-    fn read(&self, channel: &str, query: &Query) -> Result<Vec<(u64, Message)>, StoreError> {
-        self.log.read(channel, query)
-    }
-    fn trim_before(&self, channel: &str, first_kept: u64) -> Result<(), StoreError> {
-        self.log.trim_before(channel, first_kept)
-    }
-    fn retain_newest(&self, channel: &str, keep: u64) -> Result<Retained, StoreError> {
-        self.log.retain_newest(channel, keep)
-    }
-    fn drop_oldest(&self, channel: &str, count: u64) -> Result<Option<u64>, StoreError> {
-        self.log.drop_oldest(channel, count)
-    }
-    fn truncate_after(&self, channel: &str, last_kept: u64) -> Result<(), StoreError> {
-        self.log.truncate_after(channel, last_kept)
-    }
-    fn expire_before(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
-        self.log.expire_before(cutoff_ms)
-    }
-    fn close_cleanly(&self) -> Result<(), StoreError> {
-        self.log.close_cleanly()
+/// Waits until the stream's head has reached every serial in `serials`: at once for a
+/// backend whose appends hand their messages back, through [`Stream::committed`] for one
+/// that delivers through its feed.
+pub async fn settle(stream: &mut dyn Stream, serials: &[Option<String>]) {
+    let want = serials
+        .iter()
+        .flatten()
+        .filter_map(|s| parse_serial(s))
+        .map(|(_, position)| position)
+        .max()
+        .unwrap_or(0);
+    while stream.head().last < want {
+        stream.committed().await;
     }
 }
 
@@ -178,12 +89,13 @@ fn names(rows: &[(u64, Message)]) -> Vec<String> {
 async fn publish(stream: &mut dyn Stream, names: &[&str]) -> Vec<String> {
     let drafts = names.iter().map(|n| draft(vec![named(n)])).collect();
     let appended = stream.append(drafts).await.unwrap();
-    appended
+    let serials: Vec<Option<String>> = appended
         .stored
         .into_iter()
         .flat_map(|s| s.serials)
-        .map(Option::unwrap)
-        .collect()
+        .collect();
+    settle(stream, &serials).await;
+    serials.into_iter().map(Option::unwrap).collect()
 }
 
 /// Waits for the durability answer of everything appended so far.
@@ -198,7 +110,8 @@ async fn durable(stream: &mut dyn Stream, count: u64) -> Result<(), StoreError> 
     rx.await.unwrap()
 }
 
-async fn messages_come_back_in_order_with_increasing_serials(fixture: impl Fixture) {
+/// Appended messages read back in order, with the serials their ACKs gave.
+pub async fn messages_come_back_in_order_with_increasing_serials(fixture: impl Fixture) {
     let backend = fixture.backend();
     let mut stream = backend.open("order").unwrap();
     let mut serials = publish(stream.as_mut(), &["a", "b"]).await;
@@ -219,7 +132,8 @@ async fn messages_come_back_in_order_with_increasing_serials(fixture: impl Fixtu
     assert!(rows.iter().all(|(_, m)| m.action == Some(0)));
 }
 
-async fn an_app_id_is_stored_once_and_answered_with_its_first_serial(fixture: impl Fixture) {
+/// Idempotent publishing (§7.3): an app-set id is stored once; broker-set ids never collide with it.
+pub async fn an_app_id_is_stored_once_and_answered_with_its_first_serial(fixture: impl Fixture) {
     let backend = fixture.backend();
     let mut stream = backend.open("idem").unwrap();
     let first = stream
@@ -243,6 +157,7 @@ async fn an_app_id_is_stored_once_and_answered_with_its_first_serial(fixture: im
     assert!(again.stored[0].fresh.is_empty());
     let z = &again.stored[1].serials;
     assert_eq!(z[0], z[1]);
+    settle(stream.as_mut(), z).await;
     let rows = backend.read("idem", &all(Direction::Forwards)).unwrap();
     assert_eq!(names(&rows), ["x", "y", "z"]);
     // Ids the broker set itself (not the app's) are never de-duplicated.
@@ -256,7 +171,8 @@ async fn an_app_id_is_stored_once_and_answered_with_its_first_serial(fixture: im
     assert_eq!(broker_ids.count, 1);
 }
 
-async fn history_pages_both_ways(fixture: impl Fixture) {
+/// History pages forwards and backwards, and the head follows retention.
+pub async fn history_pages_both_ways(fixture: impl Fixture) {
     let backend = fixture.backend();
     let mut stream = backend.open("pages").unwrap();
     // More than retention keeps: only the newest KEEP remain.
@@ -284,7 +200,8 @@ async fn history_pages_both_ways(fixture: impl Fixture) {
     assert_eq!(stream.head().first, oldest[0].0, "head follows retention");
 }
 
-async fn a_reopened_stream_resumes_where_it_was(fixture: impl Fixture) {
+/// A reopened stream continues its serials and remembers ids (resume positions, §5.6).
+pub async fn a_reopened_stream_resumes_where_it_was(fixture: impl Fixture) {
     let backend = fixture.backend();
     let mut stream = backend.open("resume").unwrap();
     let before = publish(stream.as_mut(), &["a", "b"]).await;
@@ -293,10 +210,10 @@ async fn a_reopened_stream_resumes_where_it_was(fixture: impl Fixture) {
     drop(stream);
     let mut stream = backend.open("resume").unwrap();
     assert_eq!(stream.head(), &head);
-    assert_eq!(head.epoch, backend.epoch());
+    assert_eq!(head.epoch, backend.epoch("resume"));
     let after = publish(stream.as_mut(), &["c"]).await;
     let (epoch, position) = parse_serial(&after[0]).unwrap();
-    assert_eq!(epoch, backend.epoch());
+    assert_eq!(epoch, backend.epoch("resume"));
     assert_eq!(position, head.last + 1);
     // What a client that saw `b` misses: everything after b's position.
     let (_, seen) = parse_serial(&before[1]).unwrap();
@@ -320,7 +237,8 @@ async fn a_reopened_stream_resumes_where_it_was(fixture: impl Fixture) {
     assert_eq!(again.stored[0].serials, retry.stored[0].serials);
 }
 
-async fn channels_are_independent(fixture: impl Fixture) {
+/// Channels do not see each other's messages.
+pub async fn channels_are_independent(fixture: impl Fixture) {
     let backend = fixture.backend();
     let mut one = backend.open("one").unwrap();
     let mut two = backend.open("two").unwrap();
@@ -340,7 +258,8 @@ async fn channels_are_independent(fixture: impl Fixture) {
         .is_empty());
 }
 
-async fn a_failed_append_stores_nothing_and_reuses_no_serial(fixture: impl Fixture) {
+/// A failed append stores nothing and its serial is never given out again.
+pub async fn a_failed_append_stores_nothing_and_reuses_no_serial(fixture: impl Fixture) {
     let backend = fixture.backend();
     let mut stream = backend.open("fail").unwrap();
     let ok = publish(stream.as_mut(), &["kept"]).await;
@@ -399,7 +318,7 @@ fn presence_rows(rows: Vec<(u64, Message)>) -> Vec<String> {
 
 /// §6.3: enter, update, silent re-enter, leave and a connection's leaves (§6.5), with the
 /// member set following each change.
-async fn the_member_set_follows_presence_changes(fixture: impl Fixture) {
+pub async fn the_member_set_follows_presence_changes(fixture: impl Fixture) {
     let backend = fixture.backend();
     let mut stream = backend.open("members").unwrap();
     let s = stream.as_mut();
@@ -451,7 +370,8 @@ async fn the_member_set_follows_presence_changes(fixture: impl Fixture) {
     assert!(s.members().contains("a", "c2"));
 }
 
-async fn presence_history_is_kept_apart_in_order_and_to_retention(fixture: impl Fixture) {
+/// Presence history is its own log, in order, numbered on across a reopen, kept to retention.
+pub async fn presence_history_is_kept_apart_in_order_and_to_retention(fixture: impl Fixture) {
     let backend = fixture.backend();
     let mut stream = backend.open("presence").unwrap();
     publish(stream.as_mut(), &["message"]).await;
@@ -503,7 +423,7 @@ async fn presence_history_is_kept_apart_in_order_and_to_retention(fixture: impl 
 
 /// A store that cannot take writes loses no member: the change and its events stand, as
 /// presence is the stream's state and its history is kept on the side.
-async fn a_failing_store_keeps_presence_changes(fixture: impl Fixture) {
+pub async fn a_failing_store_keeps_presence_changes(fixture: impl Fixture) {
     let backend = fixture.backend();
     let mut stream = backend.open("members-failing").unwrap();
     fixture.fail_appends(true);
@@ -516,60 +436,3 @@ async fn a_failing_store_keeps_presence_changes(fixture: impl Fixture) {
     assert_eq!(entered, ["Enter a"]);
     assert!(stream.members().contains("a", "c1"));
 }
-
-/// Runs every check for one backend, as its own test.
-macro_rules! conformance {
-    ($backend:ident, $fixture:expr) => {
-        mod $backend {
-            use super::*;
-
-            #[tokio::test]
-            async fn messages_come_back_in_order_with_increasing_serials() {
-                super::messages_come_back_in_order_with_increasing_serials($fixture).await;
-            }
-
-            #[tokio::test]
-            async fn an_app_id_is_stored_once_and_answered_with_its_first_serial() {
-                super::an_app_id_is_stored_once_and_answered_with_its_first_serial($fixture).await;
-            }
-
-            #[tokio::test]
-            async fn history_pages_both_ways() {
-                super::history_pages_both_ways($fixture).await;
-            }
-
-            #[tokio::test]
-            async fn a_reopened_stream_resumes_where_it_was() {
-                super::a_reopened_stream_resumes_where_it_was($fixture).await;
-            }
-
-            #[tokio::test]
-            async fn channels_are_independent() {
-                super::channels_are_independent($fixture).await;
-            }
-
-            #[tokio::test]
-            async fn presence_history_is_kept_apart_in_order_and_to_retention() {
-                super::presence_history_is_kept_apart_in_order_and_to_retention($fixture).await;
-            }
-
-            #[tokio::test]
-            async fn the_member_set_follows_presence_changes() {
-                super::the_member_set_follows_presence_changes($fixture).await;
-            }
-
-            #[tokio::test]
-            async fn a_failing_store_keeps_presence_changes() {
-                super::a_failing_store_keeps_presence_changes($fixture).await;
-            }
-
-            #[tokio::test]
-            async fn a_failed_append_stores_nothing_and_reuses_no_serial() {
-                super::a_failed_append_stores_nothing_and_reuses_no_serial($fixture).await;
-            }
-        }
-    };
-}
-
-conformance!(memory, Memory::new());
-conformance!(local, Local::new());

@@ -1,0 +1,134 @@
+//! Cluster mode (issue 17, `../shared/cluster.md`): broker nodes on one NATS JetStream serve
+//! the same channels. Real brokers on 127.0.0.1:0, each with its own data directory, and real
+//! nats-servers from `tests::nats`.
+
+use protocol::{flags, Action, ProtocolMessage};
+use tests::nats::NatsCluster;
+use tests::{history, texts, Client, TestBroker};
+
+/// A broker node of the cluster on `nats`.
+async fn node(nats: &NatsCluster) -> TestBroker {
+    let urls = nats.urls();
+    TestBroker::start_with(move |c| {
+        c.cluster.nats = urls;
+        c.cluster.shards = 2;
+    })
+    .await
+}
+
+/// Collects the string data of MESSAGE frames until `n` have arrived.
+async fn receive(client: &mut Client, n: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    while seen.len() < n {
+        let message = client.expect(Action::Message).await;
+        seen.extend(texts(&message));
+    }
+    seen
+}
+
+/// Two publishers on two nodes, subscribers on both: every subscriber gets every message once,
+/// all in the same order, each publisher's messages in the order it sent them, and history on
+/// each node is that order too (§7.3, cluster.md §3.2).
+#[tokio::test]
+async fn every_node_delivers_a_channel_in_one_order() {
+    let nats = NatsCluster::start(1).await;
+    let (one, two) = (node(&nats).await, node(&nats).await);
+    let (mut sub_one, _) = one.connect_key("json").await;
+    let (mut sub_two, _) = two.connect_key("msgpack").await;
+    sub_one.attach("shared").await;
+    sub_two.attach("shared").await;
+    let (mut pub_one, _) = one.connect_key("msgpack").await;
+    let (mut pub_two, _) = two.connect_key("json").await;
+    for i in 0..20 {
+        pub_one.publish("shared", i, &format!("a{i}")).await;
+        pub_two.publish("shared", i, &format!("b{i}")).await;
+    }
+    pub_one.expect_acks(20).await;
+    pub_two.expect_acks(20).await;
+    let seen_one = receive(&mut sub_one, 40).await;
+    let seen_two = receive(&mut sub_two, 40).await;
+    assert_eq!(seen_one, seen_two, "both nodes deliver one order");
+    for prefix in ["a", "b"] {
+        let own: Vec<&String> = seen_one.iter().filter(|m| m.starts_with(prefix)).collect();
+        let sent: Vec<String> = (0..20).map(|i| format!("{prefix}{i}")).collect();
+        assert_eq!(
+            own,
+            sent.iter().collect::<Vec<_>>(),
+            "{prefix} in its order"
+        );
+    }
+    for broker in [&one, &two] {
+        let stored: Vec<String> = history(broker, "shared", "direction=forwards&limit=100")
+            .await
+            .iter()
+            .map(|m| m["data"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(stored, seen_one, "history is the delivered order");
+    }
+}
+
+/// A client that saw part of a channel on one node attaches on another with its
+/// channelSerial and gets exactly what it missed (§5.6, cluster.md §3.4).
+#[tokio::test]
+async fn a_channel_resumes_on_another_node() {
+    let nats = NatsCluster::start(1).await;
+    let (one, two) = (node(&nats).await, node(&nats).await);
+    let (mut sub, _) = one.connect_key("json").await;
+    sub.attach("feed").await;
+    let (mut publisher, _) = one.connect_key("json").await;
+    for i in 0..5 {
+        publisher.publish("feed", i, &format!("m{i}")).await;
+    }
+    let mut seen = Vec::new();
+    let mut last_serial = None;
+    while seen.len() < 5 {
+        let m = sub.expect(Action::Message).await;
+        last_serial = m.channel_serial.clone();
+        seen.extend(texts(&m));
+    }
+    sub.drop_abruptly();
+    for i in 5..10 {
+        publisher.publish("feed", i, &format!("m{i}")).await;
+    }
+    publisher.expect_acks(10).await;
+
+    let (mut back, _) = two.connect_key("msgpack").await;
+    let mut attach = ProtocolMessage::for_channel(Action::Attach, "feed");
+    attach.channel_serial = last_serial;
+    back.send(&attach).await;
+    let attached = back.expect(Action::Attached).await;
+    assert!(attached.has_flag(flags::RESUMED), "{attached:?}");
+    seen.extend(receive(&mut back, 5).await);
+    let expected: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    assert_eq!(seen, expected);
+}
+
+/// A node that was stopped while others went on publishing catches up from JetStream when it
+/// starts again on its data directory.
+#[tokio::test]
+async fn a_restarted_node_catches_up() {
+    let nats = NatsCluster::start(1).await;
+    let one = node(&nats).await;
+    let two = node(&nats).await;
+    let (mut publisher, _) = one.connect_key("json").await;
+    publisher.publish("log", 0, "before").await;
+    publisher.expect_acks(1).await;
+    let dir = two.dir().to_owned();
+    let keep = two.stop().await;
+    publisher.publish("log", 1, "while down").await;
+    publisher.expect_acks(1).await;
+    let urls = nats.urls();
+    let two = TestBroker::start_in(&dir, move |c| {
+        c.cluster.nats = urls;
+        c.cluster.shards = 2;
+    })
+    .await;
+    let stored: Vec<String> = history(&two, "log", "direction=forwards")
+        .await
+        .iter()
+        .map(|m| m["data"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(stored, ["before", "while down"]);
+    two.stop().await;
+    drop(keep);
+}
