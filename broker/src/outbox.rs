@@ -4,13 +4,15 @@
 //! that far behind is disconnected with a resumable DISCONNECTED and catches up from the
 //! channel log when it resumes (§4.5, habit 7 of `../shared/style.md`). It lives beside
 //! `connection/` rather than inside it, so the channel core depends on the outbox and never on
-//! the connection module.
+//! the connection module. Frames are [`Frame`]s, not WebSocket messages: the conversion to
+//! the socket's message type happens only in the writer here.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{Sink, SinkExt};
 use protocol::error::codes;
 use protocol::{Action, ErrorInfo, Format, ProtocolMessage};
@@ -18,6 +20,61 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
 use crate::metrics::Metrics;
+
+/// An encoded ProtocolMessage for one wire format: JSON text or msgpack binary. Cloning shares
+/// the encoded bytes (reference-counted), so one encoding serves every subscriber (habit 6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame(Payload);
+
+/// The text is checked as UTF-8 once, at encoding, so the writer's conversion copies nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Payload {
+    Text(Utf8Bytes),
+    Binary(Bytes),
+}
+
+impl Frame {
+    /// The wire format the frame is encoded in.
+    pub fn format(&self) -> Format {
+        match self.0 {
+            Payload::Text(_) => Format::Json,
+            Payload::Binary(_) => Format::Msgpack,
+        }
+    }
+
+    /// Its length in bytes, as the outbox counts it.
+    pub fn len(&self) -> usize {
+        self.as_bytes().len()
+    }
+
+    /// True for a frame of no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The encoded bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Payload::Text(text) => text.as_bytes(),
+            Payload::Binary(bytes) => bytes,
+        }
+    }
+}
+
+impl From<Frame> for WsMessage {
+    fn from(frame: Frame) -> WsMessage {
+        match frame.0 {
+            Payload::Text(text) => WsMessage::Text(text),
+            Payload::Binary(bytes) => WsMessage::Binary(bytes),
+        }
+    }
+}
+
+/// What the queue holds: frames, and the close that [`Outbox::finish_with`] puts after them.
+enum Queued {
+    Frame(Frame),
+    Close,
+}
 
 /// Why a push did not enqueue.
 #[derive(Debug, PartialEq, Eq)]
@@ -37,7 +94,7 @@ pub struct Outbox {
 /// Queued frames stay in a plain deque under a short lock: it allocates nothing until the
 /// first frame and gives memory back after a burst, so an idle connection costs no buffer.
 struct Inner {
-    queue: Mutex<VecDeque<WsMessage>>,
+    queue: Mutex<VecDeque<Queued>>,
     /// Wakes the writer: a frame was queued.
     queued: Notify,
     /// The writer is gone; pushes fail.
@@ -61,22 +118,22 @@ pub struct OutboxReceiver {
 const KEEP_SLOTS: usize = 64;
 
 impl Inner {
-    fn enqueue(&self, frame: WsMessage) -> Result<(), WsMessage> {
+    fn enqueue(&self, item: Queued) -> Result<(), Queued> {
         if self.receiver_gone.load(Ordering::Acquire) {
-            return Err(frame);
+            return Err(item);
         }
-        self.queue.lock().expect("outbox lock").push_back(frame);
+        self.queue.lock().expect("outbox lock").push_back(item);
         self.queued.notify_one();
         Ok(())
     }
 
-    fn dequeue(&self) -> Option<WsMessage> {
+    fn dequeue(&self) -> Option<Queued> {
         let mut queue = self.queue.lock().expect("outbox lock");
-        let frame = queue.pop_front();
+        let item = queue.pop_front();
         if queue.is_empty() && queue.capacity() > KEEP_SLOTS {
             queue.shrink_to(0);
         }
-        frame
+        item
     }
 
     fn is_empty(&self) -> bool {
@@ -90,15 +147,15 @@ impl Drop for OutboxReceiver {
     }
 }
 
-/// Encodes `message` as the WebSocket frame a client of `format` expects (§2).
-pub fn encode_frame(format: Format, message: &ProtocolMessage) -> WsMessage {
+/// Encodes `message` as the frame a client of `format` expects (§2).
+pub fn encode_frame(format: Format, message: &ProtocolMessage) -> Frame {
     let bytes = protocol::encode(format, message);
-    match format {
+    Frame(match format {
         Format::Json => {
-            WsMessage::Text(Utf8Bytes::try_from(bytes).expect("serde_json always writes UTF-8"))
+            Payload::Text(Utf8Bytes::try_from(bytes).expect("serde_json always writes UTF-8"))
         }
-        Format::Msgpack => WsMessage::Binary(bytes),
-    }
+        Format::Msgpack => Payload::Binary(bytes),
+    })
 }
 
 impl Outbox {
@@ -142,7 +199,7 @@ impl Outbox {
 
     /// Enqueues an encoded frame without waiting. On overflow the connection is told
     /// DISCONNECTED (resumable) and closed.
-    pub fn try_push(&self, frame: WsMessage) -> Result<(), PushError> {
+    pub fn try_push(&self, frame: Frame) -> Result<(), PushError> {
         if self.is_closed() {
             return Err(PushError::Closed);
         }
@@ -160,7 +217,7 @@ impl Outbox {
             }));
             return Err(PushError::Overflow);
         }
-        self.inner.enqueue(frame).map_err(|_| {
+        self.inner.enqueue(Queued::Frame(frame)).map_err(|_| {
             self.inner.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             PushError::Closed
         })
@@ -186,23 +243,27 @@ impl Outbox {
     pub fn finish_with(&self, last: &ProtocolMessage) {
         let _ = self.push(last);
         self.inner.closing.store(true, Ordering::Release);
-        let _ = self.inner.enqueue(WsMessage::Close(None));
+        let _ = self.inner.enqueue(Queued::Close);
     }
 }
 
 impl OutboxReceiver {
     /// Takes the next queued frame without waiting (benchmarks and tests drain with this;
-    /// the writer task uses [`write_loop`]).
-    pub fn try_recv(&mut self) -> Option<WsMessage> {
-        let frame = self.inner.dequeue()?;
-        self.inner
-            .queued_bytes
-            .fetch_sub(frame.len(), Ordering::AcqRel);
-        Some(frame)
+    /// the writer task uses [`write_loop`]). The close queued by [`Outbox::finish_with`] is
+    /// passed over: it is not a frame.
+    pub fn try_recv(&mut self) -> Option<Frame> {
+        loop {
+            if let Queued::Frame(frame) = self.inner.dequeue()? {
+                self.inner
+                    .queued_bytes
+                    .fetch_sub(frame.len(), Ordering::AcqRel);
+                return Some(frame);
+            }
+        }
     }
 
-    /// Waits for the next queued frame.
-    async fn recv(&self) -> WsMessage {
+    /// Waits for the next queued frame or close.
+    async fn recv(&self) -> Queued {
         loop {
             // A push between the check and the wait leaves a permit, so no wake-up is lost.
             if let Some(frame) = self.inner.dequeue() {
@@ -249,8 +310,10 @@ where
             // Boxed (twice): the goodbye is needed once and would size every idle writer.
             _ = inner.close_now.notified() => return Box::pin(farewell(&mut sink, &inner)).await,
             _ = ping.tick() => Some((WsMessage::Ping(Default::default()), false)),
-            _ = tokio::time::sleep_until(last_message + idle) => Some((heartbeat.clone(), false)),
-            frame = receiver.recv() => Some((frame, true)),
+            _ = tokio::time::sleep_until(last_message + idle) => {
+                Some((heartbeat.clone().into(), false))
+            }
+            queued = receiver.recv() => Some((ws_message(queued), true)),
         };
         let Some((frame, counted)) = next else {
             return WriterEnd::Closed;
@@ -287,6 +350,14 @@ where
     }
 }
 
+/// The socket's message for a queued frame or close.
+fn ws_message(queued: Queued) -> WsMessage {
+    match queued {
+        Queued::Frame(frame) => frame.into(),
+        Queued::Close => WsMessage::Close(None),
+    }
+}
+
 /// Sends the farewell frame ahead of anything still queued and closes, giving up quickly on a
 /// socket that does not take it.
 async fn farewell<S>(sink: &mut S, inner: &Inner) -> WriterEnd
@@ -296,7 +367,7 @@ where
     let message = inner.farewell.lock().expect("farewell lock").take();
     let goodbye = async {
         if let Some(message) = message {
-            let _ = sink.send(encode_frame(inner.format, &message)).await;
+            let _ = sink.send(encode_frame(inner.format, &message).into()).await;
         }
         let _ = sink.send(WsMessage::Close(None)).await;
         let _ = sink.close().await;
@@ -312,10 +383,24 @@ mod tests {
     #[test]
     fn a_full_outbox_refuses_and_closes() {
         let (outbox, _rx) = Outbox::new(Format::Json, 100, Arc::new(Metrics::new()));
-        let frame = WsMessage::Text("x".repeat(60).into());
+        let frame = Frame(Payload::Text("x".repeat(60).into()));
         assert_eq!(outbox.try_push(frame.clone()), Ok(()));
         assert_eq!(outbox.try_push(frame.clone()), Err(PushError::Overflow));
         assert!(outbox.is_closed());
         assert_eq!(outbox.try_push(frame), Err(PushError::Closed));
+    }
+
+    #[test]
+    fn a_frame_becomes_the_socket_message_of_its_format() {
+        let message = ProtocolMessage::new(Action::Heartbeat);
+        for format in [Format::Json, Format::Msgpack] {
+            let frame = encode_frame(format, &message);
+            assert_eq!(frame.format(), format);
+            assert_eq!(frame.as_bytes(), &protocol::encode(format, &message)[..]);
+            let ws = WsMessage::from(frame.clone());
+            assert_eq!(ws.len(), frame.len());
+            assert_eq!(ws.is_text(), format == Format::Json);
+            assert_eq!(ws.into_data().as_ref(), frame.as_bytes());
+        }
     }
 }

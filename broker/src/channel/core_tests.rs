@@ -109,7 +109,7 @@ fn subscriber(id: &str) -> (Subscriber, OutboxReceiver) {
 /// Every frame queued so far, decoded.
 fn frames(receiver: &mut OutboxReceiver) -> Vec<ProtocolMessage> {
     std::iter::from_fn(|| receiver.try_recv())
-        .map(|frame| protocol::decode(Format::Json, &frame.into_data()).unwrap())
+        .map(|frame| protocol::decode(Format::Json, frame.as_bytes()).unwrap())
         .collect()
 }
 

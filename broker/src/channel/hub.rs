@@ -13,10 +13,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use protocol::{flags, Format, ProtocolMessage};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::Subscriber;
-use crate::outbox::{encode_frame, PushError};
+use crate::outbox::{encode_frame, Frame, PushError};
 
 /// Who a broadcast is for.
 #[derive(Clone, Debug)]
@@ -70,12 +69,12 @@ impl Default for Parallelism {
 
 /// One frame per wire format, encoded once and shared by every shard.
 struct Frames {
-    json: WsMessage,
-    msgpack: WsMessage,
+    json: Frame,
+    msgpack: Frame,
 }
 
 impl Frames {
-    fn for_format(&self, format: Format) -> &WsMessage {
+    fn for_format(&self, format: Format) -> &Frame {
         match format {
             Format::Json => &self.json,
             Format::Msgpack => &self.msgpack,
@@ -146,7 +145,7 @@ impl Hub {
         subscriber: Subscriber,
         attached: &ProtocolMessage,
         sync: &[ProtocolMessage],
-        backlog: Vec<WsMessage>,
+        backlog: Vec<Frame>,
     ) {
         if subscriber.outbox.push(attached).is_err() {
             return;
@@ -188,8 +187,8 @@ impl Hub {
     /// attacher whose outbox is full or closed is dropped from the channel (its connection is
     /// told by the outbox). Returns how many got it.
     pub fn broadcast(&mut self, message: &ProtocolMessage, audience: Audience) -> u64 {
-        let mut json: Option<WsMessage> = None;
-        let mut msgpack: Option<WsMessage> = None;
+        let mut json: Option<Frame> = None;
+        let mut msgpack: Option<Frame> = None;
         let mut gone = Vec::new();
         let mut delivered = 0;
         for (id, attacher) in &self.attachers {

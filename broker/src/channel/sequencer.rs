@@ -18,7 +18,6 @@ use protocol::{
     flags, Action, ErrorInfo, Message, PresenceAction, PresenceMessage, ProtocolMessage,
 };
 use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::hub::{Audience, Hub};
 use super::{
@@ -28,7 +27,7 @@ use super::{
 use crate::auth::now_ms;
 use crate::backend::{Draft, PresenceChange, Stored, Stream};
 use crate::lifecycle::TaskGuard;
-use crate::outbox::encode_frame;
+use crate::outbox::{encode_frame, Frame};
 use crate::store::{format_serial, parse_serial, Direction, Query, StoreError};
 
 /// Publishes taken into one log append and one commit at most.
@@ -42,13 +41,10 @@ const CLIENT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// What an attach sends between ATTACHED and live traffic.
 enum Backlog {
     /// Continuity holds: ATTACHED with RESUMED and this serial, then these messages.
-    Resumed {
-        serial: String,
-        frames: Vec<WsMessage>,
-    },
+    Resumed { serial: String, frames: Vec<Frame> },
     /// A rewind: ATTACHED with HAS_BACKLOG, then these messages.
     Rewound {
-        frames: Vec<WsMessage>,
+        frames: Vec<Frame>,
         truncated: Option<ErrorInfo>,
     },
     /// Nothing to replay; `lost` says when continuity could not be kept.
