@@ -38,6 +38,8 @@ pub struct Broker {
     pub channels: Arc<Channels>,
     /// Live and resumable connections.
     pub sessions: Arc<Sessions>,
+    /// This node's part in the cluster, in cluster mode.
+    pub cluster: Option<Arc<crate::cluster::ClusterNode>>,
     /// The message log.
     pub log: Arc<dyn ChannelLog>,
     /// The presence history log.

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod broker;
 pub mod channel;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod dev_users;

@@ -21,6 +21,7 @@ use crate::backend::Backend;
 use crate::broker::Broker;
 use crate::channel::hub::Parallelism;
 use crate::channel::{ChannelContext, Channels};
+use crate::cluster::ClusterNode;
 use crate::config::Config;
 use crate::config::KeyConfig;
 use crate::connection::session::Sessions;
@@ -110,7 +111,8 @@ pub async fn run_then(
                 presence: presence_log.clone(),
             };
             let mut settings = config.cluster.clone();
-            settings.node_id = Some(settings.node_name(listener.local_addr()?));
+            let settings_node = settings.node_name(listener.local_addr()?);
+            settings.node_id = Some(settings_node.clone());
             let backend = JetStreamBackend::start(
                 settings,
                 view,
@@ -120,7 +122,15 @@ pub async fn run_then(
             )
             .await
             .map_err(cluster_error)?;
-            cluster = Some(backend.clone());
+            let node = ClusterNode::join(
+                backend.context(),
+                settings_node,
+                &config.cluster.prefix,
+                config.cluster.replicas(),
+            )
+            .await
+            .map_err(|e| Error::Config(format!("cluster mode: {e}")))?;
+            cluster = Some((backend.clone(), node));
             backend
         }
         None => {
@@ -175,6 +185,7 @@ pub async fn run_then(
         revocations,
         channels,
         sessions: Arc::new(Sessions::default()),
+        cluster: cluster.as_ref().map(|(_, node)| node.clone()),
         log: log.clone(),
         presence_log,
         metrics,
@@ -183,6 +194,10 @@ pub async fn run_then(
         tasks,
         config,
     });
+    if let Some(node) = &broker.cluster {
+        node.serve_evictions(broker.sessions.clone(), broker.shutdown.clone());
+        tracing::info!(node = node.node(), "cluster mode on NATS JetStream");
+    }
     spawn_retention_sweeper(broker.clone());
     tracing::info!(addr = %listener.local_addr()?, epoch = log.epoch(), "broker listening");
     ready();
@@ -238,13 +253,13 @@ pub async fn run_then(
         let joined = tokio::task::spawn_blocking(move || threads.join());
         let _ = tokio::time::timeout(Duration::from_secs(10), joined).await;
     }
-    if let Some(cluster) = &cluster {
-        cluster.stop().await;
+    if let Some((backend, _)) = &cluster {
+        backend.stop().await;
     }
     sync(log).await?;
-    if let Some(cluster) = cluster {
+    if let Some((backend, _)) = cluster {
         // Only once the view is closed cleanly may the next start trust it.
-        cluster.record_clean_stop()?;
+        backend.record_clean_stop()?;
     }
     Ok(())
 }

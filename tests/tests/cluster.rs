@@ -4,7 +4,7 @@
 
 use protocol::{flags, Action, ProtocolMessage};
 use tests::nats::NatsCluster;
-use tests::{history, texts, Client, TestBroker};
+use tests::{history, publish_message, texts, urlencode, Client, TestBroker, KEY};
 
 /// A broker node of the cluster on `nats`.
 async fn node(nats: &NatsCluster) -> TestBroker {
@@ -130,5 +130,80 @@ async fn a_restarted_node_catches_up() {
         .collect();
     assert_eq!(stored, ["before", "while down"]);
     two.stop().await;
+    drop(keep);
+}
+
+async fn resume_on(broker: &TestBroker, key: &str) -> (Client, ProtocolMessage) {
+    let mut client = broker
+        .connect(&format!(
+            "key={}&format=json&resume={}",
+            urlencode(KEY),
+            urlencode(key)
+        ))
+        .await;
+    let connected = client.expect(Action::Connected).await;
+    (client, connected)
+}
+
+/// §4.6 across nodes (cluster.md §3.5): a connection dropped on one node resumes on another
+/// with its connectionId, and a publish it sends again with the same msgSerial is stored once
+/// and acknowledged with its first serial.
+#[tokio::test]
+async fn a_connection_resumes_on_another_node_and_its_resends_are_stored_once() {
+    let nats = NatsCluster::start(1).await;
+    let (one, two) = (node(&nats).await, node(&nats).await);
+    let (mut client, connected) = one.connect_key("json").await;
+    let key = connected.connection_details.unwrap().connection_key;
+    client.publish("moved", 0, "once").await;
+    client.expect_acks(1).await;
+    client.publish("moved", 1, "maybe").await;
+    client.drop_abruptly();
+
+    let (mut back, again) = resume_on(&two, &key).await;
+    assert_eq!(again.connection_id, connected.connection_id);
+    assert!(again.error.is_none(), "{again:?}");
+    // The client does not know whether msgSerial 1 was stored, so it sends both again.
+    back.send(&publish_message("moved", 0, "once")).await;
+    back.send(&publish_message("moved", 1, "maybe")).await;
+    back.expect_acks(2).await;
+    let stored: Vec<String> = history(&two, "moved", "direction=forwards")
+        .await
+        .iter()
+        .map(|m| m["data"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(stored, ["once", "maybe"]);
+    // The first node has let go: its old key resumes nothing there.
+    let (_, refused) = resume_on(&one, &key).await;
+    assert_ne!(refused.connection_id, connected.connection_id);
+    assert_eq!(refused.error.unwrap().code, 80008);
+}
+
+/// A closed connection resumes on no node (§4.6: CLOSE ends it for good).
+#[tokio::test]
+async fn a_closed_connection_resumes_nowhere() {
+    let nats = NatsCluster::start(1).await;
+    let (one, two) = (node(&nats).await, node(&nats).await);
+    let (mut client, connected) = one.connect_key("json").await;
+    let key = connected.connection_details.unwrap().connection_key;
+    client.send(&ProtocolMessage::new(Action::Close)).await;
+    client.expect(Action::Closed).await;
+    let (_, refused) = resume_on(&two, &key).await;
+    assert_ne!(refused.connection_id, connected.connection_id);
+    assert_eq!(refused.error.unwrap().code, 80008);
+}
+
+/// A node that stops tells its clients to resume later (§4.5); they resume on another node
+/// with their connectionId while the first is gone.
+#[tokio::test]
+async fn clients_of_a_stopped_node_resume_on_another() {
+    let nats = NatsCluster::start(1).await;
+    let (one, two) = (node(&nats).await, node(&nats).await);
+    let (mut client, connected) = one.connect_key("json").await;
+    let key = connected.connection_details.unwrap().connection_key;
+    let keep = one.stop().await;
+    client.expect(Action::Disconnected).await;
+    let (_, again) = resume_on(&two, &key).await;
+    assert_eq!(again.connection_id, connected.connection_id);
+    assert!(again.error.is_none(), "{again:?}");
     drop(keep);
 }

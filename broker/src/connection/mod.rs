@@ -271,26 +271,37 @@ async fn handshake(
         expires_at: grant.expires_at,
     };
     let mut connect_error = None;
-    let resumed = params
-        .resume
-        .as_ref()
-        .or(params.recover.as_ref())
-        .and_then(|key| match broker.sessions.find(key) {
+    let mut resumed = None;
+    let other_client = || {
+        ErrorInfo::new(
+            codes::RESUME_FAILED,
+            "Unable to recover connection: credentials are for another clientId",
+        )
+    };
+    if let Some(key) = params.resume.as_ref().or(params.recover.as_ref()) {
+        match broker.sessions.find(key) {
             Ok(session) if session.authority().identity.reported == authority.identity.reported => {
-                Some(session)
+                resumed = Some(session);
             }
-            Ok(_) => {
-                connect_error = Some(ErrorInfo::new(
-                    codes::RESUME_FAILED,
-                    "Unable to recover connection: credentials are for another clientId",
-                ));
-                None
+            Ok(_) => connect_error = Some(other_client()),
+            // Not on this node: in a cluster, another node may have served it.
+            Err(e) if e.code == codes::RESUME_FAILED && broker.cluster.is_some() => {
+                let cluster = broker.cluster.as_ref().expect("checked");
+                let reported = authority.identity.reported.as_deref();
+                match cluster.claim(key, reported).await {
+                    Ok(claimed) => {
+                        let session =
+                            broker
+                                .sessions
+                                .adopt(claimed.id, authority.clone(), claimed.echo);
+                        resumed = Some(session);
+                    }
+                    Err(e) => connect_error = Some(e),
+                }
             }
-            Err(e) => {
-                connect_error = Some(e);
-                None
-            }
-        });
+            Err(e) => connect_error = Some(e),
+        }
+    }
     let session = match resumed {
         Some(session) => {
             broker
@@ -311,6 +322,10 @@ async fn handshake(
     let socket_id = broker.next_socket_id();
     if let Some(old) = session.bind(socket_id, outbox.clone()) {
         old.close(None);
+    }
+    if let Some(cluster) = &broker.cluster {
+        // Before CONNECTED hands out the new key, so that any node can resume with it.
+        cluster.record(&session).await;
     }
     let mut conn = Connection {
         broker: broker.clone(),
@@ -409,6 +424,9 @@ async fn finish(conn: Connection, writer: Option<tokio::task::JoinHandle<outbox:
     if ending == Some(Ending::Closed) {
         session.close();
         broker.sessions.remove(&session.id);
+        if let Some(cluster) = &broker.cluster {
+            cluster.forget(&session.id).await;
+        }
         broker
             .channels
             .leave_everywhere(&connection_id, &presence_channels)

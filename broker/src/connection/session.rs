@@ -70,6 +70,23 @@ fn random_text(len: usize) -> String {
 }
 
 impl Session {
+    fn new(id: String, authority: Authority, echo: bool) -> Session {
+        Session {
+            echo,
+            state: Mutex::new(State {
+                key: new_key(&id),
+                authority,
+                socket: None,
+                generation: 0,
+                presence_channels: Default::default(),
+                ledger: Ledger::default(),
+                closed: false,
+            }),
+            settled: watch::Sender::new(0),
+            id,
+        }
+    }
+
     /// The key the client presents to resume: `<connectionId>!<secret>`.
     pub fn connection_key(&self) -> String {
         self.state.lock().expect("session lock").key.clone()
@@ -235,25 +252,36 @@ impl Sessions {
     pub fn create(&self, authority: Authority, echo: bool) -> Arc<Session> {
         loop {
             let id = random_text(12);
-            let session = Arc::new(Session {
-                echo,
-                state: Mutex::new(State {
-                    key: new_key(&id),
-                    authority: authority.clone(),
-                    socket: None,
-                    generation: 0,
-                    presence_channels: Default::default(),
-                    ledger: Ledger::default(),
-                    closed: false,
-                }),
-                settled: watch::Sender::new(0),
-                id: id.clone(),
-            });
+            let session = Arc::new(Session::new(id.clone(), authority.clone(), echo));
             if let dashmap::Entry::Vacant(slot) = self.map.entry(id) {
                 slot.insert(session.clone());
                 return session;
             }
         }
+    }
+
+    /// Takes in a connection that another node of the cluster served (`cluster.rs`), under
+    /// its connectionId, with an empty msgSerial ledger: its resent publishes are stored once
+    /// by their message ids instead.
+    pub fn adopt(&self, id: String, authority: Authority, echo: bool) -> Arc<Session> {
+        let session = Arc::new(Session::new(id.clone(), authority, echo));
+        self.map.insert(id, session.clone());
+        session
+    }
+
+    /// Lets go of a connection that another node of the cluster has resumed: closes its
+    /// socket without a word (the client has already left it) and forgets it. Returns false
+    /// when the connection was not here (it expired).
+    pub fn take_over(&self, id: &str) -> bool {
+        let Some((_, session)) = self.map.remove(id) else {
+            return false;
+        };
+        let mut state = session.state.lock().expect("session lock");
+        state.closed = true;
+        if let Some((_, outbox)) = &state.socket {
+            outbox.close(None);
+        }
+        true
     }
 
     /// Finds the connection a `resume`/`recover` key names, checking its secret in constant

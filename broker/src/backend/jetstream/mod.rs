@@ -313,6 +313,11 @@ impl JetStreamBackend {
         std::fs::remove_file(self.dir.join("RUNNING"))
     }
 
+    /// The JetStream context the backend uses, for the node's other cluster state.
+    pub fn context(&self) -> &jetstream::Context {
+        &self.js
+    }
+
     /// Whether every applier is running (its consumer open).
     pub fn is_ready(&self) -> bool {
         !self

@@ -1,0 +1,265 @@
+//! This node's part in a cluster beyond the channels (which `backend::jetstream` serves): the
+//! connection registry that lets a client resume its connection on another node
+//! (`../shared/cluster.md` §3.5).
+//!
+//! Every bind of a connection (connect, resume) puts `{owner, hash of the connection key,
+//! clientId}` under the connectionId in the KV bucket `<PREFIX>_CONN`. A node asked to resume a
+//! connection it does not hold reads that entry; the key must match; it takes the connection
+//! over with a compare-and-set on the entry's revision, so of two nodes racing only one wins,
+//! and asks the old owner to let go (`<prefix>.node.<owner>.evict`). An owner that answers
+//! "gone" had already expired the connection, so the resume fails with 80008, as it would on
+//! one node; an owner that does not answer is taken for dead, and the connection moves. A
+//! CLOSE deletes the entry. The connection's resent publishes need nothing from here:
+//! their message ids come from the connectionId and msgSerial, and JetStream stores a message
+//! id once.
+//!
+//! Entries expire an hour after their last bind, so the registry does not keep the
+//! connections of nodes that died; a connection bound for longer than that cannot move to
+//! another node, and gets a new connectionId there (its channels still resume by serial).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures_util::StreamExt;
+use protocol::error::codes;
+use protocol::ErrorInfo;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::watch;
+
+use crate::connection::session::{Session, Sessions};
+
+/// How long a connection's entry outlives its last bind.
+const ENTRY_MAX_AGE: Duration = Duration::from_secs(3600);
+/// How long a resume waits for the old owner's answer before taking it for dead.
+const EVICT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// The old owner's answer when it held the connection and let it go.
+const EVICTED: &[u8] = b"evicted";
+/// The old owner's answer when it no longer knew the connection (it expired there).
+const GONE: &[u8] = b"gone";
+
+/// What the registry keeps of a connection.
+#[derive(Debug, Serialize, Deserialize)]
+struct Entry {
+    /// The node serving it.
+    owner: String,
+    /// SHA-256 of its current connection key, hex.
+    key_hash: String,
+    /// The clientId it reported, which a resume must present again.
+    client_id: Option<String>,
+    /// Its `echo` setting.
+    echo: bool,
+}
+
+/// A connection another node held, now claimed by this one.
+pub struct Claimed {
+    /// Its connectionId.
+    pub id: String,
+    /// The clientId it reported.
+    pub client_id: Option<String>,
+    /// Its `echo` setting.
+    pub echo: bool,
+}
+
+/// This node in the cluster.
+pub struct ClusterNode {
+    node: String,
+    prefix: String,
+    client: async_nats::Client,
+    connections: kv::Store,
+}
+
+fn key_hash(connection_key: &str) -> String {
+    Sha256::digest(connection_key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A connectionId as a KV key: the ids this broker makes are letters and digits; anything
+/// else is not one of ours.
+fn kv_key(id: &str) -> Option<&str> {
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric())).then_some(id)
+}
+
+fn failed(detail: &str) -> ErrorInfo {
+    ErrorInfo::new(
+        codes::RESUME_FAILED,
+        format!("Unable to recover connection ({detail})"),
+    )
+}
+
+impl ClusterNode {
+    /// Opens (or creates) the registry bucket with `replicas` copies.
+    pub async fn join(
+        js: &jetstream::Context,
+        node: String,
+        prefix: &str,
+        replicas: usize,
+    ) -> Result<Arc<ClusterNode>, String> {
+        let connections = js
+            .create_or_update_key_value(kv::Config {
+                bucket: format!("{}_CONN", prefix.to_ascii_uppercase()),
+                description: "connections, by connectionId: owner node and key hash".to_owned(),
+                history: 1,
+                max_age: ENTRY_MAX_AGE,
+                num_replicas: replicas,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("connection registry: {e}"))?;
+        Ok(Arc::new(ClusterNode {
+            node,
+            prefix: prefix.to_owned(),
+            client: js.client(),
+            connections,
+        }))
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn evict_subject(&self, node: &str) -> String {
+        format!(
+            "{}.node.{}.evict",
+            self.prefix,
+            crate::backend::jetstream::subject::token(node)
+        )
+    }
+
+    /// Records that this node now serves `session` under its current key. A failure is
+    /// logged: the connection works, but cannot move to another node until its next bind.
+    pub async fn record(&self, session: &Session) {
+        let Some(key) = kv_key(&session.id) else {
+            return;
+        };
+        let entry = Entry {
+            owner: self.node.clone(),
+            key_hash: key_hash(&session.connection_key()),
+            client_id: session.authority().identity.reported,
+            echo: session.echo,
+        };
+        let value = serde_json::to_vec(&entry).expect("entry serializes");
+        if let Err(e) = self.connections.put(key, value.into()).await {
+            tracing::warn!(connection = %session.id, error = %e, "connection registry put failed");
+        }
+    }
+
+    /// Forgets a closed connection, so that no node resumes it.
+    pub async fn forget(&self, id: &str) {
+        if let Some(key) = kv_key(id) {
+            if let Err(e) = self.connections.delete(key).await {
+                tracing::warn!(connection = %id, error = %e, "connection registry delete failed");
+            }
+        }
+    }
+
+    /// Takes over the connection `connection_key` names from the node that served it, or
+    /// says why it cannot be resumed (80008, or 80018 for a malformed key).
+    /// `client_id` is the clientId the resuming client reports, which must be the
+    /// connection's.
+    pub async fn claim(
+        &self,
+        connection_key: &str,
+        client_id: Option<&str>,
+    ) -> Result<Claimed, ErrorInfo> {
+        let Some((id, _)) = connection_key.split_once('!') else {
+            return Err(ErrorInfo::new(
+                codes::INVALID_CONNECTION_KEY,
+                "Invalid connection key",
+            ));
+        };
+        let key = kv_key(id).ok_or_else(|| failed("unknown connection"))?;
+        let entry = self
+            .connections
+            .entry(key)
+            .await
+            .map_err(|e| {
+                tracing::warn!(connection = %id, error = %e, "connection registry read failed");
+                failed("the cluster's connection registry is unavailable")
+            })?
+            .filter(|e| e.operation == kv::Operation::Put)
+            .ok_or_else(|| failed("connection expired"))?;
+        let held: Entry =
+            serde_json::from_slice(&entry.value).map_err(|_| failed("connection expired"))?;
+        let matches: bool = held
+            .key_hash
+            .as_bytes()
+            .ct_eq(key_hash(connection_key).as_bytes())
+            .into();
+        if !matches || held.owner == self.node {
+            // A stale key, or one this node served and has already expired.
+            return Err(failed("connection expired"));
+        }
+        if held.client_id.as_deref() != client_id {
+            return Err(ErrorInfo::new(
+                codes::RESUME_FAILED,
+                "Unable to recover connection: credentials are for another clientId",
+            ));
+        }
+        let previous = held.owner.clone();
+        let claimed = Entry {
+            owner: self.node.clone(),
+            ..held
+        };
+        let value = serde_json::to_vec(&claimed).expect("entry serializes");
+        self.connections
+            .update(key, value.into(), entry.revision)
+            .await
+            .map_err(|_| failed("connection resumed elsewhere"))?;
+        let request = self
+            .client
+            .request(self.evict_subject(&previous), id.to_owned().into());
+        match tokio::time::timeout(EVICT_TIMEOUT, request).await {
+            Ok(Ok(reply)) if reply.payload.as_ref() == GONE => {
+                self.forget(id).await;
+                return Err(failed("connection expired"));
+            }
+            // Let go, or the owner is dead (no responders, or silence).
+            _ => {}
+        }
+        Ok(Claimed {
+            id: id.to_owned(),
+            client_id: claimed.client_id,
+            echo: claimed.echo,
+        })
+    }
+
+    /// Answers other nodes' requests to let go of a connection they resumed, until `stop`.
+    pub fn serve_evictions(
+        self: &Arc<Self>,
+        sessions: Arc<Sessions>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut requests = match node.client.subscribe(node.evict_subject(&node.node)).await {
+                Ok(requests) => requests,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot serve eviction requests");
+                    return;
+                }
+            };
+            loop {
+                let request = tokio::select! {
+                    request = requests.next() => request,
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                let Some(request) = request else { return };
+                let id = String::from_utf8_lossy(&request.payload).into_owned();
+                let answer = match sessions.take_over(&id) {
+                    true => EVICTED,
+                    false => GONE,
+                };
+                if let Some(reply) = request.reply {
+                    let _ = node.client.publish(reply, answer.into()).await;
+                }
+            }
+        });
+    }
+}
