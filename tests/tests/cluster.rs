@@ -2,7 +2,7 @@
 //! the same channels. Real brokers on 127.0.0.1:0, each with its own data directory, and real
 //! nats-servers from `tests::nats`.
 
-use protocol::{flags, Action, ProtocolMessage};
+use protocol::{flags, Action, Data, PresenceAction, PresenceMessage, ProtocolMessage};
 use tests::nats::NatsCluster;
 use tests::{history, publish_message, texts, urlencode, Client, TestBroker, KEY};
 
@@ -206,4 +206,112 @@ async fn clients_of_a_stopped_node_resume_on_another() {
     assert_eq!(again.connection_id, connected.connection_id);
     assert!(again.error.is_none(), "{again:?}");
     drop(keep);
+}
+
+/// A client of the test key with `client_id`, on `broker`.
+async fn user(broker: &TestBroker, client_id: &str) -> Client {
+    let token = tests::ably_jwt(
+        KEY,
+        serde_json::json!({"exp": tests::now_secs() + 600, "x-ably-clientId": client_id}),
+    );
+    let mut client = broker
+        .connect(&format!("access_token={token}&format=json"))
+        .await;
+    client.expect(Action::Connected).await;
+    client
+}
+
+fn presence_op(
+    channel: &str,
+    msg_serial: u64,
+    action: PresenceAction,
+    data: &str,
+) -> ProtocolMessage {
+    ProtocolMessage {
+        msg_serial: Some(msg_serial),
+        presence: Some(vec![PresenceMessage {
+            action,
+            data: Some(Data::String(data.into())),
+            ..Default::default()
+        }]),
+        ..ProtocolMessage::for_channel(Action::Presence, channel)
+    }
+}
+
+/// The next PRESENCE event, skipping ACKs and SYNCs.
+async fn next_presence(client: &mut Client) -> PresenceMessage {
+    loop {
+        let m = client.next().await.expect("open");
+        if m.action == Action::Presence {
+            return m.presence.unwrap().remove(0);
+        }
+    }
+}
+
+/// The clientIds REST lists as present on `broker`.
+async fn present(broker: &TestBroker, channel: &str) -> Vec<String> {
+    let members = tests::json(
+        tests::http()
+            .get(broker.url(&format!("/channels/{channel}/presence")))
+            .header("authorization", tests::basic_auth()),
+    )
+    .await;
+    let mut ids: Vec<String> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["clientId"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Presence across nodes (cluster.md §3.6): a member entered on one node is announced to
+/// subscribers on another, synced to a client attaching there, listed by REST there, and its
+/// update and leave follow.
+#[tokio::test]
+async fn members_entered_on_one_node_are_seen_on_another() {
+    let nats = NatsCluster::start(1).await;
+    let (one, two) = (node(&nats).await, node(&nats).await);
+    let (mut watcher, _) = two.connect_key("json").await;
+    watcher.attach("room").await;
+    let mut alice = user(&one, "alice").await;
+    alice.attach("room").await;
+    alice
+        .send(&presence_op("room", 0, PresenceAction::Enter, "hi"))
+        .await;
+    alice.expect_acks(1).await;
+    let entered = next_presence(&mut watcher).await;
+    assert_eq!(entered.action, PresenceAction::Enter);
+    assert_eq!(entered.client_id.as_deref(), Some("alice"));
+    assert_eq!(present(&two, "room").await, ["alice"]);
+
+    // A client attaching on the other node gets her in its SYNC.
+    let mut late = two.connect_key("json").await.0;
+    late.send(&ProtocolMessage::for_channel(Action::Attach, "room"))
+        .await;
+    let attached = late.expect(Action::Attached).await;
+    assert!(attached.has_flag(flags::HAS_PRESENCE));
+    let sync = late.expect(Action::Sync).await;
+    let synced: Vec<_> = sync
+        .presence
+        .unwrap()
+        .into_iter()
+        .map(|m| m.client_id)
+        .collect();
+    assert_eq!(synced, [Some("alice".to_owned())]);
+
+    alice
+        .send(&presence_op("room", 1, PresenceAction::Update, "away"))
+        .await;
+    let updated = next_presence(&mut watcher).await;
+    assert_eq!(updated.action, PresenceAction::Update);
+    assert_eq!(updated.data, Some(Data::String("away".into())));
+    alice
+        .send(&presence_op("room", 2, PresenceAction::Leave, ""))
+        .await;
+    let left = next_presence(&mut watcher).await;
+    assert_eq!(left.action, PresenceAction::Leave);
+    assert!(present(&two, "room").await.is_empty());
+    assert!(present(&one, "room").await.is_empty());
 }

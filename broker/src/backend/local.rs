@@ -18,7 +18,9 @@ use futures_util::FutureExt;
 use protocol::{Message, PresenceMessage};
 
 use super::presence::{self, PresenceSet};
-use super::{Appended, Backend, Draft, Head, PresenceChange, Query, Stored, Stream, WhenDurable};
+use super::{
+    Appended, Backend, Committed, Draft, Head, PresenceChange, Query, Stored, Stream, WhenDurable,
+};
 use crate::auth::now_ms;
 use crate::store::commit::Committer;
 use crate::store::{format_serial, ChannelLog, Direction, Retained, StoreError, UNCLEAN_STOP_SKIP};
@@ -152,6 +154,27 @@ impl PresenceHistory {
     /// The members.
     pub(super) fn members(&self) -> &PresenceSet {
         &self.members
+    }
+
+    /// Starts from `members` (those other nodes hold, in cluster mode).
+    pub(super) fn seed(&mut self, members: PresenceSet) {
+        self.members = members;
+    }
+
+    /// Applies another node's event and records it; returns it when it changed the members.
+    pub(super) fn apply_remote(
+        &mut self,
+        channel: &str,
+        event: PresenceMessage,
+    ) -> Option<PresenceMessage> {
+        let action = event.action;
+        self.members.apply(event.clone())?;
+        // The other node's event as it announced it, not as re-derived here.
+        let event = PresenceMessage { action, ..event };
+        if let Err(e) = self.record(channel, std::slice::from_ref(&event)) {
+            tracing::warn!(%channel, error = %e, "presence history append failed");
+        }
+        Some(event)
     }
 
     /// Applies `change` and appends its events to the history (not synced here: the next
@@ -299,7 +322,7 @@ impl Stream for LocalStream {
         self.append_batch(drafts).boxed()
     }
 
-    fn committed(&mut self) -> BoxFuture<'_, Vec<(u64, Message)>> {
+    fn committed(&mut self) -> BoxFuture<'_, Committed> {
         // Appends are the only writes, and they hand back what they stored.
         Box::pin(std::future::pending())
     }

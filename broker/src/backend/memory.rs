@@ -12,7 +12,9 @@ use futures_util::future::BoxFuture;
 use protocol::{Message, PresenceMessage};
 
 use super::presence::{self, PresenceSet};
-use super::{Appended, Backend, Draft, Head, PresenceChange, Query, Stored, Stream, WhenDurable};
+use super::{
+    Appended, Backend, Committed, Draft, Head, PresenceChange, Query, Stored, Stream, WhenDurable,
+};
 use crate::auth::now_ms;
 use crate::store::{format_serial, Direction, StoreError};
 
@@ -193,7 +195,7 @@ impl Stream for MemoryStream {
         Box::pin(std::future::ready(result))
     }
 
-    fn committed(&mut self) -> BoxFuture<'_, Vec<(u64, Message)>> {
+    fn committed(&mut self) -> BoxFuture<'_, Committed> {
         // Appends are the only writes, and they hand back what they stored.
         Box::pin(std::future::pending())
     }

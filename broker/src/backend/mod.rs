@@ -95,6 +95,15 @@ pub enum PresenceChange {
     },
 }
 
+/// What [`Stream::committed`] hands the channel's actor to deliver.
+#[derive(Debug)]
+pub enum Committed {
+    /// Messages committed to the channel, with their positions, in order.
+    Messages(Vec<(u64, Message)>),
+    /// Presence events from other nodes, to broadcast.
+    Presence(Vec<PresenceMessage>),
+}
+
 /// Called once with whether a batch became durable.
 pub type WhenDurable = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
@@ -127,12 +136,14 @@ pub trait Stream: Send {
     /// [`Stream::when_durable`]. On an error nothing of the batch is stored and no id of it is
     /// remembered; serials given out are not reused.
     fn append(&mut self, drafts: Vec<Draft>) -> BoxFuture<'_, Result<Appended, StoreError>>;
-    /// Resolves with the next messages committed to the channel that this stream's appends
-    /// did not hand back in [`Stored::fresh`], with their positions, in order and each once,
-    /// and moves the head past them. A backend whose appends are the channel's only writes
-    /// (local, memory) has none and never resolves; a shared backend (cluster mode) delivers
-    /// every message through here, its own writers' included, in the order all nodes share.
-    fn committed(&mut self) -> BoxFuture<'_, Vec<(u64, Message)>>;
+    /// Resolves with the next change to the channel that did not come through this stream:
+    /// messages its appends did not hand back in [`Stored::fresh`] (with their positions, in
+    /// order and each once; the head moves past them), or presence events of other nodes
+    /// (already applied to [`Stream::members`] and recorded). A backend whose streams are the
+    /// channel's only writers (local, memory) has none and never resolves; a shared backend
+    /// (cluster mode) delivers every message through here, its own writers' included, in the
+    /// order all nodes share.
+    fn committed(&mut self) -> BoxFuture<'_, Committed>;
     /// Calls `then` once everything appended so far is durable (or could not be made so).
     fn when_durable(&mut self, count: u64, then: WhenDurable);
     /// Reads what retention left since the head was last read (`first` moves up). Blocking.
@@ -141,6 +152,11 @@ pub trait Stream: Send {
     fn read(&self, query: &Query) -> Result<Vec<(u64, Message)>, StoreError>;
     /// The channel's members, as of the last change.
     fn members(&self) -> &PresenceSet;
+    /// Whether the stream is where the members are kept, so its actor must not retire while
+    /// there are any. Cluster mode keeps them on the node beside the streams.
+    fn holds_members(&self) -> bool {
+        !self.members().is_empty()
+    }
     /// Applies a presence change to the member set and records the events it causes in the
     /// channel's presence history (as `presence::to_record` records, numbered after the last,
     /// kept to the backend's retention); resolves to those events, in order, for the actor to

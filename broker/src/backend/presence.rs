@@ -12,7 +12,7 @@ use protocol::{Message, PresenceAction, PresenceMessage};
 use super::PresenceChange;
 
 /// The members of one channel.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct PresenceSet {
     members: BTreeMap<(String, String), PresenceMessage>,
 }

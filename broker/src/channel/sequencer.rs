@@ -25,7 +25,7 @@ use super::{
     Subscriber,
 };
 use crate::auth::now_ms;
-use crate::backend::{Draft, PresenceChange, Stored, Stream};
+use crate::backend::{Committed, Draft, PresenceChange, Stored, Stream};
 use crate::lifecycle::TaskGuard;
 use crate::outbox::{encode_frame, Frame};
 use crate::store::{format_serial, parse_serial, Direction, Query, StoreError};
@@ -86,11 +86,14 @@ impl Sequencer {
         let mut shutdown = self.context.shutdown.clone();
         let mut leftover_attaches = Vec::new();
         loop {
-            let idle = self.hub.is_empty() && self.stream.members().is_empty();
+            let idle = self.hub.is_empty() && !self.stream.holds_members();
             let first = tokio::select! {
                 command = commands.recv() => command,
-                rows = self.stream.committed() => {
-                    self.deliver_committed(rows).await;
+                committed = self.stream.committed() => {
+                    match committed {
+                        Committed::Messages(rows) => self.deliver_committed(rows).await,
+                        Committed::Presence(events) => self.announce_remote_presence(events),
+                    }
                     continue;
                 }
                 _ = tokio::time::sleep(IDLE_RETIRE), if idle => None,
@@ -327,6 +330,17 @@ impl Sequencer {
             .presence_members
             .add(after as i64 - before as i64);
         Some(events)
+    }
+
+    /// Broadcasts presence events that other nodes' members caused (cluster mode): leaves
+    /// and enters arrive as the stream learnt of them, with no originator on this node.
+    fn announce_remote_presence(&mut self, events: Vec<PresenceMessage>) {
+        let message = ProtocolMessage {
+            timestamp: events.iter().filter_map(|e| e.timestamp).max(),
+            presence: Some(events),
+            ..ProtocolMessage::for_channel(Action::Presence, &self.name)
+        };
+        self.announce_presence(&message, None);
     }
 
     /// Counts presence events and broadcasts them (the stream has recorded their history).

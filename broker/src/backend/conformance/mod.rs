@@ -43,7 +43,7 @@ pub async fn settle(stream: &mut dyn Stream, serials: &[Option<String>]) {
         .max()
         .unwrap_or(0);
     while stream.head().last < want {
-        stream.committed().await;
+        let _ = stream.committed().await;
     }
 }
 

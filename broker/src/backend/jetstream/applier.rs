@@ -17,7 +17,7 @@ use protocol::Message;
 use tokio::sync::watch;
 
 use super::subject;
-use super::Shard;
+use super::{Delivery, Shard};
 use crate::backend::local::Retention;
 use crate::metrics::Metrics;
 use crate::store::{format_serial, ChannelLog};
@@ -181,17 +181,20 @@ impl Applier {
         self.metrics.cluster_applied.inc_by(count as u64);
         // Then the sequencers on this node, taken under the feed lock (see `open`).
         let feeds: Vec<_> = {
-            let feeds = self.shard.feeds.lock().expect("feeds");
+            let state = self.shard.state.lock().expect("shard state");
             channels
                 .into_iter()
                 .filter_map(|(channel, rows)| {
-                    feeds.get(&channel).map(|feed| (feed.sender.clone(), rows))
+                    state
+                        .feeds
+                        .get(&channel)
+                        .map(|feed| (feed.sender.clone(), rows))
                 })
                 .collect()
         };
         for (sender, rows) in feeds {
             // A sequencer that retired meanwhile has read the view instead.
-            let _ = sender.send(rows).await;
+            let _ = sender.send(Delivery::Messages(rows)).await;
         }
     }
 }

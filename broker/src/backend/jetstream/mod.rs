@@ -21,6 +21,7 @@
 //! Presence, its history and the connections' msgSerial ledgers are still kept per node.
 
 mod applier;
+mod presence;
 pub mod subject;
 
 use std::collections::HashMap;
@@ -29,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self, kv, stream};
 use async_nats::HeaderMap;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
@@ -39,7 +40,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::local::{PresenceHistory, Retention};
 use super::presence::PresenceSet;
-use super::{Appended, Backend, Draft, Head, PresenceChange, Query, Stored, Stream, WhenDurable};
+use super::{
+    Appended, Backend, Committed, Draft, Head, PresenceChange, Query, Stored, Stream, WhenDurable,
+};
 use crate::auth::now_ms;
 use crate::config::ClusterSettings;
 use crate::metrics::Metrics;
@@ -81,17 +84,35 @@ pub(crate) struct Shard {
     stream: String,
     /// The stream's identity: its shard and creation time.
     epoch: String,
-    /// The channels of this shard that have a sequencer on this node.
-    feeds: Mutex<HashMap<String, Feed>>,
+    /// Its channels' feeds and presence on this node.
+    state: Mutex<ShardState>,
     /// The last stream sequence written to the view.
     applied: watch::Sender<u64>,
 }
 
-/// Where the applier hands one channel's committed messages.
+/// What one shard's channels have on this node, under one lock so that a stream opens
+/// between two deliveries, never across one.
+#[derive(Default)]
+struct ShardState {
+    /// The channels that have a sequencer on this node.
+    feeds: HashMap<String, Feed>,
+    /// Every channel's presence members in the cluster, mirrored from the bucket.
+    members: HashMap<String, PresenceSet>,
+}
+
+/// Where the applier and the presence watcher hand one channel's changes.
 struct Feed {
     /// Tells a stream's own registration from a successor's.
     id: u64,
-    sender: mpsc::Sender<Vec<(u64, Message)>>,
+    sender: mpsc::Sender<Delivery>,
+}
+
+/// A change for one channel's stream.
+enum Delivery {
+    /// Committed messages, in stream order.
+    Messages(Vec<(u64, Message)>),
+    /// Another node's presence event.
+    Presence(PresenceMessage),
 }
 
 /// What a node remembers of its view between clean runs (`<data_dir>/cluster/applied.json`).
@@ -114,6 +135,10 @@ pub struct View {
 /// The cluster backend of one node.
 pub struct JetStreamBackend {
     settings: ClusterSettings,
+    /// This node's name.
+    node: String,
+    /// The presence bucket.
+    presence: kv::Store,
     js: jetstream::Context,
     shards: Vec<Arc<Shard>>,
     view: Arc<dyn ChannelLog>,
@@ -243,13 +268,30 @@ impl JetStreamBackend {
                 index,
                 stream: name,
                 epoch,
-                feeds: Mutex::new(HashMap::new()),
+                state: Mutex::new(ShardState::default()),
                 applied: applied_tx,
             }));
             ends.push(last);
         }
+        let presence = js
+            .create_or_update_key_value(kv::Config {
+                bucket: format!("{}_PRES", settings.prefix.to_ascii_uppercase()),
+                description: "presence members, by channel, connection and clientId".to_owned(),
+                history: 1,
+                num_replicas: settings.replicas(),
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| StartError::Stream {
+                stream: "presence bucket".to_owned(),
+                reason: e.to_string(),
+            })?;
         let (stop, _) = watch::channel(false);
+        let node = settings.node_id.clone().unwrap_or_default();
         let backend = Arc::new(JetStreamBackend {
+            node,
+            presence,
             settings,
             js,
             shards,
@@ -274,6 +316,17 @@ impl JetStreamBackend {
             };
             let handle = tokio::spawn(task.run(backend.stop.subscribe()));
             backend.appliers.lock().expect("appliers").push(handle);
+        }
+        let (caught_up, mut presence_ready) = watch::channel(false);
+        let watcher = tokio::spawn(
+            backend
+                .clone()
+                .watch_presence(caught_up, backend.stop.subscribe()),
+        );
+        backend.appliers.lock().expect("appliers").push(watcher);
+        let members = backend.presence.status().await.map_or(0, |s| s.values());
+        if members > 0 {
+            let _ = presence_ready.wait_for(|ready| *ready).await;
         }
         for (shard, end) in backend.shards.iter().zip(ends) {
             let mut applied = shard.applied.subscribe();
@@ -345,17 +398,21 @@ impl Backend for JetStreamBackend {
         // Under the feed lock, so the applier either wrote a message before the bounds are
         // read (and it is in them) or hands it to this feed (and the stream skips what the
         // bounds already cover): nothing falls between the two.
-        let bounds = {
-            let mut feeds = shard.feeds.lock().expect("feeds");
+        let (bounds, members) = {
+            let mut state = shard.state.lock().expect("shard state");
             let bounds = self.view.bounds(channel)?;
-            feeds.insert(channel.to_owned(), Feed { id, sender });
-            bounds
+            state.feeds.insert(channel.to_owned(), Feed { id, sender });
+            (
+                bounds,
+                state.members.get(channel).cloned().unwrap_or_default(),
+            )
         };
-        let presence = PresenceHistory::open(
+        let mut presence = PresenceHistory::open(
             self.presence_log.clone(),
             channel,
             Retention::new(channel, self.max_messages, self.age_sweeps.clone()),
         )?;
+        presence.seed(members);
         Ok(Box::new(JetStreamStream {
             name: channel.to_owned(),
             subject: subject::subject(&self.settings.prefix, shard.index, channel),
@@ -372,6 +429,8 @@ impl Backend for JetStreamBackend {
             deadline: Duration::from_millis(self.settings.publish_deadline_ms),
             metrics: self.metrics.clone(),
             presence,
+            node: self.node.clone(),
+            presence_kv: self.presence.clone(),
         }))
     }
 
@@ -395,19 +454,25 @@ struct JetStreamStream {
     head: Head,
     shard: Arc<Shard>,
     feed_id: u64,
-    feed: mpsc::Receiver<Vec<(u64, Message)>>,
+    feed: mpsc::Receiver<Delivery>,
     js: jetstream::Context,
     view: Arc<dyn ChannelLog>,
     deadline: Duration,
     metrics: Arc<Metrics>,
     presence: PresenceHistory,
+    node: String,
+    presence_kv: kv::Store,
 }
 
 impl Drop for JetStreamStream {
     fn drop(&mut self) {
-        let mut feeds = self.shard.feeds.lock().expect("feeds");
-        if feeds.get(&self.name).is_some_and(|f| f.id == self.feed_id) {
-            feeds.remove(&self.name);
+        let mut state = self.shard.state.lock().expect("shard state");
+        if state
+            .feeds
+            .get(&self.name)
+            .is_some_and(|f| f.id == self.feed_id)
+        {
+            state.feeds.remove(&self.name);
         }
     }
 }
@@ -560,18 +625,27 @@ impl Stream for JetStreamStream {
         self.append_batch(drafts).boxed()
     }
 
-    fn committed(&mut self) -> BoxFuture<'_, Vec<(u64, Message)>> {
+    fn committed(&mut self) -> BoxFuture<'_, Committed> {
         async move {
             loop {
-                let Some(mut rows) = self.feed.recv().await else {
+                let Some(delivery) = self.feed.recv().await else {
                     // The backend stopped: nothing more will come.
                     return std::future::pending().await;
                 };
-                // The view may already have held these when the stream was opened.
-                rows.retain(|(seq, _)| *seq > self.head.last);
-                if let Some((last, _)) = rows.last() {
-                    self.head.last = *last;
-                    return rows;
+                match delivery {
+                    Delivery::Messages(mut rows) => {
+                        // The view may already have held these when the stream was opened.
+                        rows.retain(|(seq, _)| *seq > self.head.last);
+                        if let Some((last, _)) = rows.last() {
+                            self.head.last = *last;
+                            return Committed::Messages(rows);
+                        }
+                    }
+                    Delivery::Presence(event) => {
+                        if let Some(event) = self.presence.apply_remote(&self.name, event) {
+                            return Committed::Presence(vec![event]);
+                        }
+                    }
                 }
             }
         }
@@ -602,11 +676,20 @@ impl Stream for JetStreamStream {
         self.presence.members()
     }
 
+    fn holds_members(&self) -> bool {
+        // The node's mirror keeps them; a stream opened again starts from it.
+        false
+    }
+
     fn presence(
         &mut self,
         change: PresenceChange,
     ) -> BoxFuture<'_, Result<Vec<PresenceMessage>, StoreError>> {
-        let events = self.presence.change(&self.name, change);
-        std::future::ready(Ok(events)).boxed()
+        async move {
+            let events = self.presence.change(&self.name, change);
+            presence::share(&self.presence_kv, &self.node, &self.name, &events).await;
+            Ok(events)
+        }
+        .boxed()
     }
 }

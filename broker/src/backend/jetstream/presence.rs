@@ -1,0 +1,205 @@
+//! Presence across the cluster (`../shared/cluster.md` §3.6, mode A): every member lives in
+//! the KV bucket `<PREFIX>_PRES` under `c<hex channel>.<connectionId>.c<hex clientId>`, and
+//! every node mirrors the whole bucket in memory (per shard, beside the channels' feeds).
+//!
+//! A node that changes a member writes the event it broadcast: an enter or update as the
+//! member's value, a leave as a tombstone value that it then deletes if nothing has replaced
+//! it (a delete conditioned on the tombstone's revision), so a leave reaches every node with
+//! its id and data, and a member entered again meanwhile is never removed. Each value names
+//! the node that wrote it. The watcher applies every value to the mirror, in the bucket's
+//! order, and hands the events of other nodes to that channel's stream on this node, if it
+//! has one; a node's own events are already in its streams. A stream opened on a channel
+//! starts from the mirror's members, taken under the same lock as its feed registration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use futures_util::StreamExt;
+use protocol::{PresenceAction, PresenceMessage};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{subject, Delivery, JetStreamBackend};
+
+/// A value of the presence bucket: the event a node broadcast for the member.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Written {
+    /// The node that wrote it.
+    pub(super) origin: String,
+    /// The event: enter, update or leave, with the member's fields.
+    pub(super) event: PresenceMessage,
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(token: &str) -> Option<String> {
+    let bytes = token.strip_prefix('c')?.as_bytes();
+    if bytes.len() % 2 != 0 {
+        return None;
+    }
+    let decoded: Option<Vec<u8>> = bytes
+        .chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect();
+    String::from_utf8(decoded?).ok()
+}
+
+/// The bucket key of `event`'s member on `channel`, if its connectionId can be one.
+pub(super) fn key(channel: &str, event: &PresenceMessage) -> Option<String> {
+    let connection = event.connection_id.as_deref()?;
+    if connection.is_empty() || !connection.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
+    let client = event.client_id.as_deref().unwrap_or("");
+    Some(format!("c{}.{connection}.c{}", hex(channel), hex(client)))
+}
+
+/// The channel a bucket key belongs to.
+fn channel_of(key: &str) -> Option<String> {
+    unhex(key.split('.').next()?)
+}
+
+/// Writes the events `node` broadcast for `channel` to the presence bucket. A failure is
+/// logged: the members stand on this node, and other nodes learn of them with the member's
+/// next change.
+pub(super) async fn share(
+    bucket: &kv::Store,
+    node: &str,
+    channel: &str,
+    events: &[PresenceMessage],
+) {
+    for event in events {
+        let Some(key) = key(channel, event) else {
+            continue;
+        };
+        let written = Written {
+            origin: node.to_owned(),
+            event: event.clone(),
+        };
+        let value = serde_json::to_vec(&written).expect("presence value serializes");
+        let revision = match bucket.put(&key, value.into()).await {
+            Ok(revision) => revision,
+            Err(e) => {
+                tracing::warn!(%channel, error = %e, "presence write to the cluster failed");
+                continue;
+            }
+        };
+        if event.action == PresenceAction::Leave {
+            // Only the tombstone goes: a member entered again since stays.
+            let _ = bucket.delete_expect_revision(&key, Some(revision)).await;
+        }
+    }
+}
+
+impl JetStreamBackend {
+    /// Mirrors the presence bucket until `stop`, handing other nodes' events to the streams;
+    /// `caught_up` turns true once the values present at start are applied.
+    pub(super) async fn watch_presence(
+        self: Arc<Self>,
+        caught_up: watch::Sender<bool>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut last_revision = 0;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let opened = if last_revision == 0 {
+                self.presence.watch_with_history(">").await
+            } else {
+                self.presence
+                    .watch_all_from_revision(last_revision + 1)
+                    .await
+            };
+            let mut entries = match opened {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the presence bucket; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            loop {
+                let next = tokio::select! {
+                    next = entries.next() => next,
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                let entry = match next {
+                    Some(Ok(entry)) => entry,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "presence watch failed; opening it again");
+                        break;
+                    }
+                    None => break,
+                };
+                last_revision = entry.revision;
+                if entry.operation == kv::Operation::Put {
+                    self.mirror_presence(&entry.key, &entry.value).await;
+                }
+                if entry.delta == 0 {
+                    caught_up.send_replace(true);
+                }
+            }
+        }
+    }
+
+    /// Applies one value to the mirror and, for another node's event, to the channel's stream.
+    async fn mirror_presence(&self, key: &str, value: &[u8]) {
+        let (Some(channel), Ok(written)) =
+            (channel_of(key), serde_json::from_slice::<Written>(value))
+        else {
+            tracing::warn!(%key, "unreadable presence value skipped");
+            return;
+        };
+        let shard = &self.shards[subject::shard_of(&channel, self.settings.shards) as usize];
+        let sender = {
+            let mut state = shard.state.lock().expect("shard state");
+            let members = state.members.entry(channel.clone()).or_default();
+            members.apply(written.event.clone());
+            if members.is_empty() {
+                state.members.remove(&channel);
+            }
+            let remote = written.origin != self.node;
+            state
+                .feeds
+                .get(&channel)
+                .filter(|_| remote)
+                .map(|feed| feed.sender.clone())
+        };
+        if let Some(sender) = sender {
+            let _ = sender.send(Delivery::Presence(written.event)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_the_channel_and_member() {
+        let event = PresenceMessage {
+            client_id: Some("ünï.*".into()),
+            connection_id: Some("abc123".into()),
+            ..Default::default()
+        };
+        let key = key("room.1 >", &event).unwrap();
+        assert!(key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.'));
+        assert_eq!(channel_of(&key).as_deref(), Some("room.1 >"));
+        let odd = PresenceMessage {
+            connection_id: Some("a:b".into()),
+            ..event
+        };
+        assert!(key_is_none(&odd));
+    }
+
+    fn key_is_none(event: &PresenceMessage) -> bool {
+        key("c", event).is_none()
+    }
+}
