@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
+use crate::backend::jetstream::JetStreamBackend;
 use crate::connection::session::{Session, Sessions};
 
 /// How long a connection's entry outlives its last bind.
@@ -66,6 +67,7 @@ pub struct Claimed {
 /// This node in the cluster.
 pub struct ClusterNode {
     node: String,
+    backend: Arc<JetStreamBackend>,
     prefix: String,
     client: async_nats::Client,
     connections: kv::Store,
@@ -92,13 +94,14 @@ fn failed(detail: &str) -> ErrorInfo {
 }
 
 impl ClusterNode {
-    /// Opens (or creates) the registry bucket with `replicas` copies.
+    /// Opens (or creates) the registry bucket with `replicas` copies, beside `backend`.
     pub async fn join(
-        js: &jetstream::Context,
+        backend: Arc<JetStreamBackend>,
         node: String,
         prefix: &str,
         replicas: usize,
     ) -> Result<Arc<ClusterNode>, String> {
+        let js = backend.context().clone();
         let connections = js
             .create_or_update_key_value(kv::Config {
                 bucket: format!("{}_CONN", prefix.to_ascii_uppercase()),
@@ -113,6 +116,7 @@ impl ClusterNode {
             .map_err(|e| format!("connection registry: {e}"))?;
         Ok(Arc::new(ClusterNode {
             node,
+            backend,
             prefix: prefix.to_owned(),
             client: js.client(),
             connections,
@@ -122,6 +126,27 @@ impl ClusterNode {
     /// This node's name.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// Whether the node can serve: connected to a NATS server, with every applier running.
+    /// For `/health`, with the details.
+    pub fn health(&self) -> (bool, serde_json::Value) {
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+        let info = self.client.server_info();
+        let appliers = self.backend.is_ready();
+        let ready = connected && appliers;
+        let detail = serde_json::json!({
+            "node": self.node,
+            "ready": ready,
+            "nats": {
+                "connected": connected,
+                "server": info.server_name,
+                "address": format!("{}:{}", info.host, info.port),
+            },
+            "appliersRunning": appliers,
+            "applied": self.backend.applied(),
+        });
+        (ready, detail)
     }
 
     fn evict_subject(&self, node: &str) -> String {

@@ -123,7 +123,7 @@ pub async fn run_then(
             .await
             .map_err(cluster_error)?;
             let node = ClusterNode::join(
-                backend.context(),
+                backend.clone(),
                 settings_node,
                 &config.cluster.prefix,
                 config.cluster.replicas(),

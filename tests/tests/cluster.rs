@@ -315,3 +315,37 @@ async fn members_entered_on_one_node_are_seen_on_another() {
     assert!(present(&two, "room").await.is_empty());
     assert!(present(&one, "room").await.is_empty());
 }
+
+/// `/health` says whether the node can serve and which NATS server it reaches; a node that
+/// lost NATS answers 503, so a load balancer sends its clients elsewhere.
+#[tokio::test]
+async fn health_reports_the_node_and_its_nats_server() {
+    let mut nats = NatsCluster::start(1).await;
+    let one = node(&nats).await;
+    let health = |broker: &TestBroker| {
+        let url = broker.url("/health");
+        async move {
+            let response = tests::send(tests::http().get(url)).await;
+            let status = response.status().as_u16();
+            (status, response.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (status, body) = health(&one).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["cluster"]["ready"], true);
+    assert_eq!(body["cluster"]["nats"]["connected"], true);
+    assert_eq!(body["cluster"]["nats"]["server"], "n1");
+    nats.kill(0).await;
+    // The client notices the closed socket at once; bounded by the test's safety timeout.
+    let deadline = tokio::time::Instant::now() + tests::SAFETY;
+    loop {
+        let (status, body) = health(&one).await;
+        if status == 503 {
+            assert_eq!(body["status"], "unavailable");
+            assert_eq!(body["cluster"]["nats"]["connected"], false);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -49,15 +49,25 @@ pub async fn route(
     }
     let result = match (&parts.method, segments.as_slice()) {
         (&Method::GET, ["time"]) => Ok(negotiated.ok(StatusCode::OK, &[now_ms()], Vec::new())),
-        (&Method::GET, ["health"]) => Ok(negotiated.text(
-            StatusCode::OK,
-            "application/json",
-            format!(
-                r#"{{"status":"ok","connections":{},"channels":{}}}"#,
-                broker.connection_count(),
-                broker.channels.active()
-            ),
-        )),
+        (&Method::GET, ["health"]) => {
+            let mut health = serde_json::json!({
+                "status": "ok",
+                "connections": broker.connection_count(),
+                "channels": broker.channels.active(),
+            });
+            let mut status = StatusCode::OK;
+            if let Some(cluster) = &broker.cluster {
+                // A node that cannot reach NATS cannot publish or learn of others' messages:
+                // a load balancer should send its clients elsewhere.
+                let (ready, detail) = cluster.health();
+                if !ready {
+                    status = StatusCode::SERVICE_UNAVAILABLE;
+                    health["status"] = "unavailable".into();
+                }
+                health["cluster"] = detail;
+            }
+            Ok(negotiated.text(status, "application/json", health.to_string()))
+        }
         (&Method::GET, ["metrics"]) => {
             if let Some(health) = broker.log.checkpoint_health() {
                 broker.metrics.observe_checkpoints(health);

@@ -371,6 +371,14 @@ impl JetStreamBackend {
         &self.js
     }
 
+    /// The last sequence applied to this node's view, per stream.
+    pub fn applied(&self) -> std::collections::BTreeMap<String, u64> {
+        self.shards
+            .iter()
+            .map(|s| (s.stream.clone(), *s.applied.borrow()))
+            .collect()
+    }
+
     /// Whether every applier is running (its consumer open).
     pub fn is_ready(&self) -> bool {
         !self
