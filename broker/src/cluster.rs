@@ -36,6 +36,12 @@ use crate::connection::session::{Session, Sessions};
 const ENTRY_MAX_AGE: Duration = Duration::from_secs(3600);
 /// How long a resume waits for the old owner's answer before taking it for dead.
 const EVICT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How often a node says it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// A node silent this long is taken for dead.
+const SILENT: Duration = Duration::from_secs(10);
+/// How long a dead node's heartbeat entry stays; past this it is forgotten.
+const NODE_MAX_AGE: Duration = Duration::from_secs(600);
 /// The old owner's answer when it held the connection and let it go.
 const EVICTED: &[u8] = b"evicted";
 /// The old owner's answer when it no longer knew the connection (it expired there).
@@ -56,6 +62,8 @@ struct Entry {
 
 /// A connection another node held, now claimed by this one.
 pub struct Claimed {
+    /// The channels where it has presence members, now this node's.
+    pub presence_channels: Vec<String>,
     /// Its connectionId.
     pub id: String,
     /// The clientId it reported.
@@ -68,6 +76,8 @@ pub struct Claimed {
 pub struct ClusterNode {
     node: String,
     backend: Arc<JetStreamBackend>,
+    /// Heartbeats of every node (`<PREFIX>_NODE`).
+    nodes: kv::Store,
     prefix: String,
     client: async_nats::Client,
     connections: kv::Store,
@@ -114,9 +124,22 @@ impl ClusterNode {
             })
             .await
             .map_err(|e| format!("connection registry: {e}"))?;
+        let nodes = js
+            .create_or_update_key_value(kv::Config {
+                bucket: format!("{}_NODE", prefix.to_ascii_uppercase()),
+                description: "broker nodes' heartbeats".to_owned(),
+                history: 1,
+                max_age: NODE_MAX_AGE,
+                num_replicas: replicas,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("node heartbeats: {e}"))?;
         Ok(Arc::new(ClusterNode {
             node,
             backend,
+            nodes,
             prefix: prefix.to_owned(),
             client: js.client(),
             connections,
@@ -249,10 +272,59 @@ impl ClusterNode {
             _ => {}
         }
         Ok(Claimed {
+            presence_channels: self.backend.adopt_members(id).await,
             id: id.to_owned(),
             client_id: claimed.client_id,
             echo: claimed.echo,
         })
+    }
+
+    /// Says every [`HEARTBEAT`] that this node is alive, and leaves the presence members of
+    /// any node silent for [`SILENT`] plus `grace` (the presence leave grace, §6.6), unless
+    /// their connections resumed elsewhere meanwhile (`cluster.md` §3.6), until `stop`.
+    pub fn keep_alive(self: &Arc<Self>, grace: Duration, mut stop: watch::Receiver<bool>) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut heard: std::collections::HashMap<String, i64> = Default::default();
+            let mut beats = tokio::time::interval(HEARTBEAT);
+            let mut watch = None;
+            loop {
+                tokio::select! {
+                    _ = beats.tick() => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                let me = heartbeat_key(&node.node);
+                if let Err(e) = node.nodes.put(&me, node.node.clone().into()).await {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+                if watch.is_none() {
+                    watch = node.nodes.watch_with_history(">").await.ok();
+                }
+                // Take in every heartbeat that arrived since the last tick.
+                while let Some(entries) = watch.as_mut() {
+                    match futures_util::FutureExt::now_or_never(entries.next()) {
+                        Some(Some(Ok(entry))) if entry.operation == kv::Operation::Put => {
+                            let name = String::from_utf8_lossy(&entry.value).into_owned();
+                            let at = (entry.created.unix_timestamp_nanos() / 1_000_000) as i64;
+                            heard.insert(name, at);
+                        }
+                        Some(Some(Ok(_))) => {}
+                        Some(Some(Err(_))) | Some(None) => watch = None,
+                        None => break,
+                    }
+                }
+                let now = crate::auth::now_ms();
+                let dead_after = (SILENT + grace).as_millis() as i64;
+                for (other, at) in &heard {
+                    if *other != node.node && now - at > dead_after {
+                        let reaped = node.backend.reap(other).await;
+                        if reaped > 0 {
+                            tracing::info!(node = %other, members = reaped, "a silent node's presence members left");
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// Answers other nodes' requests to let go of a connection they resumed, until `stop`.
@@ -287,4 +359,10 @@ impl ClusterNode {
             }
         });
     }
+}
+
+/// A node's key in the heartbeat bucket.
+fn heartbeat_key(node: &str) -> String {
+    let hex: String = node.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("n{hex}")
 }

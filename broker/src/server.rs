@@ -130,6 +130,15 @@ pub async fn run_then(
             )
             .await
             .map_err(|e| Error::Config(format!("cluster mode: {e}")))?;
+            // Members this node wrote before it restarted belong to connections that died
+            // with that process.
+            let stale = backend.reap(node.node()).await;
+            if stale > 0 {
+                tracing::info!(
+                    members = stale,
+                    "presence members of this node's last run left"
+                );
+            }
             cluster = Some((backend.clone(), node));
             backend
         }
@@ -196,6 +205,8 @@ pub async fn run_then(
     });
     if let Some(node) = &broker.cluster {
         node.serve_evictions(broker.sessions.clone(), broker.shutdown.clone());
+        let grace = Duration::from_millis(broker.config.presence.leave_grace_ms);
+        node.keep_alive(grace, broker.shutdown.clone());
         tracing::info!(node = node.node(), "cluster mode on NATS JetStream");
     }
     spawn_retention_sweeper(broker.clone());

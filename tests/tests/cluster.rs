@@ -349,3 +349,35 @@ async fn health_reports_the_node_and_its_nats_server() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// §6.6 across nodes (cluster.md §3.6): when a node goes silent, the members of its
+/// connections leave on the other nodes once it has been silent for 10 s plus the leave
+/// grace, as they would had the connections dropped.
+#[tokio::test]
+async fn members_of_a_silent_node_leave_everywhere() {
+    let nats = NatsCluster::start(1).await;
+    let urls = nats.urls();
+    let short_grace = move |c: &mut broker::config::Config| {
+        c.cluster.nats = urls;
+        c.cluster.shards = 2;
+        c.presence.leave_grace_ms = 200;
+    };
+    let one = TestBroker::start_with(short_grace.clone()).await;
+    let two = TestBroker::start_with(short_grace).await;
+    let (mut watcher, _) = two.connect_key("json").await;
+    watcher.attach("lobby").await;
+    let mut bob = user(&one, "bob").await;
+    bob.attach("lobby").await;
+    bob.send(&presence_op("lobby", 0, PresenceAction::Enter, "here"))
+        .await;
+    assert_eq!(
+        next_presence(&mut watcher).await.action,
+        PresenceAction::Enter
+    );
+    let keep = one.stop().await;
+    let left = next_presence(&mut watcher).await;
+    assert_eq!(left.action, PresenceAction::Leave);
+    assert_eq!(left.client_id.as_deref(), Some("bob"));
+    assert!(present(&two, "lobby").await.is_empty());
+    drop(keep);
+}

@@ -294,6 +294,9 @@ async fn handshake(
                             broker
                                 .sessions
                                 .adopt(claimed.id, authority.clone(), claimed.echo);
+                        for channel in &claimed.presence_channels {
+                            session.used_presence(channel);
+                        }
                         resumed = Some(session);
                     }
                     Err(e) => connect_error = Some(e),

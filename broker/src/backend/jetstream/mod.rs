@@ -98,6 +98,18 @@ struct ShardState {
     feeds: HashMap<String, Feed>,
     /// Every channel's presence members in the cluster, mirrored from the bucket.
     members: HashMap<String, PresenceSet>,
+    /// Per member (its bucket key): the node that last wrote it, the revision, the channel
+    /// and the member's event, for taking over and reaping a dead node's members.
+    owners: HashMap<String, Owner>,
+}
+
+/// Who last wrote a member to the presence bucket.
+#[derive(Clone)]
+struct Owner {
+    node: String,
+    revision: u64,
+    channel: String,
+    event: PresenceMessage,
 }
 
 /// Where the applier and the presence watcher hand one channel's changes.

@@ -20,7 +20,7 @@ use protocol::{PresenceAction, PresenceMessage};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::{subject, Delivery, JetStreamBackend};
+use super::{subject, Delivery, JetStreamBackend, Owner};
 
 /// A value of the presence bucket: the event a node broadcast for the member.
 #[derive(Debug, Serialize, Deserialize)]
@@ -140,7 +140,8 @@ impl JetStreamBackend {
                 };
                 last_revision = entry.revision;
                 if entry.operation == kv::Operation::Put {
-                    self.mirror_presence(&entry.key, &entry.value).await;
+                    self.mirror_presence(&entry.key, entry.revision, &entry.value)
+                        .await;
                 }
                 if entry.delta == 0 {
                     caught_up.send_replace(true);
@@ -150,7 +151,7 @@ impl JetStreamBackend {
     }
 
     /// Applies one value to the mirror and, for another node's event, to the channel's stream.
-    async fn mirror_presence(&self, key: &str, value: &[u8]) {
+    async fn mirror_presence(&self, key: &str, revision: u64, value: &[u8]) {
         let (Some(channel), Ok(written)) =
             (channel_of(key), serde_json::from_slice::<Written>(value))
         else {
@@ -165,6 +166,17 @@ impl JetStreamBackend {
             if members.is_empty() {
                 state.members.remove(&channel);
             }
+            if written.event.action == PresenceAction::Leave {
+                state.owners.remove(key);
+            } else {
+                let owner = Owner {
+                    node: written.origin.clone(),
+                    revision,
+                    channel: channel.clone(),
+                    event: written.event.clone(),
+                };
+                state.owners.insert(key.to_owned(), owner);
+            }
             let remote = written.origin != self.node;
             state
                 .feeds
@@ -175,6 +187,86 @@ impl JetStreamBackend {
         if let Some(sender) = sender {
             let _ = sender.send(Delivery::Presence(written.event)).await;
         }
+    }
+}
+
+impl JetStreamBackend {
+    /// The members of this node's mirror that `pick` chooses, with their keys.
+    fn members_of(&self, pick: impl Fn(&Owner) -> bool) -> Vec<(String, Owner)> {
+        let mut found = Vec::new();
+        for shard in &self.shards {
+            let state = shard.state.lock().expect("shard state");
+            found.extend(
+                state
+                    .owners
+                    .iter()
+                    .filter(|(_, owner)| pick(owner))
+                    .map(|(key, owner)| (key.clone(), owner.clone())),
+            );
+        }
+        found
+    }
+
+    /// Makes this node the owner of the members of `connection_id`, a connection it took
+    /// over from another node, so that the other node's death does not reap them; returns
+    /// their channels. A member changed meanwhile keeps its newer value (the write is a
+    /// compare-and-set on the revision seen).
+    pub async fn adopt_members(&self, connection_id: &str) -> Vec<String> {
+        let mut channels = Vec::new();
+        let theirs = self.members_of(|o| {
+            o.node != self.node && o.event.connection_id.as_deref() == Some(connection_id)
+        });
+        for (key, owner) in theirs {
+            let written = Written {
+                origin: self.node.clone(),
+                event: owner.event,
+            };
+            let value = serde_json::to_vec(&written).expect("presence value serializes");
+            let _ = self
+                .presence
+                .update(&key, value.into(), owner.revision)
+                .await;
+            channels.push(owner.channel);
+        }
+        channels.sort();
+        channels.dedup();
+        channels
+    }
+
+    /// Leaves, on behalf of dead `node`, every member it last wrote (§6.6: a member leaves
+    /// when its connection is gone). Each leave is a compare-and-set on the member's
+    /// revision, so of several nodes reaping only one writes it, and a member that a live
+    /// node has taken over meanwhile stays.
+    pub async fn reap(&self, node: &str) -> usize {
+        let theirs = self.members_of(|o| o.node == node);
+        let mut reaped = 0;
+        for (key, owner) in theirs {
+            let leave = PresenceMessage {
+                action: PresenceAction::Leave,
+                id: None,
+                timestamp: Some(crate::auth::now_ms()),
+                ..owner.event
+            };
+            // Written in the dead node's name, so that every node, this one included,
+            // hands the leave to its streams.
+            let written = Written {
+                origin: node.to_owned(),
+                event: leave,
+            };
+            let value = serde_json::to_vec(&written).expect("presence value serializes");
+            if let Ok(revision) = self
+                .presence
+                .update(&key, value.into(), owner.revision)
+                .await
+            {
+                let _ = self
+                    .presence
+                    .delete_expect_revision(&key, Some(revision))
+                    .await;
+                reaped += 1;
+            }
+        }
+        reaped
     }
 }
 
