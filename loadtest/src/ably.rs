@@ -27,26 +27,38 @@ use crate::recorder::Recorder;
 /// Where the broker listens and the key to present.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
-    /// The broker's address.
-    pub addr: SocketAddr,
+    /// The broker's addresses: one, or every node of a cluster.
+    pub addrs: Vec<SocketAddr>,
     /// `name:secret`.
     pub key: String,
 }
 
 impl Endpoint {
-    /// Parses `ws://HOST:PORT` (or `http://`, or a bare `HOST:PORT`).
-    pub fn parse(url: &str, key: &str) -> Result<Endpoint, String> {
-        let hostport = url
-            .trim_start_matches("ws://")
-            .trim_start_matches("http://")
-            .trim_end_matches('/');
-        let addr = hostport
-            .parse()
-            .map_err(|e| format!("broker address {url:?}: {e}"))?;
+    /// Parses `ws://HOST:PORT` (or `http://`, or a bare `HOST:PORT`); several, comma-separated,
+    /// for the nodes of a cluster.
+    pub fn parse(urls: &str, key: &str) -> Result<Endpoint, String> {
+        let addrs = urls
+            .split(',')
+            .map(|url| {
+                let hostport = url
+                    .trim()
+                    .trim_start_matches("ws://")
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/');
+                hostport
+                    .parse()
+                    .map_err(|e| format!("broker address {url:?}: {e}"))
+            })
+            .collect::<Result<Vec<SocketAddr>, String>>()?;
         Ok(Endpoint {
-            addr,
+            addrs,
             key: key.to_owned(),
         })
+    }
+
+    /// The node client number `index` connects to: clients spread over the nodes in turn.
+    pub fn addr(&self, index: usize) -> SocketAddr {
+        self.addrs[index % self.addrs.len()]
     }
 }
 
@@ -255,10 +267,11 @@ impl Connection {
         session: Arc<Session>,
         resume_key: Option<&str>,
     ) -> Result<Connection, String> {
+        let addr = endpoint.addr(index);
         let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
         bind_source(&socket, index)?;
         let stream = socket
-            .connect(endpoint.addr)
+            .connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let _ = stream.set_nodelay(true);
@@ -272,10 +285,7 @@ impl Connection {
                 _ => format!("%{b:02X}"),
             })
             .collect();
-        let mut url = format!(
-            "ws://{}/?key={key}&format=msgpack&v=6&heartbeats=true",
-            endpoint.addr
-        );
+        let mut url = format!("ws://{addr}/?key={key}&format=msgpack&v=6&heartbeats=true");
         if let Some(resume) = resume_key {
             url.push_str("&resume=");
             url.push_str(resume);

@@ -47,7 +47,8 @@ struct Args {
     /// only when named.
     #[arg(long, default_value = "all", value_delimiter = ',')]
     scenarios: Vec<String>,
-    /// The broker's address, `ws://127.0.0.1:PORT`.
+    /// The broker's address, `ws://127.0.0.1:PORT`; for a cluster, every node's,
+    /// comma-separated: clients spread over them in turn.
     #[arg(long)]
     broker: Option<String>,
     /// The API key `name:secret` for the broker.
