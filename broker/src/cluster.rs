@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
-use crate::backend::jetstream::JetStreamBackend;
+use crate::backend::jetstream::{retry_at_start, JetStreamBackend};
 use crate::connection::session::{Session, Sessions};
 
 /// How long a connection's entry outlives its last bind.
@@ -112,30 +112,38 @@ impl ClusterNode {
         replicas: usize,
     ) -> Result<Arc<ClusterNode>, String> {
         let js = backend.context().clone();
-        let connections = js
-            .create_or_update_key_value(kv::Config {
-                bucket: format!("{}_CONN", prefix.to_ascii_uppercase()),
-                description: "connections, by connectionId: owner node and key hash".to_owned(),
-                history: 1,
-                max_age: ENTRY_MAX_AGE,
-                num_replicas: replicas,
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("connection registry: {e}"))?;
-        let nodes = js
-            .create_or_update_key_value(kv::Config {
-                bucket: format!("{}_NODE", prefix.to_ascii_uppercase()),
-                description: "broker nodes' heartbeats".to_owned(),
-                history: 1,
-                max_age: NODE_MAX_AGE,
-                num_replicas: replicas,
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("node heartbeats: {e}"))?;
+        let config = kv::Config {
+            bucket: format!("{}_CONN", prefix.to_ascii_uppercase()),
+            description: "connections, by connectionId: owner node and key hash".to_owned(),
+            history: 1,
+            max_age: ENTRY_MAX_AGE,
+            num_replicas: replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        let connections = retry_at_start("connection registry", || async {
+            js.create_or_update_key_value(config.clone())
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("connection registry: {e}"))?;
+        let config = kv::Config {
+            bucket: format!("{}_NODE", prefix.to_ascii_uppercase()),
+            description: "broker nodes' heartbeats".to_owned(),
+            history: 1,
+            max_age: NODE_MAX_AGE,
+            num_replicas: replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        let nodes = retry_at_start("node heartbeats", || async {
+            js.create_or_update_key_value(config.clone())
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("node heartbeats: {e}"))?;
         Ok(Arc::new(ClusterNode {
             node,
             backend,

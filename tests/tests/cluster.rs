@@ -129,6 +129,17 @@ async fn a_restarted_node_catches_up() {
         .map(|m| m["data"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(stored, ["before", "while down"]);
+    // It went on from where its clean stop left the view: only the new message was applied.
+    let metrics = tests::send(tests::http().get(two.url("/metrics")))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let applied = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("broker_cluster_applied_total "))
+        .expect("applied counter");
+    assert_eq!(applied, "1");
     two.stop().await;
     drop(keep);
 }

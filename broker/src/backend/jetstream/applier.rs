@@ -177,7 +177,7 @@ impl Applier {
         .await
         .expect("view write task");
         *retention = counts;
-        let _ = self.shard.applied.send(last);
+        self.shard.applied.send_replace(last);
         self.metrics.cluster_applied.inc_by(count as u64);
         // Then the sequencers on this node, taken under the feed lock (see `open`).
         let feeds: Vec<_> = {

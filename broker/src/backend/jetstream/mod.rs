@@ -134,6 +134,32 @@ struct Applied {
     streams: HashMap<String, (String, u64)>,
 }
 
+/// How long start-up retries JetStream requests: servers started together answer them only
+/// once their stream leaders are elected.
+const START_RETRIES_FOR: Duration = Duration::from_secs(30);
+
+/// Runs a JetStream request at start-up until it succeeds, retrying with back-off for
+/// [`START_RETRIES_FOR`]; returns the last error after that.
+pub async fn retry_at_start<T, F, Fut>(what: &str, mut request: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let until = tokio::time::Instant::now() + START_RETRIES_FOR;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match request().await {
+            Ok(value) => return Ok(value),
+            Err(e) if tokio::time::Instant::now() + backoff < until => {
+                tracing::info!(%what, error = %e, "JetStream not ready yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The node's view of the streams: its directory ([`prepare_view`]) and the logs opened on it.
 pub struct View {
     /// `<data_dir>/cluster`.
@@ -250,11 +276,19 @@ impl JetStreamBackend {
                 stream: name.clone(),
                 reason: e.to_string(),
             };
-            let mut handle = js
-                .get_or_create_stream(config)
-                .await
-                .map_err(|e| fail(&e))?;
-            let info = handle.info().await.map_err(|e| fail(&e))?;
+            let info = retry_at_start(&name, || async {
+                let mut handle = js
+                    .get_or_create_stream(config.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                handle
+                    .info()
+                    .await
+                    .map(|i| i.clone())
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| fail(&e))?;
             let epoch = format!(
                 "j{index}x{:x}",
                 info.created.unix_timestamp_nanos() / 1_000_000
@@ -285,20 +319,24 @@ impl JetStreamBackend {
             }));
             ends.push(last);
         }
-        let presence = js
-            .create_or_update_key_value(kv::Config {
-                bucket: format!("{}_PRES", settings.prefix.to_ascii_uppercase()),
-                description: "presence members, by channel, connection and clientId".to_owned(),
-                history: 1,
-                num_replicas: settings.replicas(),
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| StartError::Stream {
-                stream: "presence bucket".to_owned(),
-                reason: e.to_string(),
-            })?;
+        let presence_config = kv::Config {
+            bucket: format!("{}_PRES", settings.prefix.to_ascii_uppercase()),
+            description: "presence members, by channel, connection and clientId".to_owned(),
+            history: 1,
+            num_replicas: settings.replicas(),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        let presence = retry_at_start("presence bucket", || async {
+            js.create_or_update_key_value(presence_config.clone())
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| StartError::Stream {
+            stream: "presence bucket".to_owned(),
+            reason: e.to_string(),
+        })?;
         let (stop, _) = watch::channel(false);
         let node = settings.node_id.clone().unwrap_or_default();
         let backend = Arc::new(JetStreamBackend {
@@ -354,7 +392,7 @@ impl JetStreamBackend {
     /// Stops the appliers and records where the view stands, after the view was closed
     /// cleanly (the caller's `close_cleanly`), so the next start continues from there.
     pub async fn stop(&self) {
-        let _ = self.stop.send(true);
+        self.stop.send_replace(true);
         let handles: Vec<_> = std::mem::take(&mut *self.appliers.lock().expect("appliers"));
         for handle in handles {
             let _ = handle.await;
