@@ -281,11 +281,7 @@ impl JetStreamBackend {
                     .get_or_create_stream(config.clone())
                     .await
                     .map_err(|e| e.to_string())?;
-                handle
-                    .info()
-                    .await
-                    .map(|i| i.clone())
-                    .map_err(|e| e.to_string())
+                handle.info().await.cloned().map_err(|e| e.to_string())
             })
             .await
             .map_err(|e| fail(&e))?;
