@@ -144,6 +144,12 @@ pub trait Stream: Send {
     /// (cluster mode) delivers every message through here, its own writers' included, in the
     /// order all nodes share.
     fn committed(&mut self) -> BoxFuture<'_, Committed>;
+    /// Whether the head may lag serials other writers gave out (cluster mode: another node
+    /// may be further along), so that an attach with a serial ahead of the head should wait
+    /// for [`Stream::committed`] to reach it rather than lose continuity.
+    fn catches_up(&self) -> bool {
+        false
+    }
     /// Calls `then` once everything appended so far is durable (or could not be made so).
     fn when_durable(&mut self, count: u64, then: WhenDurable);
     /// Reads what retention left since the head was last read (`first` moves up). Blocking.

@@ -34,6 +34,9 @@ use crate::store::{format_serial, parse_serial, Direction, Query, StoreError};
 const MAX_BATCH: usize = 256;
 /// How long a sequencer with no attachers waits for work before it retires.
 const IDLE_RETIRE: Duration = Duration::from_secs(30);
+/// How long an attach whose serial is ahead of this node's view waits for the view to reach
+/// it (cluster mode) before it is answered without continuity.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 /// At most one client SYNC per attacher is answered in this time; ably-js sends one only in
 /// rare recoveries, and each costs an encoding of the whole presence set.
 const CLIENT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
@@ -59,6 +62,8 @@ pub(super) struct Sequencer {
     /// The channel's attachers and its fan-out.
     hub: Hub,
     syncs: u64,
+    /// Attaches waiting for the stream to reach their serial, with their deadlines.
+    waiting: Vec<(Attach, u64, Instant)>,
 }
 
 impl Sequencer {
@@ -69,6 +74,7 @@ impl Sequencer {
             name: name.to_owned(),
             stream,
             hub: Hub::new(context.fanout),
+            waiting: Vec::new(),
             syncs: 0,
             context,
         })
@@ -86,14 +92,23 @@ impl Sequencer {
         let mut shutdown = self.context.shutdown.clone();
         let mut leftover_attaches = Vec::new();
         loop {
-            let idle = self.hub.is_empty() && !self.stream.holds_members();
+            let idle =
+                self.hub.is_empty() && !self.stream.holds_members() && self.waiting.is_empty();
+            let give_up = self.waiting.iter().map(|(_, _, until)| *until).min();
             let first = tokio::select! {
                 command = commands.recv() => command,
                 committed = self.stream.committed() => {
                     match committed {
-                        Committed::Messages(rows) => self.deliver_committed(rows).await,
+                        Committed::Messages(rows) => {
+                            self.deliver_committed(rows).await;
+                            self.attach_caught_up(false);
+                        }
                         Committed::Presence(events) => self.announce_remote_presence(events),
                     }
+                    continue;
+                }
+                _ = sleep_until(give_up), if give_up.is_some() => {
+                    self.attach_caught_up(false);
                     continue;
                 }
                 _ = tokio::time::sleep(IDLE_RETIRE), if idle => None,
@@ -111,6 +126,7 @@ impl Sequencer {
                     }
                 }
                 self.execute(rest).await;
+                self.attach_caught_up(true);
                 break;
             };
             // Take what queued meanwhile: consecutive publishes share one append and commit.
@@ -380,7 +396,13 @@ impl Sequencer {
             Ok(appended) => appended,
             Err(e) => {
                 tracing::error!(channel = %self.name, error = %e, "append failed");
-                let error = ErrorInfo::new(codes::INTERNAL_CHANNEL, "message could not be stored");
+                // In cluster mode a publish JetStream did not confirm may still be stored,
+                // and the client is told so; a resend with the same ids is stored once.
+                let text = match &e {
+                    StoreError::Unconfirmed(why) => why.clone(),
+                    _ => "message could not be stored".to_owned(),
+                };
+                let error = ErrorInfo::new(codes::INTERNAL_CHANNEL, text);
                 for p in batch {
                     p.reply.send(Err(error.clone()));
                 }
@@ -466,7 +488,38 @@ impl Sequencer {
         self.context.metrics.messages_out.inc_by(delivered);
     }
 
+    /// Attaches the waiting attaches the stream has caught up with, and those past their
+    /// deadline (or all, with `all`) as they stand.
+    fn attach_caught_up(&mut self, all: bool) {
+        let now = Instant::now();
+        let last = self.stream.head().last;
+        let (ready, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|(_, seq, until)| all || *seq <= last || *until <= now);
+        self.waiting = still;
+        for (attach, _, _) in ready {
+            self.attach_now(attach);
+        }
+    }
+
+    /// §5.6 in cluster mode: an attach with a serial of this epoch that is ahead of the
+    /// stream (the client saw it on a node further along) waits for the stream to get there.
     fn attach(&mut self, attach: Attach) {
+        if let StartFrom::Serial(serial) = &attach.from {
+            let head = self.stream.head();
+            let ahead = parse_serial(serial)
+                .filter(|(epoch, seq)| *epoch == head.epoch && *seq > head.last)
+                .map(|(_, seq)| seq);
+            if let Some(seq) = ahead.filter(|_| self.stream.catches_up()) {
+                let until = Instant::now() + CATCH_UP_WAIT;
+                self.waiting.push((attach, seq, until));
+                return;
+            }
+        }
+        self.attach_now(attach);
+    }
+
+    fn attach_now(&mut self, attach: Attach) {
         let Attach {
             subscriber,
             from,
@@ -676,5 +729,13 @@ impl Sequencer {
                 }
             })
             .collect()
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }

@@ -21,6 +21,10 @@ pub enum StoreError {
     /// The storage engine reported an error.
     #[error("storage: {0}")]
     Engine(String),
+    /// A write whose outcome is unknown: the store did not confirm it in time, and it may
+    /// still be stored (cluster mode; a resend with the same ids is stored once).
+    #[error("{0}")]
+    Unconfirmed(String),
     /// A stored record did not decode (disk corruption or a format change).
     #[error("corrupt record in channel {channel} at serial {serial}")]
     Corrupt {

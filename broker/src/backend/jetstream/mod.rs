@@ -605,8 +605,8 @@ impl JetStreamStream {
                         backoff = (backoff * 2).min(Duration::from_secs(1));
                     }
                     Err(e) => {
-                        return Err(StoreError::Engine(format!(
-                            "JetStream did not take the message within {} ms: {e}",
+                        return Err(StoreError::Unconfirmed(format!(
+                            "the cluster's store did not confirm the message within {} ms; it may or may not be stored ({e})",
                             self.deadline.as_millis()
                         )))
                     }
@@ -728,6 +728,10 @@ impl Stream for JetStreamStream {
 
     fn members(&self) -> &PresenceSet {
         self.presence.members()
+    }
+
+    fn catches_up(&self) -> bool {
+        true
     }
 
     fn holds_members(&self) -> bool {
