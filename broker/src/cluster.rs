@@ -76,6 +76,8 @@ pub struct Claimed {
 pub struct ClusterNode {
     node: String,
     backend: Arc<JetStreamBackend>,
+    /// Secrets every node must share (`<PREFIX>_SECRETS`).
+    secrets: kv::Store,
     /// Heartbeats of every node (`<PREFIX>_NODE`).
     nodes: kv::Store,
     prefix: String,
@@ -144,9 +146,25 @@ impl ClusterNode {
         })
         .await
         .map_err(|e| format!("node heartbeats: {e}"))?;
+        let config = kv::Config {
+            bucket: format!("{}_SECRETS", prefix.to_ascii_uppercase()),
+            description: "secrets every broker node shares".to_owned(),
+            history: 1,
+            num_replicas: replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        let secrets = retry_at_start("shared secrets", || async {
+            js.create_or_update_key_value(config.clone())
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("shared secrets: {e}"))?;
         Ok(Arc::new(ClusterNode {
             node,
             backend,
+            secrets,
             nodes,
             prefix: prefix.to_owned(),
             client: js.client(),
@@ -157,6 +175,26 @@ impl ClusterNode {
     /// This node's name.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// The cluster's value of secret `name`: the one stored first, by whichever node started
+    /// first with its `local` value; every later node takes that one.
+    pub async fn shared_secret(&self, name: &str, local: &str) -> Result<String, String> {
+        if self
+            .secrets
+            .create(name, local.to_owned().into())
+            .await
+            .is_ok()
+        {
+            return Ok(local.to_owned());
+        }
+        let stored = self
+            .secrets
+            .get(name)
+            .await
+            .map_err(|e| format!("reading the shared {name}: {e}"))?
+            .ok_or_else(|| format!("the shared {name} is missing"))?;
+        String::from_utf8(stored.to_vec()).map_err(|_| format!("the shared {name} is not text"))
     }
 
     /// Whether the node can serve: connected to a NATS server, with every applier running.

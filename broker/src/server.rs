@@ -68,16 +68,6 @@ pub async fn run_then(
         Some(dir) => SledLog::open_logs_on(&Database::open(dir, config.storage.cache_bytes)?)?,
         None => SledLog::open_logs_on(&database)?,
     };
-    // Tokens minted for Auth0 users are Ably JWTs signed by a key of the broker's own, kept
-    // in the data directory so they stay valid across restarts.
-    let token_key = crate::cli::stored_key(&config.data_dir, "token-signing-key", TOKEN_KEY_PREFIX)
-        .map_err(Error::Config)?;
-    let mut all_keys = config.keys.clone();
-    let mut internal = KeyConfig::parse(&token_key).map_err(Error::Config)?;
-    internal.capability = r#"{"[*]*":["*"]}"#.to_owned();
-    let token_key_name = internal.name.clone();
-    all_keys.push(internal);
-    let keys = Arc::new(KeyAuthenticator::new(&all_keys).map_err(Error::Config)?);
     let auth0 = if config.auth0.enabled() {
         Some(AuthPlugin::start(config.auth0.clone(), &database.handle()).map_err(Error::Config)?)
     } else {
@@ -161,6 +151,25 @@ pub async fn run_then(
             ))
         }
     };
+    // Tokens minted for Auth0 users are Ably JWTs signed by a key of the broker's own, kept
+    // in the data directory so they stay valid across restarts.
+    let mut token_key =
+        crate::cli::stored_key(&config.data_dir, "token-signing-key", TOKEN_KEY_PREFIX)
+            .map_err(Error::Config)?;
+    if let Some((_, node)) = &cluster {
+        // Every node signs and verifies with the cluster's one key, so a token minted on one
+        // node works on all: the first node's key, kept in JetStream.
+        token_key = node
+            .shared_secret("token-signing-key", &token_key)
+            .await
+            .map_err(|e| Error::Config(format!("cluster mode: {e}")))?;
+    }
+    let mut all_keys = config.keys.clone();
+    let mut internal = KeyConfig::parse(&token_key).map_err(Error::Config)?;
+    internal.capability = r#"{"[*]*":["*"]}"#.to_owned();
+    let token_key_name = internal.name.clone();
+    all_keys.push(internal);
+    let keys = Arc::new(KeyAuthenticator::new(&all_keys).map_err(Error::Config)?);
     let channels = Channels::new(ChannelContext {
         backend,
         metrics: metrics.clone(),

@@ -392,3 +392,34 @@ async fn members_of_a_silent_node_leave_everywhere() {
     assert!(present(&two, "lobby").await.is_empty());
     drop(keep);
 }
+
+/// Tokens the broker mints (here the development login's) are signed with the cluster's one
+/// signing key, so a token from one node opens a connection on another.
+#[tokio::test]
+async fn a_token_minted_on_one_node_works_on_another() {
+    let nats = NatsCluster::start(1).await;
+    let urls = nats.urls();
+    let with_login = move |c: &mut broker::config::Config| {
+        c.cluster.nats = urls;
+        c.cluster.shards = 2;
+        c.dev_login = Some(true);
+    };
+    let one = TestBroker::start_with(with_login.clone()).await;
+    let two = TestBroker::start_with(with_login).await;
+    let login = tests::json(
+        tests::http()
+            .post(one.url("/api/dev/login"))
+            .json(&serde_json::json!({"username": "carol"})),
+    )
+    .await;
+    let token = login["token"].as_str().expect("a token");
+    let mut client = two
+        .connect(&format!("access_token={}&format=json", urlencode(token)))
+        .await;
+    let connected = client.expect(Action::Connected).await;
+    assert!(connected.error.is_none(), "{connected:?}");
+    assert_eq!(
+        connected.connection_details.unwrap().client_id.as_deref(),
+        Some("carol")
+    );
+}
