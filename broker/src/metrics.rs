@@ -2,8 +2,8 @@
 //! `GET /metrics`. Names are prefixed `broker_`; `docs/operations.md` lists them.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::store::CheckpointHealth;
@@ -59,6 +59,9 @@ pub struct Metrics {
     pub cluster_publish_latency: Histogram,
     /// Cluster mode: JetStream publishes that failed (each retry counts).
     pub cluster_publish_errors: IntCounter,
+    /// Cluster mode: messages of each stream not yet in this node's view, as the stream's
+    /// consumer last reported (label `stream`).
+    pub cluster_apply_lag: IntGaugeVec,
 }
 
 impl Metrics {
@@ -137,6 +140,17 @@ impl Metrics {
                 "broker_cluster_publish_errors_total",
                 "Cluster mode: JetStream publishes that failed (each retry counts)",
             ),
+            cluster_apply_lag: {
+                let opts = Opts::new(
+                    "broker_cluster_apply_lag",
+                    "Cluster mode: messages of each stream not yet in this node's view",
+                );
+                let g = IntGaugeVec::new(opts, &["stream"]).expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
             fanout_latency: histogram(
                 "broker_fanout_latency_seconds",
                 "Time to enqueue a batch to every subscriber",

@@ -140,6 +140,14 @@ async fn a_restarted_node_catches_up() {
         .find_map(|l| l.strip_prefix("broker_cluster_applied_total "))
         .expect("applied counter");
     assert_eq!(applied, "1");
+    let lag: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("broker_cluster_apply_lag{"))
+        .collect();
+    assert!(
+        !lag.is_empty() && lag.iter().all(|l| l.ends_with(" 0")),
+        "{lag:?}"
+    );
     two.stop().await;
     drop(keep);
 }

@@ -120,6 +120,13 @@ impl Applier {
     ) {
         let applied = *self.shard.applied.borrow();
         let mut last = applied;
+        // What the stream holds past this run, as its consumer says with the last message.
+        if let Some(pending) = run.last().and_then(|m| m.info().ok()).map(|i| i.pending) {
+            self.metrics
+                .cluster_apply_lag
+                .with_label_values(&[&self.shard.stream])
+                .set(pending.try_into().unwrap_or(i64::MAX));
+        }
         // Per channel, in order of first appearance; each channel's messages in stream order.
         let mut channels: Vec<(String, Vec<(u64, Message)>)> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
