@@ -31,6 +31,7 @@ use tokio::sync::watch;
 
 use crate::backend::jetstream::{retry_at_start, JetStreamBackend};
 use crate::connection::session::{Session, Sessions};
+use crate::revocation::{disconnect_revoked, Revocation, Revocations, RECORD_LIFETIME_MS};
 
 /// How long a connection's entry outlives its last bind.
 const ENTRY_MAX_AGE: Duration = Duration::from_secs(3600);
@@ -78,6 +79,8 @@ pub struct ClusterNode {
     backend: Arc<JetStreamBackend>,
     /// Secrets every node must share (`<PREFIX>_SECRETS`).
     secrets: kv::Store,
+    /// Token revocations, which every node enforces (`<PREFIX>_REVOKED`).
+    revoked: kv::Store,
     /// Heartbeats of every node (`<PREFIX>_NODE`).
     nodes: kv::Store,
     prefix: String,
@@ -161,10 +164,28 @@ impl ClusterNode {
         })
         .await
         .map_err(|e| format!("shared secrets: {e}"))?;
+        let config = kv::Config {
+            bucket: format!("{}_REVOKED", prefix.to_ascii_uppercase()),
+            description: "token revocations every node enforces".to_owned(),
+            history: 1,
+            // A record outlives every token it reaches by this much (revocation.rs).
+            max_age: Duration::from_millis(2 * RECORD_LIFETIME_MS as u64),
+            num_replicas: replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        let revoked = retry_at_start("token revocations", || async {
+            js.create_or_update_key_value(config.clone())
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("token revocations: {e}"))?;
         Ok(Arc::new(ClusterNode {
             node,
             backend,
             secrets,
+            revoked,
             nodes,
             prefix: prefix.to_owned(),
             client: js.client(),
@@ -373,6 +394,88 @@ impl ClusterNode {
         });
     }
 
+    /// Tells every node of a revocation this node recorded (`revokeTokens`). A failure is
+    /// logged and returned: the revocation holds on this node only.
+    pub async fn share_revocation(
+        &self,
+        key_name: Option<&str>,
+        client_id: &str,
+        record: Revocation,
+    ) -> Result<(), String> {
+        let shared = SharedRevocation {
+            key_name: key_name.map(str::to_owned),
+            client_id: client_id.to_owned(),
+            record,
+        };
+        let value = serde_json::to_vec(&shared).expect("revocation serializes");
+        let key = format!(
+            "r{}",
+            Sha256::digest(&value)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        self.revoked
+            .put(key, value.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                tracing::warn!(error = %e, "sharing a token revocation failed");
+                format!("sharing the revocation with the other nodes failed: {e}")
+            })
+    }
+
+    /// Enforces every node's revocations on this one, until `stop`: records them (one this
+    /// node already holds changes nothing) and closes the connections they reach, at once or
+    /// when they apply.
+    pub fn enforce_revocations(
+        self: &Arc<Self>,
+        revocations: Arc<Revocations>,
+        sessions: Arc<Sessions>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            let mut last = 0;
+            loop {
+                let opened = if last == 0 {
+                    node.revoked.watch_with_history(">").await
+                } else {
+                    node.revoked.watch_all_from_revision(last + 1).await
+                };
+                let mut entries = match opened {
+                    Ok(entries) => entries,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot watch token revocations; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stop.wait_for(|s| *s) => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                };
+                loop {
+                    let next = tokio::select! {
+                        next = entries.next() => next,
+                        _ = stop.wait_for(|s| *s) => return,
+                    };
+                    let Some(Ok(entry)) = next else { break };
+                    last = entry.revision;
+                    if entry.operation != kv::Operation::Put {
+                        continue;
+                    }
+                    let Ok(shared) = serde_json::from_slice::<SharedRevocation>(&entry.value)
+                    else {
+                        continue;
+                    };
+                    enforce(&revocations, &sessions, &shared, &stop);
+                }
+            }
+        });
+    }
+
     /// Answers other nodes' requests to let go of a connection they resumed, until `stop`.
     pub fn serve_evictions(
         self: &Arc<Self>,
@@ -411,4 +514,48 @@ impl ClusterNode {
 fn heartbeat_key(node: &str) -> String {
     let hex: String = node.bytes().map(|b| format!("{b:02x}")).collect();
     format!("n{hex}")
+}
+
+/// A revocation as the nodes share it.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SharedRevocation {
+    key_name: Option<String>,
+    client_id: String,
+    record: Revocation,
+}
+
+/// Records `shared` on this node and closes the connections it reaches, now or when it
+/// applies.
+fn enforce(
+    revocations: &Arc<Revocations>,
+    sessions: &Arc<Sessions>,
+    shared: &SharedRevocation,
+    stop: &watch::Receiver<bool>,
+) {
+    let now = crate::auth::now_ms();
+    if shared.record.issued_before + RECORD_LIFETIME_MS < now {
+        return;
+    }
+    let recorded = revocations
+        .revoke(shared.key_name.as_deref(), &shared.client_id, shared.record)
+        .and_then(|()| revocations.flush());
+    if let Err(e) = recorded {
+        tracing::error!(error = %e, "recording another node's token revocation failed");
+        return;
+    }
+    let wait = shared.record.applies_at - now;
+    if wait <= 0 {
+        disconnect_revoked(sessions, revocations, now);
+        return;
+    }
+    let (sessions, revocations, mut stop) = (sessions.clone(), revocations.clone(), stop.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {
+                disconnect_revoked(&sessions, &revocations, crate::auth::now_ms());
+            }
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    });
 }

@@ -216,6 +216,11 @@ pub async fn run_then(
         node.serve_evictions(broker.sessions.clone(), broker.shutdown.clone());
         let grace = Duration::from_millis(broker.config.presence.leave_grace_ms);
         node.keep_alive(grace, broker.shutdown.clone());
+        node.enforce_revocations(
+            broker.revocations.clone(),
+            broker.sessions.clone(),
+            broker.shutdown.clone(),
+        );
         tracing::info!(node = node.node(), "cluster mode on NATS JetStream");
     }
     spawn_retention_sweeper(broker.clone());

@@ -431,3 +431,35 @@ async fn a_token_minted_on_one_node_works_on_another() {
         Some("carol")
     );
 }
+
+/// `revokeTokens` on one node (§8.5 of the protocol notes: 40141) closes the revoked client's
+/// connections on every node and refuses its older tokens there.
+#[tokio::test]
+async fn a_revocation_on_one_node_holds_on_every_node() {
+    let nats = NatsCluster::start(1).await;
+    let (one, two) = (node(&nats).await, node(&nats).await);
+    let minted = tests::json(
+        tests::http()
+            .post(one.url("/keys/test.full/requestToken"))
+            .header("authorization", tests::basic_auth())
+            .json(&serde_json::json!({"clientId": "mallory"})),
+    )
+    .await;
+    let token = minted["token"].as_str().expect("a token").to_owned();
+    let query = format!("access_token={}&format=json", urlencode(&token));
+    let mut live = two.connect(&query).await;
+    live.expect(Action::Connected).await;
+    tests::clock_passes(&one, tests::token_issued_at(&token)).await;
+    let revoked = tests::send(
+        tests::http()
+            .post(one.url("/keys/test.full/revokeTokens"))
+            .header("authorization", tests::basic_auth())
+            .json(&serde_json::json!({"targets": ["clientId:mallory"]})),
+    )
+    .await;
+    assert_eq!(revoked.status(), 200);
+    let farewell = live.expect(Action::Disconnected).await;
+    assert_eq!(farewell.error.unwrap().code, 40141);
+    let mut again = two.connect(&query).await;
+    assert_eq!(again.expect(Action::Error).await.error.unwrap().code, 40141);
+}

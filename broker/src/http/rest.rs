@@ -291,6 +291,13 @@ async fn revoke_tokens(
                     .revocations
                     .revoke(Some(&key_name), client_id, record)
                     .map_err(revocation_store_error)?;
+                if let Some(cluster) = &broker.cluster {
+                    // Every node refuses the tokens, not only this one.
+                    cluster
+                        .share_revocation(Some(&key_name), client_id, record)
+                        .await
+                        .map_err(|e| ErrorInfo::new(codes::INTERNAL, e))?;
+                }
                 succeeded += 1;
                 results.push(serde_json::json!({
                     "target": target,
