@@ -413,6 +413,12 @@ impl Config {
                     "cluster: duplicate_window_secs must cover connection_state_ttl_ms, or a resumed client's resend could be stored twice".to_owned(),
                 );
             }
+            if cluster.duplicate_window_secs > self.retention.max_age_secs {
+                // JetStream refuses such a stream (error 10052) when the node starts.
+                return Err(
+                    "cluster: duplicate_window_secs must not exceed retention.max_age_secs (JetStream keeps no duplicate window longer than a stream's max age)".to_owned(),
+                );
+            }
         }
         let l = &self.limits;
         if l.max_message_size == 0 || l.max_frame_size < l.max_message_size {
@@ -512,5 +518,21 @@ mod tests {
         config.limits.max_frame_size = 10;
         assert!(config.validate().is_err());
         assert!(toml::from_str::<Config>("nonsense = 1").is_err());
+    }
+
+    #[test]
+    fn a_cluster_duplicate_window_fits_retention() {
+        let mut config = Config::default();
+        config.cluster.nats = vec!["nats://127.0.0.1:4222".to_owned()];
+        config.validate().unwrap();
+        // A short retention with the default 300 s window: JetStream would refuse the streams.
+        config.retention.max_age_secs = 8;
+        assert!(config.validate().unwrap_err().contains("max_age_secs"));
+        // A window within retention must still cover the resume window.
+        config.cluster.duplicate_window_secs = 8;
+        assert!(config.validate().is_err());
+        config.connection.connection_state_ttl_ms = 8_000;
+        config.presence.leave_grace_ms = 1_000;
+        config.validate().unwrap();
     }
 }

@@ -575,6 +575,7 @@ export async function startBroker({ keys = [], config, dataDir, label = 'broker'
     child.kill('SIGKILL');
     await exited;
     logFile.end();
+    if (configDir) await removeDir(configDir);
     e.message += `\n--- broker stderr (${logPath}) ---\n${tail.slice(-60).join('\n')}`;
     throw e;
   }
