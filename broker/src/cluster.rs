@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
-use crate::backend::jetstream::{retry_at_start, JetStreamBackend};
+use crate::backend::jetstream::{open_bucket, retry_at_start, JetStreamBackend};
 use crate::connection::session::{Session, Sessions};
 use crate::revocation::{disconnect_revoked, Revocation, Revocations, RECORD_LIFETIME_MS};
 
@@ -126,13 +126,10 @@ impl ClusterNode {
             storage: jetstream::stream::StorageType::File,
             ..Default::default()
         };
-        let connections = retry_at_start("connection registry", || async {
-            js.create_or_update_key_value(config.clone())
+        let connections =
+            retry_at_start("connection registry", || open_bucket(&js, config.clone()))
                 .await
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| format!("connection registry: {e}"))?;
+                .map_err(|e| format!("connection registry: {e}"))?;
         let config = kv::Config {
             bucket: format!("{}_NODE", prefix.to_ascii_uppercase()),
             description: "broker nodes' heartbeats".to_owned(),
@@ -142,13 +139,9 @@ impl ClusterNode {
             storage: jetstream::stream::StorageType::File,
             ..Default::default()
         };
-        let nodes = retry_at_start("node heartbeats", || async {
-            js.create_or_update_key_value(config.clone())
-                .await
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| format!("node heartbeats: {e}"))?;
+        let nodes = retry_at_start("node heartbeats", || open_bucket(&js, config.clone()))
+            .await
+            .map_err(|e| format!("node heartbeats: {e}"))?;
         let config = kv::Config {
             bucket: format!("{}_SECRETS", prefix.to_ascii_uppercase()),
             description: "secrets every broker node shares".to_owned(),
@@ -157,13 +150,9 @@ impl ClusterNode {
             storage: jetstream::stream::StorageType::File,
             ..Default::default()
         };
-        let secrets = retry_at_start("shared secrets", || async {
-            js.create_or_update_key_value(config.clone())
-                .await
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| format!("shared secrets: {e}"))?;
+        let secrets = retry_at_start("shared secrets", || open_bucket(&js, config.clone()))
+            .await
+            .map_err(|e| format!("shared secrets: {e}"))?;
         let config = kv::Config {
             bucket: format!("{}_REVOKED", prefix.to_ascii_uppercase()),
             description: "token revocations every node enforces".to_owned(),
@@ -174,13 +163,9 @@ impl ClusterNode {
             storage: jetstream::stream::StorageType::File,
             ..Default::default()
         };
-        let revoked = retry_at_start("token revocations", || async {
-            js.create_or_update_key_value(config.clone())
-                .await
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| format!("token revocations: {e}"))?;
+        let revoked = retry_at_start("token revocations", || open_bucket(&js, config.clone()))
+            .await
+            .map_err(|e| format!("token revocations: {e}"))?;
         Ok(Arc::new(ClusterNode {
             node,
             backend,

@@ -160,6 +160,16 @@ where
     }
 }
 
+/// Opens a KV bucket, creating it with `config` when it does not exist. An existing bucket is
+/// left as it is: a node started with other settings (fewer servers listed, so one replica)
+/// must not change what the cluster shares.
+pub async fn open_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, String> {
+    if let Ok(store) = js.get_key_value(&config.bucket).await {
+        return Ok(store);
+    }
+    js.create_key_value(config).await.map_err(|e| e.to_string())
+}
+
 /// The node's view of the streams: its directory ([`prepare_view`]) and the logs opened on it.
 pub struct View {
     /// `<data_dir>/cluster`.
@@ -323,10 +333,8 @@ impl JetStreamBackend {
             storage: stream::StorageType::File,
             ..Default::default()
         };
-        let presence = retry_at_start("presence bucket", || async {
-            js.create_or_update_key_value(presence_config.clone())
-                .await
-                .map_err(|e| e.to_string())
+        let presence = retry_at_start("presence bucket", || {
+            open_bucket(&js, presence_config.clone())
         })
         .await
         .map_err(|e| StartError::Stream {
