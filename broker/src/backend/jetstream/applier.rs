@@ -28,6 +28,12 @@ const MAX_RUN: usize = 1024;
 /// counts again as they come (a count reads the channel once).
 const MAX_COUNTED_CHANNELS: usize = 65_536;
 
+/// How long the consumer may stay silent before the applier asks the stream whether it holds
+/// messages the consumer has not delivered: async-nats's ordered consumer notices a dead
+/// server only after missing its 15 s idle heartbeats, 30 s in which the node would deliver
+/// nothing of the stream.
+const SILENCE_CHECK: Duration = Duration::from_secs(2);
+
 /// The applier of one stream.
 pub(super) struct Applier {
     pub(super) shard: Arc<Shard>,
@@ -66,8 +72,19 @@ impl Applier {
             };
             loop {
                 let first = tokio::select! {
-                    next = messages.next() => next,
+                    next = tokio::time::timeout(SILENCE_CHECK, messages.next()) => next,
                     _ = stop.wait_for(|s| *s) => return,
+                };
+                let Ok(first) = first else {
+                    let behind = tokio::select! {
+                        behind = self.left_behind() => behind,
+                        _ = stop.wait_for(|s| *s) => return,
+                    };
+                    if behind {
+                        tracing::warn!(stream = %self.shard.stream, "consumer silent while the stream went on; opening it again");
+                        break;
+                    }
+                    continue;
                 };
                 let mut run = match first {
                     Some(Ok(m)) => vec![m],
@@ -87,6 +104,19 @@ impl Applier {
                 self.apply(run, &mut retention).await;
             }
         }
+    }
+
+    /// Whether the stream holds a message after the last one applied, which a working
+    /// consumer would have delivered by now; `false` when JetStream does not answer (during
+    /// an election the consumer is not the problem).
+    async fn left_behind(&self) -> bool {
+        let Ok(mut stream) = self.js.get_stream(&self.shard.stream).await else {
+            return false;
+        };
+        let Ok(info) = stream.info().await else {
+            return false;
+        };
+        info.state.messages > 0 && info.state.last_sequence > *self.shard.applied.borrow()
     }
 
     async fn open(&self, from: u64) -> Result<consumer::pull::Ordered, String> {
