@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
-use crate::backend::jetstream::{open_bucket, retry_at_start, JetStreamBackend};
+use crate::backend::jetstream::{follow_bucket, open_bucket, retry_at_start, JetStreamBackend};
 use crate::connection::session::{Session, Sessions};
 use crate::revocation::{disconnect_revoked, Revocation, Revocations, RECORD_LIFETIME_MS};
 
@@ -417,47 +417,20 @@ impl ClusterNode {
         self: &Arc<Self>,
         revocations: Arc<Revocations>,
         sessions: Arc<Sessions>,
-        mut stop: watch::Receiver<bool>,
+        stop: watch::Receiver<bool>,
     ) {
-        let node = self.clone();
+        let bucket = self.revoked.clone();
         tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
-            let mut last = 0;
-            loop {
-                let opened = if last == 0 {
-                    node.revoked.watch_with_history(">").await
-                } else {
-                    node.revoked.watch_all_from_revision(last + 1).await
-                };
-                let mut entries = match opened {
-                    Ok(entries) => entries,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot watch token revocations; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = stop.wait_for(|s| *s) => return,
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                        continue;
+            let watching = stop.clone();
+            follow_bucket(&bucket, "token revocations", watching, |entry| {
+                if entry.operation == kv::Operation::Put {
+                    if let Ok(shared) = serde_json::from_slice::<SharedRevocation>(&entry.value) {
+                        enforce(&revocations, &sessions, &shared, &stop);
                     }
-                };
-                loop {
-                    let next = tokio::select! {
-                        next = entries.next() => next,
-                        _ = stop.wait_for(|s| *s) => return,
-                    };
-                    let Some(Ok(entry)) = next else { break };
-                    last = entry.revision;
-                    if entry.operation != kv::Operation::Put {
-                        continue;
-                    }
-                    let Ok(shared) = serde_json::from_slice::<SharedRevocation>(&entry.value)
-                    else {
-                        continue;
-                    };
-                    enforce(&revocations, &sessions, &shared, &stop);
                 }
-            }
+                std::future::ready(())
+            })
+            .await;
         });
     }
 

@@ -160,6 +160,60 @@ where
     }
 }
 
+/// Hands every entry of `bucket` to `apply`, in order: its current values first, then each
+/// change, until `stop`. A watch that fails is opened again after the last revision seen, with
+/// backoff while it cannot be, so no entry is skipped or seen twice. `what` names the bucket
+/// in the logs.
+pub async fn follow_bucket<F, Fut>(
+    bucket: &kv::Store,
+    what: &str,
+    mut stop: watch::Receiver<bool>,
+    mut apply: F,
+) where
+    F: FnMut(kv::Entry) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut last = 0;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let opened = if last == 0 {
+            bucket.watch_with_history(">").await
+        } else {
+            bucket.watch_all_from_revision(last + 1).await
+        };
+        let mut entries = match opened {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(bucket = %what, error = %e, "cannot watch the bucket; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        loop {
+            let next = tokio::select! {
+                next = futures_util::StreamExt::next(&mut entries) => next,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            match next {
+                Some(Ok(entry)) => {
+                    last = entry.revision;
+                    apply(entry).await;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(bucket = %what, error = %e, "bucket watch failed; opening it again");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
 /// Opens a KV bucket, creating it with `config` when it does not exist. An existing bucket is
 /// left as it is: a node started with other settings (fewer servers listed, so one replica)
 /// must not change what the cluster shares.

@@ -12,10 +12,8 @@
 //! starts from the mirror's members, taken under the same lock as its feed registration.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use futures_util::StreamExt;
 use protocol::{PresenceAction, PresenceMessage};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -100,54 +98,24 @@ impl JetStreamBackend {
     pub(super) async fn watch_presence(
         self: Arc<Self>,
         caught_up: watch::Sender<bool>,
-        mut stop: watch::Receiver<bool>,
+        stop: watch::Receiver<bool>,
     ) {
-        let mut last_revision = 0;
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let opened = if last_revision == 0 {
-                self.presence.watch_with_history(">").await
-            } else {
-                self.presence
-                    .watch_all_from_revision(last_revision + 1)
-                    .await
-            };
-            let mut entries = match opened {
-                Ok(entries) => entries,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot watch the presence bucket; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.wait_for(|s| *s) => return,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
-            backoff = Duration::from_millis(100);
-            loop {
-                let next = tokio::select! {
-                    next = entries.next() => next,
-                    _ = stop.wait_for(|s| *s) => return,
-                };
-                let entry = match next {
-                    Some(Ok(entry)) => entry,
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "presence watch failed; opening it again");
-                        break;
-                    }
-                    None => break,
-                };
-                last_revision = entry.revision;
+        let bucket = self.presence.clone();
+        super::follow_bucket(&bucket, "presence", stop, |entry| {
+            let backend = self.clone();
+            let caught_up = caught_up.clone();
+            async move {
                 if entry.operation == kv::Operation::Put {
-                    self.mirror_presence(&entry.key, entry.revision, &entry.value)
+                    backend
+                        .mirror_presence(&entry.key, entry.revision, &entry.value)
                         .await;
                 }
                 if entry.delta == 0 {
                     caught_up.send_replace(true);
                 }
             }
-        }
+        })
+        .await;
     }
 
     /// Applies one value to the mirror and, for another node's event, to the channel's stream.
