@@ -333,6 +333,34 @@ async fn members_entered_on_one_node_are_seen_on_another() {
     assert_eq!(left.action, PresenceAction::Leave);
     assert!(present(&two, "room").await.is_empty());
     assert!(present(&one, "room").await.is_empty());
+    // Presence history is the same on both nodes, positions included.
+    let history = |broker: &TestBroker| {
+        let url = broker.url("/channels/room/presence/history?direction=forwards");
+        async move {
+            tests::json(
+                tests::http()
+                    .get(url)
+                    .header("authorization", tests::basic_auth()),
+            )
+            .await
+        }
+    };
+    let seen_one = history(&one).await;
+    let actions: Vec<(u64, String)> = seen_one
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["action"].as_u64().unwrap(),
+                m["clientId"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let alice = || "alice".to_owned();
+    // enter 2, update 4, leave 3 (§6.1 numbering).
+    assert_eq!(actions, [(2, alice()), (4, alice()), (3, alice())]);
+    assert_eq!(history(&two).await, seen_one);
 }
 
 /// `/health` says whether the node can serve and which NATS server it reaches; a node that

@@ -127,8 +127,7 @@ impl Backend for LocalBackend {
 }
 
 /// One channel's presence on one node: the member set in memory, and the history in its own
-/// log, numbered from 1, with its own retention. The cluster backend keeps presence this way
-/// too, for now.
+/// log, numbered from 1, with its own retention.
 pub(super) struct PresenceHistory {
     members: PresenceSet,
     log: Arc<dyn ChannelLog>,
@@ -154,27 +153,6 @@ impl PresenceHistory {
     /// The members.
     pub(super) fn members(&self) -> &PresenceSet {
         &self.members
-    }
-
-    /// Starts from `members` (those other nodes hold, in cluster mode).
-    pub(super) fn seed(&mut self, members: PresenceSet) {
-        self.members = members;
-    }
-
-    /// Applies another node's event and records it; returns it when it changed the members.
-    pub(super) fn apply_remote(
-        &mut self,
-        channel: &str,
-        event: PresenceMessage,
-    ) -> Option<PresenceMessage> {
-        let action = event.action;
-        self.members.apply(event.clone())?;
-        // The other node's event as it announced it, not as re-derived here.
-        let event = PresenceMessage { action, ..event };
-        if let Err(e) = self.record(channel, std::slice::from_ref(&event)) {
-            tracing::warn!(%channel, error = %e, "presence history append failed");
-        }
-        Some(event)
     }
 
     /// Applies `change` and appends its events to the history (not synced here: the next

@@ -38,7 +38,7 @@ use protocol::{Message, PresenceMessage};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use super::local::{PresenceHistory, Retention};
+use super::local::Retention;
 use super::presence::PresenceSet;
 use super::{
     Appended, Backend, Committed, Draft, Head, PresenceChange, Query, Stored, Stream, WhenDurable,
@@ -248,6 +248,10 @@ pub struct JetStreamBackend {
     max_messages: u64,
     age_sweeps: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
+    /// Count retention of each channel's presence history, as the mirror records it.
+    presence_retention: Mutex<HashMap<String, Retention>>,
+    /// The last revision of the presence bucket the mirror has applied.
+    presence_seen: watch::Sender<u64>,
     next_feed: AtomicU64,
     dir: PathBuf,
     stop: watch::Sender<bool>,
@@ -408,6 +412,8 @@ impl JetStreamBackend {
             max_messages,
             age_sweeps,
             metrics,
+            presence_retention: Mutex::new(HashMap::new()),
+            presence_seen: watch::Sender::new(0),
             next_feed: AtomicU64::new(1),
             dir: view_dir,
             stop,
@@ -523,12 +529,6 @@ impl Backend for JetStreamBackend {
                 state.members.get(channel).cloned().unwrap_or_default(),
             )
         };
-        let mut presence = PresenceHistory::open(
-            self.presence_log.clone(),
-            channel,
-            Retention::new(channel, self.max_messages, self.age_sweeps.clone()),
-        )?;
-        presence.seed(members);
         Ok(Box::new(JetStreamStream {
             name: channel.to_owned(),
             subject: subject::subject(&self.settings.prefix, shard.index, channel),
@@ -544,7 +544,8 @@ impl Backend for JetStreamBackend {
             view: self.view.clone(),
             deadline: Duration::from_millis(self.settings.publish_deadline_ms),
             metrics: self.metrics.clone(),
-            presence,
+            members,
+            presence_seen: self.presence_seen.subscribe(),
             node: self.node.clone(),
             presence_kv: self.presence.clone(),
         }))
@@ -575,7 +576,11 @@ struct JetStreamStream {
     view: Arc<dyn ChannelLog>,
     deadline: Duration,
     metrics: Arc<Metrics>,
-    presence: PresenceHistory,
+    /// The channel's members: the mirror's when the stream opened, then its own changes and
+    /// other nodes' events. Presence history is recorded by the mirror (`presence.rs`).
+    members: PresenceSet,
+    /// How far this node's mirror has applied the presence bucket.
+    presence_seen: watch::Receiver<u64>,
     node: String,
     presence_kv: kv::Store,
 }
@@ -758,7 +763,8 @@ impl Stream for JetStreamStream {
                         }
                     }
                     Delivery::Presence(event) => {
-                        if let Some(event) = self.presence.apply_remote(&self.name, event) {
+                        // As the other node announced it, if it changes the members here.
+                        if self.members.apply(event.clone()).is_some() {
                             return Committed::Presence(vec![event]);
                         }
                     }
@@ -789,7 +795,7 @@ impl Stream for JetStreamStream {
     }
 
     fn members(&self) -> &PresenceSet {
-        self.presence.members()
+        &self.members
     }
 
     fn catches_up(&self) -> bool {
@@ -806,8 +812,15 @@ impl Stream for JetStreamStream {
         change: PresenceChange,
     ) -> BoxFuture<'_, Result<Vec<PresenceMessage>, StoreError>> {
         async move {
-            let events = self.presence.change(&self.name, change);
-            presence::share(&self.presence_kv, &self.node, &self.name, &events).await;
+            let events = self.members.change(change);
+            presence::share(
+                &self.presence_kv,
+                &mut self.presence_seen,
+                &self.node,
+                &self.name,
+                &events,
+            )
+            .await;
             Ok(events)
         }
         .boxed()

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{subject, Delivery, JetStreamBackend, Owner};
+use crate::backend::local::Retention;
 
 /// A value of the presence bucket: the event a node broadcast for the member.
 #[derive(Debug, Serialize, Deserialize)]
@@ -65,10 +66,12 @@ fn channel_of(key: &str) -> Option<String> {
 /// next change.
 pub(super) async fn share(
     bucket: &kv::Store,
+    seen: &mut watch::Receiver<u64>,
     node: &str,
     channel: &str,
     events: &[PresenceMessage],
 ) {
+    let mut written_up_to = 0;
     for event in events {
         let Some(key) = key(channel, event) else {
             continue;
@@ -85,12 +88,22 @@ pub(super) async fn share(
                 continue;
             }
         };
+        written_up_to = revision;
         if event.action == PresenceAction::Leave {
             // Only the tombstone goes: a member entered again since stays.
             let _ = bucket.delete_expect_revision(&key, Some(revision)).await;
         }
     }
+    // The operation is answered once this node's mirror has the events, so its presence
+    // history (recorded by the mirror) has them too.
+    if written_up_to > 0 {
+        let wait = seen.wait_for(|applied| *applied >= written_up_to);
+        let _ = tokio::time::timeout(SEEN_WAIT, wait).await;
+    }
 }
+
+/// How long a presence operation waits for this node's mirror to apply its writes.
+const SEEN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl JetStreamBackend {
     /// Mirrors the presence bucket until `stop`, handing other nodes' events to the streams;
@@ -110,6 +123,7 @@ impl JetStreamBackend {
                         .mirror_presence(&entry.key, entry.revision, &entry.value)
                         .await;
                 }
+                backend.presence_seen.send_replace(entry.revision);
                 if entry.delta == 0 {
                     caught_up.send_replace(true);
                 }
@@ -152,13 +166,37 @@ impl JetStreamBackend {
                 .filter(|_| remote)
                 .map(|feed| feed.sender.clone())
         };
+        self.record_presence(&channel, revision, &written.event);
         if let Some(sender) = sender {
             let _ = sender.send(Delivery::Presence(written.event)).await;
         }
     }
 }
 
+/// Channels whose presence history count the mirror keeps before it forgets them all.
+const MAX_COUNTED_CHANNELS: usize = 65_536;
+
 impl JetStreamBackend {
+    /// Adds `event` to `channel`'s presence history at `revision`, the bucket's position of
+    /// the event: every node records every event there, so presence history and its positions
+    /// are the same on every node (for the events since it started: the bucket keeps members,
+    /// not past events, so a view rebuilt from it has no earlier history).
+    fn record_presence(&self, channel: &str, revision: u64, event: &PresenceMessage) {
+        let record = crate::backend::presence::to_record(event);
+        if let Err(e) = self.presence_log.append(channel, &[(revision, &record)]) {
+            tracing::warn!(%channel, error = %e, "presence history append failed");
+            return;
+        }
+        let mut counts = self.presence_retention.lock().expect("presence retention");
+        if counts.len() > MAX_COUNTED_CHANNELS {
+            counts.clear();
+        }
+        counts
+            .entry(channel.to_owned())
+            .or_insert_with(|| Retention::new(channel, self.max_messages, self.age_sweeps.clone()))
+            .after_append(self.presence_log.as_ref(), channel, 1);
+    }
+
     /// The members of this node's mirror that `pick` chooses, with their keys.
     fn members_of(&self, pick: impl Fn(&Owner) -> bool) -> Vec<(String, Owner)> {
         let mut found = Vec::new();
