@@ -81,6 +81,8 @@ pub struct ClusterNode {
     secrets: kv::Store,
     /// Token revocations, which every node enforces (`<PREFIX>_REVOKED`).
     revoked: kv::Store,
+    /// The development login's usernames, known to every node (`<PREFIX>_USERS`).
+    users: kv::Store,
     /// Heartbeats of every node (`<PREFIX>_NODE`).
     nodes: kv::Store,
     prefix: String,
@@ -166,11 +168,23 @@ impl ClusterNode {
         let revoked = retry_at_start("token revocations", || open_bucket(&js, config.clone()))
             .await
             .map_err(|e| format!("token revocations: {e}"))?;
+        let config = kv::Config {
+            bucket: format!("{}_USERS", prefix.to_ascii_uppercase()),
+            description: "the development login's usernames".to_owned(),
+            history: 1,
+            num_replicas: replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        let users = retry_at_start("users", || open_bucket(&js, config.clone()))
+            .await
+            .map_err(|e| format!("users: {e}"))?;
         Ok(Arc::new(ClusterNode {
             node,
             backend,
             secrets,
             revoked,
+            users,
             nodes,
             prefix: prefix.to_owned(),
             client: js.client(),
@@ -379,6 +393,23 @@ impl ClusterNode {
         });
     }
 
+    /// Tells every node that the development login issued a token for `username`.
+    pub async fn share_dev_user(&self, username: &str) -> Result<(), String> {
+        self.users
+            .put(dev_user_key(username), Vec::new().into())
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("sharing the user with the other nodes failed: {e}"))
+    }
+
+    /// Whether any node's development login issued a token for `username`.
+    pub async fn knows_dev_user(&self, username: &str) -> Result<bool, String> {
+        match self.users.entry(dev_user_key(username)).await {
+            Ok(entry) => Ok(entry.is_some_and(|e| e.operation == kv::Operation::Put)),
+            Err(e) => Err(format!("reading the shared users failed: {e}")),
+        }
+    }
+
     /// Tells every node of a revocation this node recorded (`revokeTokens`). A failure is
     /// logged and returned: the revocation holds on this node only.
     pub async fn share_revocation(
@@ -516,4 +547,10 @@ fn enforce(
             _ = stop.wait_for(|s| *s) => {}
         }
     });
+}
+
+/// A development user's key in the users bucket.
+fn dev_user_key(username: &str) -> String {
+    let hex: String = username.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("dev.u{hex}")
 }

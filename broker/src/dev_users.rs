@@ -2,7 +2,8 @@
 //! the sled tree `dev-users` of the broker's database. There is no user table without Auth0,
 //! and a development user's clientId is their username, so this record is all that
 //! `/api/users/{id}/profile` can honestly answer with: the name, and no real names or picture.
-//! Kept across restarts, so senders in a channel's history are still known.
+//! Kept across restarts, so senders in a channel's history are still known. In cluster mode
+//! the names are also shared with every node (`cluster.rs`).
 
 use auth_plugin::PublicProfile;
 
@@ -34,12 +35,17 @@ impl DevUsers {
 
     /// The profile of `id`, when the development login has issued a token for it.
     pub fn profile(&self, id: &str) -> Result<Option<PublicProfile>, sled::Error> {
-        Ok(self.tree.contains_key(id)?.then(|| PublicProfile {
-            id: id.to_owned(),
-            username: id.to_owned(),
-            first_name: None,
-            last_name: None,
-            profile_img_url: None,
-        }))
+        Ok(self.tree.contains_key(id)?.then(|| profile(id)))
+    }
+}
+
+/// The profile of development user `id`: the name, and nothing else.
+pub fn profile(id: &str) -> PublicProfile {
+    PublicProfile {
+        id: id.to_owned(),
+        username: id.to_owned(),
+        first_name: None,
+        last_name: None,
+        profile_img_url: None,
     }
 }

@@ -458,6 +458,14 @@ async fn a_token_minted_on_one_node_works_on_another() {
         connected.connection_details.unwrap().client_id.as_deref(),
         Some("carol")
     );
+    // And the other node knows the name the first one issued.
+    let profile = tests::json(
+        tests::http()
+            .get(two.url("/api/users/carol/profile"))
+            .bearer_auth(token),
+    )
+    .await;
+    assert_eq!(profile["username"], "carol");
 }
 
 /// `revokeTokens` on one node (§8.5 of the protocol notes: 40141) closes the revoked client's

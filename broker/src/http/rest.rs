@@ -893,13 +893,23 @@ async fn profile(
     let profile = if let Some(plugin) = &broker.auth0 {
         plugin.public_profile(&id)?
     } else if let Some(dev_users) = &broker.dev_users {
-        dev_users
-            .profile(&id)
-            .map_err(|e| {
-                tracing::error!(error = %e, "development users");
-                ErrorInfo::new(codes::INTERNAL, "user store unavailable")
-            })?
-            .ok_or_else(not_found)?
+        let here = dev_users.profile(&id).map_err(|e| {
+            tracing::error!(error = %e, "development users");
+            ErrorInfo::new(codes::INTERNAL, "user store unavailable")
+        })?;
+        match (here, &broker.cluster) {
+            (Some(profile), _) => profile,
+            // A name another node's login issued.
+            (None, Some(cluster)) => match cluster.knows_dev_user(&id).await {
+                Ok(true) => crate::dev_users::profile(&id),
+                Ok(false) => return Err(not_found()),
+                Err(e) => {
+                    tracing::error!(error = %e, "development users");
+                    return Err(ErrorInfo::new(codes::INTERNAL, "user store unavailable"));
+                }
+            },
+            (None, None) => return Err(not_found()),
+        }
     } else {
         return Err(ErrorInfo::new(
             codes::NOT_FOUND,
@@ -950,6 +960,12 @@ async fn dev_login(
             tracing::error!(error = %e, "development users");
             ErrorInfo::new(codes::INTERNAL, "user store unavailable")
         })?;
+        if let Some(cluster) = &broker.cluster {
+            cluster
+                .share_dev_user(&username)
+                .await
+                .map_err(|e| ErrorInfo::new(codes::INTERNAL, e))?;
+        }
     }
     let details = broker.keys.mint(
         &broker.token_key,
