@@ -119,66 +119,31 @@ impl ClusterNode {
         replicas: usize,
     ) -> Result<Arc<ClusterNode>, String> {
         let js = backend.context().clone();
-        let config = kv::Config {
-            bucket: format!("{}_CONN", prefix.to_ascii_uppercase()),
-            description: "connections, by connectionId: owner node and key hash".to_owned(),
-            history: 1,
-            max_age: ENTRY_MAX_AGE,
-            num_replicas: replicas,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
+        let bucket = |name: &'static str, description: &'static str, max_age: Duration| {
+            let config = kv::Config {
+                bucket: format!("{}_{name}", prefix.to_ascii_uppercase()),
+                description: description.to_owned(),
+                history: 1,
+                max_age,
+                num_replicas: replicas,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            };
+            let js = js.clone();
+            async move {
+                retry_at_start(description, || open_bucket(&js, config.clone()))
+                    .await
+                    .map_err(|e| format!("{description}: {e}"))
+            }
         };
-        let connections =
-            retry_at_start("connection registry", || open_bucket(&js, config.clone()))
-                .await
-                .map_err(|e| format!("connection registry: {e}"))?;
-        let config = kv::Config {
-            bucket: format!("{}_NODE", prefix.to_ascii_uppercase()),
-            description: "broker nodes' heartbeats".to_owned(),
-            history: 1,
-            max_age: NODE_MAX_AGE,
-            num_replicas: replicas,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        };
-        let nodes = retry_at_start("node heartbeats", || open_bucket(&js, config.clone()))
-            .await
-            .map_err(|e| format!("node heartbeats: {e}"))?;
-        let config = kv::Config {
-            bucket: format!("{}_SECRETS", prefix.to_ascii_uppercase()),
-            description: "secrets every broker node shares".to_owned(),
-            history: 1,
-            num_replicas: replicas,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        };
-        let secrets = retry_at_start("shared secrets", || open_bucket(&js, config.clone()))
-            .await
-            .map_err(|e| format!("shared secrets: {e}"))?;
-        let config = kv::Config {
-            bucket: format!("{}_REVOKED", prefix.to_ascii_uppercase()),
-            description: "token revocations every node enforces".to_owned(),
-            history: 1,
-            // A record outlives every token it reaches by this much (revocation.rs).
-            max_age: Duration::from_millis(2 * RECORD_LIFETIME_MS as u64),
-            num_replicas: replicas,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        };
-        let revoked = retry_at_start("token revocations", || open_bucket(&js, config.clone()))
-            .await
-            .map_err(|e| format!("token revocations: {e}"))?;
-        let config = kv::Config {
-            bucket: format!("{}_USERS", prefix.to_ascii_uppercase()),
-            description: "the development login's usernames".to_owned(),
-            history: 1,
-            num_replicas: replicas,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        };
-        let users = retry_at_start("users", || open_bucket(&js, config.clone()))
-            .await
-            .map_err(|e| format!("users: {e}"))?;
+        let forever = Duration::ZERO;
+        let connections = bucket("CONN", "connection registry", ENTRY_MAX_AGE).await?;
+        let nodes = bucket("NODE", "node heartbeats", NODE_MAX_AGE).await?;
+        let secrets = bucket("SECRETS", "shared secrets", forever).await?;
+        // A record outlives every token it reaches by this much (revocation.rs).
+        let lifetime = Duration::from_millis(2 * RECORD_LIFETIME_MS as u64);
+        let revoked = bucket("REVOKED", "token revocations", lifetime).await?;
+        let users = bucket("USERS", "development login usernames", forever).await?;
         Ok(Arc::new(ClusterNode {
             node,
             backend,
