@@ -1,6 +1,8 @@
-//! This node's part in a cluster beyond the channels (which `backend::jetstream` serves): the
-//! connection registry that lets a client resume its connection on another node
-//! (`../shared/cluster.md` §3.5).
+//! This node's part in a cluster beyond the channels and presence (which `backend::jetstream`
+//! serves): the connection registry that lets a client resume its connection on another node
+//! (`../shared/cluster.md` §3.5), the heartbeats that let the others leave a dead node's
+//! presence members, and what every node must share: the token-signing key, `revokeTokens`
+//! records and the development login's names. Each is a KV bucket named `<PREFIX>_<WHAT>`.
 //!
 //! Every bind of a connection (connect, resume) puts `{owner, hash of the connection key,
 //! clientId}` under the connectionId in the KV bucket `<PREFIX>_CONN`. A node asked to resume a
@@ -310,8 +312,8 @@ impl ClusterNode {
         })
     }
 
-    /// Says every [`HEARTBEAT`] that this node is alive, and leaves the presence members of
-    /// any node silent for [`SILENT`] plus `grace` (the presence leave grace, §6.6), unless
+    /// Says every `HEARTBEAT` (2 s) that this node is alive, and leaves the presence members of
+    /// any node silent for `SILENT` (10 s) plus `grace` (the presence leave grace, §6.6), unless
     /// their connections resumed elsewhere meanwhile (`cluster.md` §3.6), until `stop`.
     pub fn keep_alive(self: &Arc<Self>, grace: Duration, mut stop: watch::Receiver<bool>) {
         let node = self.clone();

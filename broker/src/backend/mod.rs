@@ -10,15 +10,18 @@
 //! the actor broadcasts the events it gets back.
 //!
 //! What crosses the seam is plain data: messages, presence changes and events, serials,
-//! positions and errors, never a future of another task. Two backends now:
+//! positions and errors, never a future of another task. Three backends:
 //! - [`local`]: today's single node, the segment log indexed in sled with group commit; an
 //!   ACK means the message was fsynced;
-//! - [`memory`]: everything in memory, durable at once, for unit tests of the channel core.
+//! - [`memory`]: everything in memory, durable at once, for unit tests of the channel core;
+//! - [`jetstream`]: cluster mode, NATS JetStream as the replicated log and each node a replica
+//!   (`../shared/cluster.md`); an ACK means a quorum of the stream's replicas has the message,
+//!   and every message, the node's own included, is delivered through [`Stream::committed`].
 //!
-//! Both pass the same conformance suite (`conformance.rs`): order, idempotent publish,
-//! history both ways with pagination, resume positions, epochs, retention, the member set and
-//! presence history, and failure answers.
-//! The cluster backend on NATS JetStream (`../shared/cluster.md`) is to be the third.
+//! All pass the same conformance suite (`conformance/`): order, idempotent publish, history
+//! both ways with pagination, resume positions, epochs, retention, the member set and presence
+//! history, and failure answers (local and memory; a JetStream publish that fails may still be
+//! stored). Local and memory run it as unit tests, JetStream from the integration tests.
 
 pub mod jetstream;
 pub mod local;

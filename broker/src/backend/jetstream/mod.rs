@@ -18,7 +18,8 @@
 //!   delivers each channel in the stream's order, which is also the order of history and
 //!   resume, read from the view.
 //!
-//! Presence, its history and the connections' msgSerial ledgers are still kept per node.
+//! Presence is shared through a KV bucket mirrored on every node (`presence.rs`); the
+//! connections' msgSerial ledgers are still kept per node.
 
 mod applier;
 mod presence;
@@ -139,7 +140,7 @@ struct Applied {
 const START_RETRIES_FOR: Duration = Duration::from_secs(30);
 
 /// Runs a JetStream request at start-up until it succeeds, retrying with back-off for
-/// [`START_RETRIES_FOR`]; returns the last error after that.
+/// `START_RETRIES_FOR` (30 s); returns the last error after that.
 pub async fn retry_at_start<T, F, Fut>(what: &str, mut request: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
