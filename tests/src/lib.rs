@@ -252,6 +252,27 @@ pub fn publish_message(channel: &str, msg_serial: u64, data: &str) -> ProtocolMe
     }
 }
 
+/// A PRESENCE ProtocolMessage with one item of `action` and string `data`, for `client_id`
+/// (or the connection's own clientId with `None`).
+pub fn presence_message(
+    channel: &str,
+    msg_serial: u64,
+    action: protocol::PresenceAction,
+    client_id: Option<&str>,
+    data: &str,
+) -> ProtocolMessage {
+    ProtocolMessage {
+        msg_serial: Some(msg_serial),
+        presence: Some(vec![protocol::PresenceMessage {
+            action,
+            client_id: client_id.map(str::to_owned),
+            data: Some(protocol::Data::String(data.into())),
+            ..Default::default()
+        }]),
+        ..ProtocolMessage::for_channel(Action::Presence, channel)
+    }
+}
+
 /// The string data of every message in a MESSAGE.
 pub fn texts(message: &ProtocolMessage) -> Vec<String> {
     message

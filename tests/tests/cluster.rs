@@ -246,15 +246,7 @@ fn presence_op(
     action: PresenceAction,
     data: &str,
 ) -> ProtocolMessage {
-    ProtocolMessage {
-        msg_serial: Some(msg_serial),
-        presence: Some(vec![PresenceMessage {
-            action,
-            data: Some(Data::String(data.into())),
-            ..Default::default()
-        }]),
-        ..ProtocolMessage::for_channel(Action::Presence, channel)
-    }
+    tests::presence_message(channel, msg_serial, action, None, data)
 }
 
 /// The next PRESENCE event, skipping ACKs and SYNCs.

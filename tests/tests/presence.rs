@@ -2,31 +2,15 @@
 //! leaves on CLOSE and after the grace period of an abrupt drop, none on a timely resume, the
 //! REST views, and the refusals.
 
-use protocol::{flags, Action, Data, PresenceAction, PresenceMessage, ProtocolMessage};
-use tests::{ably_jwt, acked_by, http, now_secs, send, urlencode, Client, TestBroker, KEY};
+use protocol::{flags, Action, Data, PresenceAction, ProtocolMessage};
+use tests::{
+    ably_jwt, acked_by, http, now_secs, presence_message as presence, send, urlencode, Client,
+    TestBroker, KEY,
+};
 
 const ENTER: PresenceAction = PresenceAction::Enter;
 const LEAVE: PresenceAction = PresenceAction::Leave;
 const UPDATE: PresenceAction = PresenceAction::Update;
-
-fn presence(
-    channel: &str,
-    msg_serial: u64,
-    action: PresenceAction,
-    client_id: Option<&str>,
-    data: &str,
-) -> ProtocolMessage {
-    ProtocolMessage {
-        msg_serial: Some(msg_serial),
-        presence: Some(vec![PresenceMessage {
-            action,
-            client_id: client_id.map(str::to_owned),
-            data: Some(Data::String(data.into())),
-            ..Default::default()
-        }]),
-        ..ProtocolMessage::for_channel(Action::Presence, channel)
-    }
-}
 
 async fn user(broker: &TestBroker, client_id: &str) -> (Client, ProtocolMessage) {
     let token = ably_jwt(

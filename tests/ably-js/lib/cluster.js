@@ -26,6 +26,7 @@ import {
   rnd,
   startBroker,
   withTimeout,
+  withContext,
 } from './helpers.js';
 
 /**
@@ -523,23 +524,7 @@ export class ClusterCtx extends Ctx {
 
 /** Like `withCtx`, with a ClusterCtx: diagnostics on failure, everything killed at the end. */
 export function withCluster(body) {
-  return async (t) => {
-    const ctx = new ClusterCtx();
-    try {
-      await body(ctx, t);
-    } catch (e) {
-      const diag = ctx.diagnostics();
-      if (e && typeof e === 'object') {
-        try {
-          e.message = `${e.message}\n${diag}`;
-        } catch {}
-        throw e;
-      }
-      throw new Error(`${String(e)}\n${diag}`);
-    } finally {
-      await ctx.cleanup();
-    }
-  };
+  return withContext(() => new ClusterCtx(), body);
 }
 
 // ---------------------------------------------------------------------------

@@ -972,8 +972,20 @@ export class Ctx {
  * cleaning up. `getBroker` is a function because brokers are started in before().
  */
 export function withCtx(getBroker, body) {
+  return withContext(
+    () => new Ctx(typeof getBroker === 'function' ? getBroker() : getBroker),
+    body,
+  );
+}
+
+/**
+ * Run a test body with the context `makeCtx()` returns (anything with
+ * `diagnostics()` and `cleanup()`), appending its diagnostics to any failure and
+ * always cleaning it up.
+ */
+export function withContext(makeCtx, body) {
   return async (t) => {
-    const ctx = new Ctx(typeof getBroker === 'function' ? getBroker() : getBroker);
+    const ctx = makeCtx();
     try {
       await body(ctx, t);
     } catch (e) {
