@@ -167,21 +167,25 @@ impl ClusterNode {
     /// The cluster's value of secret `name`: the one stored first, by whichever node started
     /// first with its `local` value; every later node takes that one.
     pub async fn shared_secret(&self, name: &str, local: &str) -> Result<String, String> {
-        if self
-            .secrets
-            .create(name, local.to_owned().into())
-            .await
-            .is_ok()
-        {
-            return Ok(local.to_owned());
-        }
-        let stored = self
-            .secrets
-            .get(name)
-            .await
-            .map_err(|e| format!("reading the shared {name}: {e}"))?
-            .ok_or_else(|| format!("the shared {name} is missing"))?;
-        String::from_utf8(stored.to_vec()).map_err(|_| format!("the shared {name} is not text"))
+        // The bucket may have been created a moment ago, its stream leader not elected yet.
+        retry_at_start(name, || async {
+            if self
+                .secrets
+                .create(name, local.to_owned().into())
+                .await
+                .is_ok()
+            {
+                return Ok(local.to_owned());
+            }
+            let stored = self
+                .secrets
+                .get(name)
+                .await
+                .map_err(|e| format!("reading the shared {name}: {e}"))?
+                .ok_or_else(|| format!("the shared {name} is missing"))?;
+            String::from_utf8(stored.to_vec()).map_err(|_| format!("the shared {name} is not text"))
+        })
+        .await
     }
 
     /// Whether the node can serve: connected to a NATS server, with every applier running.
