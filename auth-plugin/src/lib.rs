@@ -10,6 +10,7 @@ pub mod config;
 pub mod jwks;
 pub mod rbac;
 pub mod routes;
+pub mod table;
 pub mod users;
 pub mod verify;
 
@@ -76,10 +77,15 @@ impl AuthPlugin {
     /// a capability that does not parse among them, are an error here, not at the first login.
     /// Needs a tokio runtime.
     pub fn start(config: Auth0Config, db: &sled::Db) -> Result<Arc<AuthPlugin>, String> {
+        let users = UserStore::open(db).map_err(|e| e.to_string())?;
+        AuthPlugin::start_with(config, users)
+    }
+
+    /// [`AuthPlugin::start`] on a given user table: a cluster's shared one.
+    pub fn start_with(config: Auth0Config, users: UserStore) -> Result<Arc<AuthPlugin>, String> {
         config.validate()?;
         let capabilities = config.capabilities()?;
         let verifier = Verifier::new(&config);
-        let users = UserStore::open(db).map_err(|e| e.to_string())?;
         let jwks = verifier.jwks().clone();
         tokio::spawn(async move { jwks.refresh().await });
         Ok(Arc::new(AuthPlugin {
@@ -117,7 +123,12 @@ impl AuthPlugin {
             .filter(|entry| entry.1 > Instant::now())
             .map(|entry| entry.0.clone());
         if let Some(principal) = cached {
-            if self.users.is_banned(&principal.sub).map_err(store_error)? {
+            if self
+                .users
+                .is_banned(&principal.sub)
+                .await
+                .map_err(store_error)?
+            {
                 return Err(banned());
             }
             return Ok(principal);
@@ -148,6 +159,7 @@ impl AuthPlugin {
         } else {
             self.users
                 .login(&verified.sub, &verified.profile, now)
+                .await
                 .map_err(|e| match e {
                     users::UserError::Banned => banned(),
                     other => store_error(other),

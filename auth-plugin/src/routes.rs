@@ -139,8 +139,8 @@ impl AuthPlugin {
     /// The public profile of user `id`, for a caller the broker has already authenticated
     /// (any credential: an API key, a broker token, an Auth0 token). 404 (40400) for an id
     /// that is no user.
-    pub fn public_profile(&self, id: &str) -> Result<PublicProfile, ErrorInfo> {
-        let user = self.users.get(id).map_err(user_error)?;
+    pub async fn public_profile(&self, id: &str) -> Result<PublicProfile, ErrorInfo> {
+        let user = self.users.get(id).await.map_err(user_error)?;
         user.map(|u| u.public_profile())
             .ok_or_else(|| user_error(UserError::NotFound))
     }
@@ -157,7 +157,11 @@ impl AuthPlugin {
         let principal = self.caller(request).await?;
         match method {
             "GET" => {
-                let user = self.users.get(&principal.client_id).map_err(user_error)?;
+                let user = self
+                    .users
+                    .get(&principal.client_id)
+                    .await
+                    .map_err(user_error)?;
                 let user = user.ok_or_else(|| user_error(UserError::NotFound))?;
                 Ok(ApiResponse::ok(json!(user)))
             }
@@ -168,6 +172,7 @@ impl AuthPlugin {
                 let user = self
                     .users
                     .update(&principal.client_id, &patch, true)
+                    .await
                     .map_err(user_error)?;
                 Ok(ApiResponse::ok(json!(user)))
             }
@@ -193,7 +198,7 @@ impl AuthPlugin {
 
     async fn restore(&self, id: &str, request: &ApiRequest) -> Result<ApiResponse, ErrorInfo> {
         self.require_admin(request, "restoring users").await?;
-        let user = self.users.restore(id).map_err(|e| match e {
+        let user = self.users.restore(id).await.map_err(|e| match e {
             UserError::NotFound => ErrorInfo::new(codes::NOT_FOUND, "no such deleted user"),
             other => user_error(other),
         })?;
@@ -216,6 +221,7 @@ impl AuthPlugin {
         let users = self
             .users
             .list(get("query"), get("cursor"), limit + 1)
+            .await
             .map_err(user_error)?;
         let next = (users.len() > limit).then(|| users[limit - 1].id.clone());
         let page: Vec<_> = users.into_iter().take(limit).collect();
@@ -233,7 +239,7 @@ impl AuthPlugin {
         self.require_admin(request, "managing users").await?;
         match method {
             "GET" => {
-                let user = self.users.get(id).map_err(user_error)?;
+                let user = self.users.get(id).await.map_err(user_error)?;
                 Ok(ApiResponse::ok(json!(
                     user.ok_or_else(|| user_error(UserError::NotFound))?
                 )))
@@ -242,11 +248,15 @@ impl AuthPlugin {
                 let patch: UserPatch = serde_json::from_slice(&request.body).map_err(|e| {
                     ErrorInfo::new(codes::BAD_REQUEST, format!("invalid body: {e}"))
                 })?;
-                let user = self.users.update(id, &patch, true).map_err(user_error)?;
+                let user = self
+                    .users
+                    .update(id, &patch, true)
+                    .await
+                    .map_err(user_error)?;
                 Ok(ApiResponse::ok(json!(user)))
             }
             "DELETE" => {
-                if !self.users.delete(id).map_err(user_error)? {
+                if !self.users.delete(id).await.map_err(user_error)? {
                     return Err(user_error(UserError::NotFound));
                 }
                 self.forget_user(id);

@@ -1,13 +1,18 @@
-//! The user table, in sled trees the plugin owns: `auth-users` (id → user), `auth-subs`
-//! (every linked `sub` → id) and `auth-usernames` (normalised username → id). Uniqueness of
-//! `sub` and username is enforced by compare-and-swap on those index trees, so two concurrent
-//! first logins of one person create one user, and a username is never given out twice.
-//! Profile fields follow the IdP on each login unless the user edited them (`edited`).
-//! Deleting a user bans them: tombstones in `auth-banned` (id → the user as they were) and
-//! `auth-banned-subs` (each of their `sub`s → id) refuse their logins until a restore.
+//! The user table, in five [`Table`]s: `users` (id → user), `subs` (every linked `sub` → id)
+//! and `usernames` (normalised username → id), and the ban tombstones. Uniqueness of `sub` and
+//! username is enforced by compare-and-swap on those index tables, so two concurrent first
+//! logins of one person create one user, and a username is never given out twice, whether
+//! the tables are one broker's sled trees (`auth-users`, `auth-subs`…) or a cluster's shared
+//! KV bucket. Profile fields follow the IdP on each login unless the user edited them
+//! (`edited`). Deleting a user bans them: tombstones in `banned` (id → the user as they were)
+//! and `banned-subs` (each of their `sub`s → id) refuse their logins until a restore.
+
+use std::sync::Arc;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+
+use crate::table::{OpenTable, SledTable, Table};
 
 /// One user.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -189,47 +194,62 @@ fn clip(value: Option<String>) -> Option<String> {
 
 /// The user table.
 pub struct UserStore {
-    users: sled::Tree,
-    subs: sled::Tree,
-    usernames: sled::Tree,
-    banned: sled::Tree,
-    banned_subs: sled::Tree,
+    users: Arc<dyn Table>,
+    subs: Arc<dyn Table>,
+    usernames: Arc<dyn Table>,
+    banned: Arc<dyn Table>,
+    banned_subs: Arc<dyn Table>,
+}
+
+fn encode(user: &User) -> Vec<u8> {
+    serde_json::to_vec(user).expect("user serializes")
+}
+
+fn decode(id: &str, bytes: &[u8]) -> Result<User, UserError> {
+    serde_json::from_slice(bytes).map_err(|e| UserError::Store(format!("corrupt user {id}: {e}")))
 }
 
 impl UserStore {
-    /// Opens the plugin's trees in `db`.
+    /// Opens the plugin's trees in `db` (`auth-users`, `auth-subs`…).
     pub fn open(db: &sled::Db) -> Result<UserStore, UserError> {
+        UserStore::on(&|name| Ok(Arc::new(SledTable::open(db, &format!("auth-{name}"))?)))
+    }
+
+    /// The user table on the tables `open` gives for the names `users`, `subs`, `usernames`,
+    /// `banned` and `banned-subs`.
+    pub fn on(open: OpenTable<'_>) -> Result<UserStore, UserError> {
         Ok(UserStore {
-            users: db.open_tree("auth-users")?,
-            subs: db.open_tree("auth-subs")?,
-            usernames: db.open_tree("auth-usernames")?,
-            banned: db.open_tree("auth-banned")?,
-            banned_subs: db.open_tree("auth-banned-subs")?,
+            users: open("users")?,
+            subs: open("subs")?,
+            usernames: open("usernames")?,
+            banned: open("banned")?,
+            banned_subs: open("banned-subs")?,
         })
     }
 
     /// True when `sub` belongs to a deleted (banned) user.
-    pub fn is_banned(&self, sub: &str) -> Result<bool, UserError> {
-        Ok(self.banned_subs.contains_key(sub)?)
+    pub async fn is_banned(&self, sub: &str) -> Result<bool, UserError> {
+        Ok(self.banned_subs.get(sub).await?.is_some())
     }
 
     /// True when `id` is a deleted (banned) user's.
-    pub fn is_deleted(&self, id: &str) -> Result<bool, UserError> {
-        Ok(self.banned.contains_key(id)?)
+    pub async fn is_deleted(&self, id: &str) -> Result<bool, UserError> {
+        Ok(self.banned.get(id).await?.is_some())
     }
 
     /// The user with `id`.
-    pub fn get(&self, id: &str) -> Result<Option<User>, UserError> {
+    pub async fn get(&self, id: &str) -> Result<Option<User>, UserError> {
         Ok(self
             .users
-            .get(id)?
+            .get(id)
+            .await?
             .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
     /// The user a `sub` is linked to.
-    pub fn by_sub(&self, sub: &str) -> Result<Option<User>, UserError> {
-        match self.subs.get(sub)? {
-            Some(id) => self.get(&String::from_utf8_lossy(&id)),
+    pub async fn by_sub(&self, sub: &str) -> Result<Option<User>, UserError> {
+        match self.subs.get(sub).await? {
+            Some(id) => self.get(&String::from_utf8_lossy(&id)).await,
             None => Ok(None),
         }
     }
@@ -237,42 +257,42 @@ impl UserStore {
     /// Records a verified login: creates the user on first sight of `sub` (race-free), and
     /// otherwise refreshes `lastLoginAt` and the profile fields the user did not edit. A
     /// deleted user's `sub` is [`UserError::Banned`].
-    pub fn login(&self, sub: &str, profile: &Profile, now: i64) -> Result<User, UserError> {
+    pub async fn login(&self, sub: &str, profile: &Profile, now: i64) -> Result<User, UserError> {
         loop {
-            if self.is_banned(sub)? {
+            if self.is_banned(sub).await? {
                 return Err(UserError::Banned);
             }
-            if let Some(id) = self.subs.get(sub)? {
+            if let Some(id) = self.subs.get(sub).await? {
                 let id = String::from_utf8_lossy(&id).into_owned();
-                let updated = self.modify(&id, |user| {
-                    user.last_login_at = now;
-                    let fields = [
-                        ("firstName", &mut user.first_name, &profile.given_name),
-                        ("lastName", &mut user.last_name, &profile.family_name),
-                        ("profileImgUrl", &mut user.profile_img_url, &profile.picture),
-                    ];
-                    for (name, field, claim) in fields {
-                        if claim.is_some() && !user.edited.iter().any(|e| e == name) {
-                            *field = clip(claim.clone());
+                let updated = self
+                    .modify(&id, |user| {
+                        user.last_login_at = now;
+                        let fields = [
+                            ("firstName", &mut user.first_name, &profile.given_name),
+                            ("lastName", &mut user.last_name, &profile.family_name),
+                            ("profileImgUrl", &mut user.profile_img_url, &profile.picture),
+                        ];
+                        for (name, field, claim) in fields {
+                            if claim.is_some() && !user.edited.iter().any(|e| e == name) {
+                                *field = clip(claim.clone());
+                            }
                         }
-                    }
-                    Ok(())
-                })?;
+                        Ok(())
+                    })
+                    .await?;
                 match updated {
                     Some(user) => return Ok(user),
                     // Deleted meanwhile: its sub link is stale; create afresh.
                     None => {
-                        let _ =
-                            self.subs
-                                .compare_and_swap(sub, Some(id.as_bytes()), None::<&[u8]>)?;
+                        self.subs.swap(sub, Some(id.as_bytes()), None).await?;
                         continue;
                     }
                 }
             }
-            if let Some(user) = self.create(sub, profile, now)? {
+            if let Some(user) = self.create(sub, profile, now).await? {
                 // A deletion that raced this first login banned the sub meanwhile.
-                if self.is_banned(sub)? {
-                    self.remove(&user)?;
+                if self.is_banned(sub).await? {
+                    self.remove(&user).await?;
                     return Err(UserError::Banned);
                 }
                 return Ok(user);
@@ -281,9 +301,14 @@ impl UserStore {
     }
 
     /// Creates a user for `sub`; `None` when a concurrent login created it first.
-    fn create(&self, sub: &str, profile: &Profile, now: i64) -> Result<Option<User>, UserError> {
+    async fn create(
+        &self,
+        sub: &str,
+        profile: &Profile,
+        now: i64,
+    ) -> Result<Option<User>, UserError> {
         let id = format!("{:012x}{:08x}", now, rand::thread_rng().gen::<u32>());
-        let username = self.reserve_username(&suggestion(profile), &id)?;
+        let username = self.reserve_username(&suggestion(profile), &id).await?;
         let user = User {
             id: id.clone(),
             username: username.clone(),
@@ -298,24 +323,21 @@ impl UserStore {
         };
         // The record exists before the sub points at it, so a reader never finds a dangling
         // link; if another login linked the sub first, undo ours.
-        self.users.insert(
-            id.as_bytes(),
-            serde_json::to_vec(&user).expect("user serializes"),
-        )?;
-        if self
+        self.users.insert(&id, encode(&user)).await?;
+        if !self
             .subs
-            .compare_and_swap(sub, None::<&[u8]>, Some(id.as_bytes()))?
-            .is_err()
+            .swap(sub, None, Some(id.as_bytes().to_vec()))
+            .await?
         {
-            self.users.remove(id.as_bytes())?;
-            self.usernames.remove(username.as_bytes())?;
+            self.users.remove(&id).await?;
+            self.usernames.remove(&username).await?;
             return Ok(None);
         }
         Ok(Some(user))
     }
 
     /// Claims a free username near `wanted` for `id`: `wanted`, then `wanted2`, `wanted3`…
-    fn reserve_username(&self, wanted: &str, id: &str) -> Result<String, UserError> {
+    async fn reserve_username(&self, wanted: &str, id: &str) -> Result<String, UserError> {
         for attempt in 1..=50u32 {
             let candidate = match attempt {
                 1 => wanted.to_owned(),
@@ -327,8 +349,8 @@ impl UserStore {
             }
             if self
                 .usernames
-                .compare_and_swap(candidate.as_bytes(), None::<&[u8]>, Some(id.as_bytes()))?
-                .is_ok()
+                .swap(&candidate, None, Some(id.as_bytes().to_vec()))
+                .await?
             {
                 return Ok(candidate);
             }
@@ -337,40 +359,39 @@ impl UserStore {
     }
 
     /// Applies `change` to the user atomically (compare-and-swap); `None` if there is none.
-    fn modify(
+    async fn modify(
         &self,
         id: &str,
         change: impl Fn(&mut User) -> Result<(), UserError>,
     ) -> Result<Option<User>, UserError> {
         loop {
-            let Some(old) = self.users.get(id)? else {
+            let Some(old) = self.users.get(id).await? else {
                 return Ok(None);
             };
-            let mut user: User = serde_json::from_slice(&old)
-                .map_err(|e| UserError::Store(format!("corrupt user {id}: {e}")))?;
+            let mut user = decode(id, &old)?;
             change(&mut user)?;
-            let new = serde_json::to_vec(&user).expect("user serializes");
-            if self
-                .users
-                .compare_and_swap(id, Some(&old), Some(new))?
-                .is_ok()
-            {
+            if self.users.swap(id, Some(&old), Some(encode(&user))).await? {
                 return Ok(Some(user));
             }
         }
     }
 
     /// Applies a patch. `by_user` marks edited profile fields so logins keep them.
-    pub fn update(&self, id: &str, patch: &UserPatch, by_user: bool) -> Result<User, UserError> {
-        let current = self.get(id)?.ok_or(UserError::NotFound)?;
+    pub async fn update(
+        &self,
+        id: &str,
+        patch: &UserPatch,
+        by_user: bool,
+    ) -> Result<User, UserError> {
+        let current = self.get(id).await?.ok_or(UserError::NotFound)?;
         let mut released = None;
         if let Some(wanted) = &patch.username {
             let name = normalise_username(wanted)?;
             if name != current.username {
-                let taken = self
+                let taken = !self
                     .usernames
-                    .compare_and_swap(name.as_bytes(), None::<&[u8]>, Some(id.as_bytes()))?
-                    .is_err();
+                    .swap(&name, None, Some(id.as_bytes().to_vec()))
+                    .await?;
                 if taken {
                     return Err(UserError::UsernameTaken(name));
                 }
@@ -387,41 +408,39 @@ impl UserStore {
                 )));
             }
         }
-        let updated = self.modify(id, |user| {
-            if let Some((_, new)) = &released {
-                user.username = new.clone();
-            }
-            let fields = [
-                ("firstName", &mut user.first_name, &patch.first_name),
-                ("lastName", &mut user.last_name, &patch.last_name),
-                (
-                    "profileImgUrl",
-                    &mut user.profile_img_url,
-                    &patch.profile_img_url,
-                ),
-            ];
-            for (name, field, value) in fields {
-                if let Some(value) = value {
-                    *field = clip(Some(value.clone()));
-                    if by_user && !user.edited.iter().any(|e| e == name) {
-                        user.edited.push(name.to_owned());
+        let updated = self
+            .modify(id, |user| {
+                if let Some((_, new)) = &released {
+                    user.username = new.clone();
+                }
+                let fields = [
+                    ("firstName", &mut user.first_name, &patch.first_name),
+                    ("lastName", &mut user.last_name, &patch.last_name),
+                    (
+                        "profileImgUrl",
+                        &mut user.profile_img_url,
+                        &patch.profile_img_url,
+                    ),
+                ];
+                for (name, field, value) in fields {
+                    if let Some(value) = value {
+                        *field = clip(Some(value.clone()));
+                        if by_user && !user.edited.iter().any(|e| e == name) {
+                            user.edited.push(name.to_owned());
+                        }
                     }
                 }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            })
+            .await?;
         match (updated, released) {
             (Some(user), Some((old, _))) => {
-                let _ = self.usernames.compare_and_swap(
-                    old.as_bytes(),
-                    Some(id.as_bytes()),
-                    None::<&[u8]>,
-                )?;
+                self.usernames.swap(&old, Some(id.as_bytes()), None).await?;
                 Ok(user)
             }
             (Some(user), None) => Ok(user),
             (None, Some((_, new))) => {
-                self.usernames.remove(new.as_bytes())?;
+                self.usernames.remove(&new).await?;
                 Err(UserError::NotFound)
             }
             (None, None) => Err(UserError::NotFound),
@@ -431,93 +450,74 @@ impl UserStore {
     /// Deletes the user and bans them: the tombstones go in first, so no login of theirs
     /// slips between, then the row, its identities and its username go. True if there was
     /// one.
-    pub fn delete(&self, id: &str) -> Result<bool, UserError> {
-        let Some(user) = self.get(id)? else {
+    pub async fn delete(&self, id: &str) -> Result<bool, UserError> {
+        let Some(user) = self.get(id).await? else {
             return Ok(false);
         };
-        self.banned.insert(
-            id.as_bytes(),
-            serde_json::to_vec(&user).expect("user serializes"),
-        )?;
         for sub in &user.identities {
-            self.banned_subs.insert(sub.as_bytes(), id.as_bytes())?;
+            self.banned_subs.insert(sub, id.as_bytes().to_vec()).await?;
         }
-        self.remove(&user)?;
-        self.banned.flush()?;
+        // Last of the tombstones: a watcher of this table (the other nodes of a cluster) sees
+        // the user banned only once their logins are refused.
+        self.banned.insert(id, encode(&user)).await?;
+        self.remove(&user).await?;
+        self.banned.flush().await?;
         Ok(true)
     }
 
     /// Removes the user's row, identities and username (each only while still theirs).
-    fn remove(&self, user: &User) -> Result<(), UserError> {
+    async fn remove(&self, user: &User) -> Result<(), UserError> {
         let id = user.id.as_bytes();
         for sub in &user.identities {
-            let _ = self
-                .subs
-                .compare_and_swap(sub.as_bytes(), Some(id), None::<&[u8]>)?;
+            self.subs.swap(sub, Some(id), None).await?;
         }
-        let _ =
-            self.usernames
-                .compare_and_swap(user.username.as_bytes(), Some(id), None::<&[u8]>)?;
-        self.users.remove(id)?;
+        self.usernames.swap(&user.username, Some(id), None).await?;
+        self.users.remove(&user.id).await?;
         Ok(())
     }
 
     /// Lifts the ban on deleted user `id` and brings them back as they were: same id (their
     /// clientId), identities and profile, and their username unless someone took it since
     /// (then a free one near it). [`UserError::NotFound`] when no deleted user has that id.
-    pub fn restore(&self, id: &str) -> Result<User, UserError> {
-        let Some(bytes) = self.banned.get(id)? else {
+    pub async fn restore(&self, id: &str) -> Result<User, UserError> {
+        let Some(bytes) = self.banned.get(id).await? else {
             return Err(UserError::NotFound);
         };
-        let mut user: User = serde_json::from_slice(&bytes)
-            .map_err(|e| UserError::Store(format!("corrupt deleted user {id}: {e}")))?;
+        let mut user = decode(id, &bytes)?;
         let kept = self
             .usernames
-            .compare_and_swap(user.username.as_bytes(), None::<&[u8]>, Some(id.as_bytes()))?
-            .is_ok();
+            .swap(&user.username, None, Some(id.as_bytes().to_vec()))
+            .await?;
         if !kept {
-            user.username = self.reserve_username(&user.username, id)?;
+            user.username = self.reserve_username(&user.username, id).await?;
         }
-        self.users.insert(
-            id.as_bytes(),
-            serde_json::to_vec(&user).expect("user serializes"),
-        )?;
+        self.users.insert(id, encode(&user)).await?;
         for sub in &user.identities {
             // A banned sub cannot have logged in since, so its link is free.
-            let _ =
-                self.subs
-                    .compare_and_swap(sub.as_bytes(), None::<&[u8]>, Some(id.as_bytes()))?;
-            let _ = self.banned_subs.compare_and_swap(
-                sub.as_bytes(),
-                Some(id.as_bytes()),
-                None::<&[u8]>,
-            )?;
+            self.subs
+                .swap(sub, None, Some(id.as_bytes().to_vec()))
+                .await?;
+            self.banned_subs
+                .swap(sub, Some(id.as_bytes()), None)
+                .await?;
         }
-        self.banned.remove(id)?;
+        self.banned.remove(id).await?;
         Ok(user)
     }
 
     /// Users in id (creation) order after `after`, whose username, names or sub contain
     /// `query` (case-insensitive), at most `limit`.
-    pub fn list(
+    pub async fn list(
         &self,
         query: Option<&str>,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<User>, UserError> {
         let query = query.map(str::to_lowercase).filter(|q| !q.is_empty());
-        let start = match after {
-            Some(a) => std::ops::Bound::Excluded(a.as_bytes().to_vec()),
-            None => std::ops::Bound::Unbounded,
-        };
         let mut out = Vec::new();
-        for item in self
-            .users
-            .range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
-        {
-            let (_, bytes) = item?;
-            let Ok(user) = serde_json::from_slice::<User>(&bytes) else {
-                continue;
+        let mut visit = |_: &str, bytes: &[u8]| {
+            let Ok(user) = serde_json::from_slice::<User>(bytes) else {
+                return true;
             };
             let matches = query.as_ref().is_none_or(|q| {
                 [
@@ -532,11 +532,10 @@ impl UserStore {
             });
             if matches {
                 out.push(user);
-                if out.len() >= limit {
-                    break;
-                }
             }
-        }
+            out.len() < limit
+        };
+        self.users.scan(after, &mut visit).await?;
         Ok(out)
     }
 }
@@ -561,11 +560,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn first_login_creates_later_logins_refresh_unedited_fields() {
+    #[tokio::test]
+    async fn first_login_creates_later_logins_refresh_unedited_fields() {
         let (_dir, users) = store();
         let first = users
             .login("auth0|1", &profile("Jane.Doe", "Jane"), 1)
+            .await
             .unwrap();
         assert_eq!(first.username, "jane.doe");
         assert_eq!(first.first_name.as_deref(), Some("Jane"));
@@ -578,10 +578,11 @@ mod tests {
                 },
                 true,
             )
+            .await
             .unwrap();
         let mut later = profile("other", "Jenny");
         later.picture = Some("https://img/2".into());
-        let again = users.login("auth0|1", &later, 2).unwrap();
+        let again = users.login("auth0|1", &later, 2).await.unwrap();
         assert_eq!(again.id, first.id);
         assert_eq!(
             again.username, "jane.doe",
@@ -596,11 +597,17 @@ mod tests {
         assert_eq!(again.last_login_at, 2);
     }
 
-    #[test]
-    fn usernames_stay_unique() {
+    #[tokio::test]
+    async fn usernames_stay_unique() {
         let (_dir, users) = store();
-        let a = users.login("auth0|a", &profile("sam", "Sam"), 1).unwrap();
-        let b = users.login("google|b", &profile("sam", "Sam"), 1).unwrap();
+        let a = users
+            .login("auth0|a", &profile("sam", "Sam"), 1)
+            .await
+            .unwrap();
+        let b = users
+            .login("google|b", &profile("sam", "Sam"), 1)
+            .await
+            .unwrap();
         assert_eq!((a.username.as_str(), b.username.as_str()), ("sam", "sam2"));
         let err = users
             .update(
@@ -611,17 +618,20 @@ mod tests {
                 },
                 true,
             )
+            .await
             .unwrap_err();
         assert_eq!(err, UserError::UsernameTaken("sam".into()));
         assert!(matches!(
-            users.update(
-                &b.id,
-                &UserPatch {
-                    username: Some("a!".into()),
-                    ..Default::default()
-                },
-                true
-            ),
+            users
+                .update(
+                    &b.id,
+                    &UserPatch {
+                        username: Some("a!".into()),
+                        ..Default::default()
+                    },
+                    true
+                )
+                .await,
             Err(UserError::Invalid(_))
         ));
         let renamed = users
@@ -633,73 +643,86 @@ mod tests {
                 },
                 true,
             )
+            .await
             .unwrap();
         assert_eq!(renamed.username, "samuel");
         // "sam2" is free again.
-        let c = users.login("github|c", &profile("sam", "Sam"), 1).unwrap();
+        let c = users
+            .login("github|c", &profile("sam", "Sam"), 1)
+            .await
+            .unwrap();
         assert_eq!(c.username, "sam2");
     }
 
-    #[test]
-    fn concurrent_first_logins_create_one_user() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_first_logins_create_one_user() {
         let (_dir, users) = store();
         let users = std::sync::Arc::new(users);
-        let handles: Vec<_> = (0..8)
+        let logins: Vec<_> = (0..8)
             .map(|_| {
                 let users = users.clone();
-                std::thread::spawn(move || {
+                tokio::spawn(async move {
                     users
                         .login("auth0|race", &profile("racer", "R"), 1)
+                        .await
                         .unwrap()
                         .id
                 })
             })
             .collect();
-        let ids: std::collections::BTreeSet<String> =
-            handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let mut ids = std::collections::BTreeSet::new();
+        for login in logins {
+            ids.insert(login.await.unwrap());
+        }
         assert_eq!(ids.len(), 1);
-        assert_eq!(users.list(None, None, 100).unwrap().len(), 1);
+        assert_eq!(users.list(None, None, 100).await.unwrap().len(), 1);
     }
 
-    #[test]
-    fn delete_bans_the_user_until_restored() {
+    #[tokio::test]
+    async fn delete_bans_the_user_until_restored() {
         let (_dir, users) = store();
         let u = users
             .login("auth0|gone", &profile("ghost", "G"), 1)
+            .await
             .unwrap();
-        assert!(users.delete(&u.id).unwrap());
-        assert!(users.by_sub("auth0|gone").unwrap().is_none());
-        assert!(users.get(&u.id).unwrap().is_none());
+        assert!(users.delete(&u.id).await.unwrap());
+        assert!(users.by_sub("auth0|gone").await.unwrap().is_none());
+        assert!(users.get(&u.id).await.unwrap().is_none());
         assert_eq!(
-            users.login("auth0|gone", &profile("ghost", "G"), 2),
+            users.login("auth0|gone", &profile("ghost", "G"), 2).await,
             Err(UserError::Banned)
         );
         // Their username is free meanwhile; a restore finds another.
-        let taker = users.login("auth0|new", &profile("ghost", "N"), 3).unwrap();
+        let taker = users
+            .login("auth0|new", &profile("ghost", "N"), 3)
+            .await
+            .unwrap();
         assert_eq!(taker.username, "ghost");
-        let back = users.restore(&u.id).unwrap();
+        let back = users.restore(&u.id).await.unwrap();
         assert_eq!(back.id, u.id);
         assert_eq!(back.username, "ghost2");
-        assert_eq!(users.restore(&u.id), Err(UserError::NotFound));
+        assert_eq!(users.restore(&u.id).await, Err(UserError::NotFound));
         let again = users
             .login("auth0|gone", &profile("ghost", "G"), 4)
+            .await
             .unwrap();
         assert_eq!(again.id, u.id);
         assert_eq!(again.last_login_at, 4);
     }
 
-    #[test]
-    fn listing_searches_and_pages() {
+    #[tokio::test]
+    async fn listing_searches_and_pages() {
         let (_dir, users) = store();
         for (i, nick) in ["alpha", "beta", "alpine"].iter().enumerate() {
             users
                 .login(&format!("s{i}"), &profile(nick, "X"), i as i64 + 1)
+                .await
                 .unwrap();
         }
-        let al = users.list(Some("AL"), None, 10).unwrap();
+        let al = users.list(Some("AL"), None, 10).await.unwrap();
         assert_eq!(al.len(), 2);
-        let first = users.list(None, None, 1).unwrap();
-        let rest = users.list(None, Some(&first[0].id), 10).unwrap();
+        let first = users.list(None, None, 1).await.unwrap();
+        let rest = users.list(None, Some(&first[0].id), 10).await.unwrap();
         assert_eq!(rest.len(), 2);
     }
 }

@@ -3,7 +3,7 @@
 //! and a development user's clientId is their username, so this record is all that
 //! `/api/users/{id}/profile` can honestly answer with: the name, and no real names or picture.
 //! Kept across restarts, so senders in a channel's history are still known. In cluster mode
-//! the names are also shared with every node (`cluster.rs`).
+//! the names are also shared with every node (`cluster/mod.rs`).
 
 use auth_plugin::PublicProfile;
 

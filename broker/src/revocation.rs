@@ -194,7 +194,7 @@ pub enum Lapsed {
 /// the handshake, after an in-band AUTH); `users` is the Auth0 user table, when there is one. A revocation or a user deletion records itself and
 /// then walks the registered connections, so one that was authenticated before the record
 /// and registered after the walk is caught here instead.
-pub fn lapsed(
+pub async fn lapsed(
     revocations: &Revocations,
     users: Option<&UserStore>,
     authority: &Authority,
@@ -205,7 +205,7 @@ pub fn lapsed(
         }
     }
     let (users, user) = (users?, authority.identity.reported.as_deref()?);
-    match users.is_deleted(user) {
+    match users.is_deleted(user).await {
         Ok(true) => Some(Lapsed::Deleted),
         Ok(false) => None,
         Err(e) => {

@@ -68,11 +68,8 @@ pub async fn run_then(
         Some(dir) => SledLog::open_logs_on(&Database::open(dir, config.storage.cache_bytes)?)?,
         None => SledLog::open_logs_on(&database)?,
     };
-    let auth0 = if config.auth0.enabled() {
-        Some(AuthPlugin::start(config.auth0.clone(), &database.handle()).map_err(Error::Config)?)
-    } else {
-        None
-    };
+    // The Auth0 user table lives in this database on one node, in JetStream in a cluster.
+    let users_db = config.auth0.enabled().then(|| database.handle());
     let dev_users = if config.dev_login_enabled() {
         let opened = DevUsers::open(&database.handle());
         Some(opened.map_err(|e| Error::Store(StoreError::Engine(e.to_string())))?)
@@ -164,6 +161,18 @@ pub async fn run_then(
             .await
             .map_err(|e| Error::Config(format!("cluster mode: {e}")))?;
     }
+    let auth0 = match (users_db, &cluster) {
+        (None, _) => None,
+        (Some(_), Some((_, node))) => {
+            let users = node
+                .user_store()
+                .map_err(|e| Error::Config(format!("cluster mode: {e}")))?;
+            Some(AuthPlugin::start_with(config.auth0.clone(), users).map_err(Error::Config)?)
+        }
+        (Some(db), None) => {
+            Some(AuthPlugin::start(config.auth0.clone(), &db).map_err(Error::Config)?)
+        }
+    };
     let mut all_keys = config.keys.clone();
     let mut internal = KeyConfig::parse(&token_key).map_err(Error::Config)?;
     internal.capability = r#"{"[*]*":["*"]}"#.to_owned();
@@ -214,6 +223,7 @@ pub async fn run_then(
     });
     if let Some(node) = &broker.cluster {
         node.serve_evictions(broker.sessions.clone(), broker.shutdown.clone());
+        node.serve_occupancy(broker.channels.clone(), broker.shutdown.clone());
         let grace = Duration::from_millis(broker.config.presence.leave_grace_ms);
         node.keep_alive(grace, broker.shutdown.clone());
         node.enforce_revocations(
@@ -221,6 +231,13 @@ pub async fn run_then(
             broker.sessions.clone(),
             broker.shutdown.clone(),
         );
+        if broker.auth0.is_some() {
+            node.enforce_bans(
+                broker.sessions.clone(),
+                broker.channels.clone(),
+                broker.shutdown.clone(),
+            );
+        }
         tracing::info!(node = node.node(), "cluster mode on NATS JetStream");
     }
     spawn_retention_sweeper(broker.clone());

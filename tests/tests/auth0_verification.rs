@@ -51,7 +51,13 @@ async fn valid_tokens_map_to_a_user_and_a_capability() {
         .authenticate(&sign(&KEYS[0], &claims))
         .await
         .unwrap();
-    let user = s.plugin.users().by_sub("auth0|alice").unwrap().unwrap();
+    let user = s
+        .plugin
+        .users()
+        .by_sub("auth0|alice")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(principal.client_id, user.id);
     assert_eq!(user.username, "alice");
     assert!(principal.admin);
@@ -135,7 +141,13 @@ async fn id_tokens_only_when_enabled_and_for_this_client() {
         )
     };
     let principal = s.plugin.authenticate(&id_token(CLIENT_ID)).await.unwrap();
-    let user = s.plugin.users().get(&principal.client_id).unwrap().unwrap();
+    let user = s
+        .plugin
+        .users()
+        .get(&principal.client_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(user.first_name.as_deref(), Some("Ida"));
     assert_eq!(code(&s.plugin, &id_token("another-client")).await, 40144);
 }
@@ -152,7 +164,13 @@ async fn machine_tokens_get_no_user_row() {
         .await
         .unwrap();
     assert_eq!(principal.client_id, "svc@clients");
-    assert!(s.plugin.users().list(None, None, 10).unwrap().is_empty());
+    assert!(s
+        .plugin
+        .users()
+        .list(None, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]

@@ -491,3 +491,211 @@ async fn a_revocation_on_one_node_holds_on_every_node() {
     let mut again = two.connect(&query).await;
     assert_eq!(again.expect(Action::Error).await.error.unwrap().code, 40141);
 }
+
+/// A node of the cluster on `nats` with Auth0 logins from `issuer`.
+async fn auth0_node(nats: &NatsCluster, issuer: &tests::issuer::Issuer) -> TestBroker {
+    let (urls, auth0) = (nats.urls(), issuer.config());
+    TestBroker::start_with(move |c| {
+        c.cluster.nats = urls;
+        c.cluster.shards = 2;
+        c.auth0 = auth0;
+    })
+    .await
+}
+
+fn auth0_token(issuer: &tests::issuer::Issuer, sub: &str, nickname: &str) -> String {
+    let claims = issuer.claims(sub, serde_json::json!({ "nickname": nickname }));
+    tests::issuer::sign(&tests::issuer::KEYS[0], &claims)
+}
+
+/// `GET /api/users/me` on `broker`: the user behind `token`, logged in on first sight.
+async fn me(broker: &TestBroker, token: &str) -> serde_json::Value {
+    tests::json(
+        tests::http()
+            .get(broker.url("/api/users/me"))
+            .bearer_auth(token),
+    )
+    .await
+}
+
+/// The Auth0 user table is the cluster's (issue 17, "the user table is shared"): a user
+/// created on one node is the same user on another, with the profile edited there; two first
+/// logins of one person on two nodes at once make one user; one username is never given to
+/// two users on two nodes; the admin list on any node holds everyone.
+#[tokio::test]
+async fn every_node_reads_and_writes_one_user_table() {
+    let nats = NatsCluster::start(1).await;
+    let issuer = tests::issuer::Issuer::start(&[&tests::issuer::KEYS[0]]).await;
+    let (one, two) = (
+        auth0_node(&nats, &issuer).await,
+        auth0_node(&nats, &issuer).await,
+    );
+    let ada = auth0_token(&issuer, "auth0|ada", "ada");
+    let created = me(&one, &ada).await;
+    let edited = tests::json(
+        tests::http()
+            .patch(two.url("/api/users/me"))
+            .bearer_auth(&ada)
+            .json(&serde_json::json!({"firstName": "Ada", "username": "countess"})),
+    )
+    .await;
+    assert_eq!(edited["id"], created["id"], "one user on both nodes");
+    let seen = me(&one, &ada).await;
+    assert_eq!(
+        (&seen["firstName"], &seen["username"]),
+        (&serde_json::json!("Ada"), &serde_json::json!("countess"))
+    );
+
+    let twin = auth0_token(&issuer, "auth0|twin", "twin");
+    let (first, second) = tokio::join!(me(&one, &twin), me(&two, &twin));
+    assert_eq!(
+        first["id"], second["id"],
+        "concurrent first logins, one user"
+    );
+
+    let sams = [
+        auth0_token(&issuer, "auth0|sam1", "sam"),
+        auth0_token(&issuer, "google-oauth2|sam2", "sam"),
+    ];
+    let (a, b) = tokio::join!(me(&one, &sams[0]), me(&two, &sams[1]));
+    let mut names = [a["username"].clone(), b["username"].clone()];
+    names.sort_by_key(|n| n.to_string());
+    assert_eq!(names, [serde_json::json!("sam"), serde_json::json!("sam2")]);
+    let taken = tests::send(
+        tests::http()
+            .patch(one.url("/api/users/me"))
+            .bearer_auth(&ada)
+            .json(&serde_json::json!({ "username": "sam" })),
+    )
+    .await;
+    assert_eq!(taken.status(), 409, "a name taken through the other node");
+
+    let listed = tests::json(
+        tests::http()
+            .get(two.url("/api/users?limit=10"))
+            .header("authorization", tests::basic_auth()),
+    )
+    .await;
+    let mut ids: Vec<&str> = listed["users"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|u| u["id"].as_str().expect("an id"))
+        .collect();
+    assert_eq!(ids.len(), 4, "{listed}");
+    let listed_order = ids.clone();
+    ids.sort();
+    assert_eq!(listed_order, ids, "in id order");
+    let profile = tests::json(
+        tests::http()
+            .get(two.url(&format!(
+                "/api/users/{}/profile",
+                created["id"].as_str().unwrap()
+            )))
+            .bearer_auth(&twin),
+    )
+    .await;
+    assert_eq!(profile["username"], "countess");
+}
+
+/// Deleting a user on one node bans them on every node: their connections on another node
+/// end with 40300, their Auth0 logins and the broker tokens any node minted them are refused
+/// there, until an admin restores them on any node.
+#[tokio::test]
+async fn a_user_deleted_on_one_node_is_banned_on_every_node() {
+    let nats = NatsCluster::start(1).await;
+    let issuer = tests::issuer::Issuer::start(&[&tests::issuer::KEYS[0]]).await;
+    let (one, two) = (
+        auth0_node(&nats, &issuer).await,
+        auth0_node(&nats, &issuer).await,
+    );
+    let fay = auth0_token(&issuer, "auth0|fay", "fay");
+    let id = me(&one, &fay).await["id"].as_str().unwrap().to_owned();
+    let minted = tests::json(
+        tests::http()
+            .get(two.url("/api/auth/token"))
+            .bearer_auth(&fay),
+    )
+    .await;
+    let broker_token = minted["token"].as_str().expect("a token").to_owned();
+    tests::clock_passes(&one, tests::token_issued_at(&broker_token)).await;
+    let mut with_auth0 = two
+        .connect(&format!("access_token={fay}&format=json"))
+        .await;
+    with_auth0.expect(Action::Connected).await;
+
+    let deleted = tests::send(
+        tests::http()
+            .delete(one.url(&format!("/api/users/{id}")))
+            .header("authorization", tests::basic_auth()),
+    )
+    .await;
+    assert_eq!(deleted.status(), 200);
+    let error = with_auth0.expect(Action::Error).await.error.unwrap();
+    assert_eq!((error.code, error.status_code), (40300, 403));
+    let mut login = two
+        .connect(&format!("access_token={fay}&format=json"))
+        .await;
+    assert_eq!(login.expect(Action::Error).await.error.unwrap().code, 40300);
+    let query = format!("access_token={}&format=json", urlencode(&broker_token));
+    let mut with_old = two.connect(&query).await;
+    let refused = with_old.expect(Action::Error).await.error.unwrap();
+    assert!([40141, 40300].contains(&refused.code), "{refused:?}");
+
+    let restored = tests::send(
+        tests::http()
+            .post(two.url(&format!("/api/users/{id}/restore")))
+            .header("authorization", tests::basic_auth()),
+    )
+    .await;
+    assert_eq!(restored.status(), 200);
+    let fresh = auth0_token(&issuer, "auth0|fay", "fay-again");
+    assert_eq!(me(&one, &fresh).await["id"].as_str(), Some(id.as_str()));
+}
+
+/// `GET /channels/{name}` (§9.2) on any node counts the attachers of every node: each node
+/// adds up the others' answers, and the presence members are the channel's one set.
+#[tokio::test]
+async fn channel_status_counts_the_attachers_of_every_node() {
+    let nats = NatsCluster::start(1).await;
+    let (one, two) = (node(&nats).await, node(&nats).await);
+    let (mut here, _) = one.connect_key("json").await;
+    here.attach("busy").await;
+    let mut alice = user(&two, "alice").await;
+    alice.attach("busy").await;
+    alice
+        .send(&presence_op("busy", 0, PresenceAction::Enter, "hi"))
+        .await;
+    alice.expect_acks(1).await;
+    for broker in [&two, &one] {
+        let mut polls = 0;
+        let metrics = loop {
+            let status = tests::json(
+                tests::http()
+                    .get(broker.url("/channels/busy"))
+                    .header("authorization", tests::basic_auth()),
+            )
+            .await;
+            let metrics = status["status"]["occupancy"]["metrics"].clone();
+            // A node counts another from its first heartbeat on (every 2 s).
+            polls += 1;
+            if metrics["connections"] == 2 || polls == 100 {
+                break metrics;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        assert_eq!(
+            (
+                &metrics["connections"],
+                &metrics["presenceMembers"],
+                &metrics["subscribers"]
+            ),
+            (
+                &serde_json::json!(2),
+                &serde_json::json!(1),
+                &serde_json::json!(2)
+            ),
+            "{metrics}"
+        );
+    }
+}

@@ -270,7 +270,7 @@ pub struct ListPresence {
 }
 
 /// Who is on a channel, in the shape of Ably's occupancy metrics (§9.2).
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Occupancy {
     /// Attached connections.
@@ -285,6 +285,18 @@ pub struct Occupancy {
     pub publishers: usize,
     /// Attached connections receiving messages.
     pub subscribers: usize,
+}
+
+impl Occupancy {
+    /// Adds the attachers another node counted. The presence members are the channel's
+    /// whichever node counts them, so they are not added.
+    pub fn add_attachers(&mut self, other: &Occupancy) {
+        self.connections += other.connections;
+        self.presence_connections += other.presence_connections;
+        self.presence_subscribers += other.presence_subscribers;
+        self.publishers += other.publishers;
+        self.subscribers += other.subscribers;
+    }
 }
 
 #[derive(Clone)]
@@ -348,6 +360,11 @@ impl Channels {
                 Err(mpsc::error::SendError(back)) => command = back,
             }
         }
+    }
+
+    /// Whether `channel` has a sequencer on this node now.
+    pub fn is_running(&self, channel: &str) -> bool {
+        self.map.contains_key(channel)
     }
 
     fn handle(self: &Arc<Self>, channel: &str) -> Result<Handle, ErrorInfo> {

@@ -283,6 +283,20 @@ impl Channels {
             Operation::ChannelMetadata,
             "channel-metadata",
         )?;
+        self.occupancy_here(channel).await
+    }
+
+    /// Who is on the channel on this node, with no capability check: for another node of the
+    /// cluster that adds it up (`cluster.rs`). A channel not running here has no one attached
+    /// here, and is not started to say so.
+    pub async fn attachers_here(self: &Arc<Self>, channel: &str) -> Occupancy {
+        if !self.is_running(channel) {
+            return Occupancy::default();
+        }
+        self.occupancy_here(channel).await.unwrap_or_default()
+    }
+
+    async fn occupancy_here(self: &Arc<Self>, channel: &str) -> Result<Occupancy, ErrorInfo> {
         let (reply, answer) = oneshot::channel();
         self.send(channel, Command::Occupancy { reply }).await?;
         answer.await.map_err(|_| channel_stopped())

@@ -260,7 +260,7 @@ impl Sessions {
         }
     }
 
-    /// Takes in a connection that another node of the cluster served (`cluster.rs`), under
+    /// Takes in a connection that another node of the cluster served (`cluster/mod.rs`), under
     /// its connectionId, with an empty msgSerial ledger: its resent publishes are stored once
     /// by their message ids instead.
     pub fn adopt(&self, id: String, authority: Authority, echo: bool) -> Arc<Session> {

@@ -99,7 +99,7 @@ impl Connection {
     /// [`revocation::lapsed`]).
     pub async fn end_if_lapsed(&mut self) {
         let users = self.broker.auth0.as_ref().map(|plugin| plugin.users());
-        match revocation::lapsed(&self.broker.revocations, users, &self.authority) {
+        match revocation::lapsed(&self.broker.revocations, users, &self.authority).await {
             None => return,
             Some(Lapsed::Revoked) => self.outbox.close(Some(ProtocolMessage {
                 error: Some(ErrorInfo::new(codes::TOKEN_REVOKED, "Token revoked")),

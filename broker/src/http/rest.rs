@@ -698,10 +698,13 @@ async fn status(
     negotiated: &Negotiated,
 ) -> Result<HttpResponse, ErrorInfo> {
     let (grant, _) = authenticate(broker, parts).await?;
-    let occupancy = broker
+    let mut occupancy = broker
         .channels
         .occupancy(channel, &grant.capability)
         .await?;
+    if let Some(cluster) = &broker.cluster {
+        occupancy = cluster.occupancy(channel, occupancy).await;
+    }
     let details = serde_json::json!({
         "channelId": channel,
         "name": channel,
@@ -791,6 +794,7 @@ async fn api(
         let deleted = plugin
             .users()
             .is_deleted(&principal.client_id)
+            .await
             .map_err(|e| {
                 tracing::error!(error = %e, "user table");
                 ErrorInfo::new(codes::INTERNAL, "user table unavailable")
@@ -852,6 +856,14 @@ async fn api(
                     "the user was deleted and disconnected, but their tokens could not be revoked",
                 )
             })?;
+        if let Some(cluster) = &broker.cluster {
+            // The other nodes end the user's connections when they see the ban; this makes
+            // them refuse the user's broker tokens as well.
+            cluster
+                .share_revocation(None, user, record)
+                .await
+                .map_err(|e| ErrorInfo::new(codes::INTERNAL, e))?;
+        }
     }
     if response.status >= 400 {
         let error: ErrorInfo = serde_json::from_value(response.body["error"].clone())
@@ -891,7 +903,7 @@ async fn profile(
         .map_err(|_| ErrorInfo::new(codes::INVALID_PARAMETER, "the user id is not UTF-8"))?;
     let not_found = || ErrorInfo::new(codes::NOT_FOUND, "no such user");
     let profile = if let Some(plugin) = &broker.auth0 {
-        plugin.public_profile(&id)?
+        plugin.public_profile(&id).await?
     } else if let Some(dev_users) = &broker.dev_users {
         let here = dev_users.profile(&id).map_err(|e| {
             tracing::error!(error = %e, "development users");

@@ -161,13 +161,14 @@ where
     }
 }
 
-/// Hands every entry of `bucket` to `apply`, in order: its current values first, then each
-/// change, until `stop`. A watch that fails is opened again after the last revision seen, with
+/// Hands every entry of `bucket` under `filter` (`>` for all) to `apply`, in order: its current
+/// values first, then each change, until `stop`. A watch that fails is opened again after the last revision seen, with
 /// backoff while it cannot be, so no entry is skipped or seen twice. `what` names the bucket
 /// in the logs.
 pub async fn follow_bucket<F, Fut>(
     bucket: &kv::Store,
     what: &str,
+    filter: &str,
     mut stop: watch::Receiver<bool>,
     mut apply: F,
 ) where
@@ -178,9 +179,9 @@ pub async fn follow_bucket<F, Fut>(
     let mut backoff = Duration::from_millis(100);
     loop {
         let opened = if last == 0 {
-            bucket.watch_with_history(">").await
+            bucket.watch_with_history(filter).await
         } else {
-            bucket.watch_all_from_revision(last + 1).await
+            bucket.watch_from_revision(filter, last + 1).await
         };
         let mut entries = match opened {
             Ok(entries) => entries,

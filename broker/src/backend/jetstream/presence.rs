@@ -114,7 +114,7 @@ impl JetStreamBackend {
         stop: watch::Receiver<bool>,
     ) {
         let bucket = self.presence.clone();
-        super::follow_bucket(&bucket, "presence", stop, |entry| {
+        super::follow_bucket(&bucket, "presence", ">", stop, |entry| {
             let backend = self.clone();
             let caught_up = caught_up.clone();
             async move {

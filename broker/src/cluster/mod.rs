@@ -2,7 +2,8 @@
 //! serves): the connection registry that lets a client resume its connection on another node
 //! (`../shared/cluster.md` §3.5), the heartbeats that let the others leave a dead node's
 //! presence members, and what every node must share: the token-signing key, `revokeTokens`
-//! records and the development login's names. Each is a KV bucket named `<PREFIX>_<WHAT>`.
+//! records, the Auth0 user table ([`users`]) and the development login's names. Each is a KV
+//! bucket named `<PREFIX>_<WHAT>`.
 //!
 //! Every bind of a connection (connect, resume) puts `{owner, hash of the connection key,
 //! clientId}` under the connectionId in the KV bucket `<PREFIX>_CONN`. A node asked to resume a
@@ -19,6 +20,9 @@
 //! connections of nodes that died; a connection bound for longer than that cannot move to
 //! another node, and gets a new connectionId there (its channels still resume by serial).
 
+pub mod users;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,8 +36,10 @@ use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
 use crate::backend::jetstream::{follow_bucket, open_bucket, retry_at_start, JetStreamBackend};
+use crate::channel::{Channels, Occupancy};
 use crate::connection::session::{Session, Sessions};
 use crate::revocation::{disconnect_revoked, Revocation, Revocations, RECORD_LIFETIME_MS};
+use users::KvTable;
 
 /// How long a connection's entry outlives its last bind.
 const ENTRY_MAX_AGE: Duration = Duration::from_secs(3600);
@@ -49,6 +55,8 @@ const NODE_MAX_AGE: Duration = Duration::from_secs(600);
 const EVICTED: &[u8] = b"evicted";
 /// The old owner's answer when it no longer knew the connection (it expired there).
 const GONE: &[u8] = b"gone";
+/// How long a channel status waits for the other nodes' counts.
+const OCCUPANCY_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// What the registry keeps of a connection.
 #[derive(Debug, Serialize, Deserialize)]
@@ -83,13 +91,23 @@ pub struct ClusterNode {
     secrets: kv::Store,
     /// Token revocations, which every node enforces (`<PREFIX>_REVOKED`).
     revoked: kv::Store,
-    /// The development login's usernames, known to every node (`<PREFIX>_USERS`).
+    /// The Auth0 user table and the development login's usernames, one for every node
+    /// (`<PREFIX>_USERS`).
     users: kv::Store,
     /// Heartbeats of every node (`<PREFIX>_NODE`).
     nodes: kv::Store,
     prefix: String,
     client: async_nats::Client,
     connections: kv::Store,
+    /// How many other nodes were heard from within `SILENT`, at the last heartbeat.
+    others_alive: AtomicUsize,
+}
+
+/// One node's answer to an occupancy request.
+#[derive(Serialize, Deserialize)]
+struct Attachers {
+    node: String,
+    occupancy: Occupancy,
 }
 
 fn key_hash(connection_key: &str) -> String {
@@ -145,7 +163,7 @@ impl ClusterNode {
         // A record outlives every token it reaches by this much (revocation.rs).
         let lifetime = Duration::from_millis(2 * RECORD_LIFETIME_MS as u64);
         let revoked = bucket("REVOKED", "token revocations", lifetime).await?;
-        let users = bucket("USERS", "development login usernames", forever).await?;
+        let users = bucket("USERS", "users", forever).await?;
         Ok(Arc::new(ClusterNode {
             node,
             backend,
@@ -156,6 +174,7 @@ impl ClusterNode {
             prefix: prefix.to_owned(),
             client: js.client(),
             connections,
+            others_alive: AtomicUsize::new(0),
         }))
     }
 
@@ -334,23 +353,40 @@ impl ClusterNode {
                 if let Err(e) = node.nodes.put(&me, node.node.clone().into()).await {
                     tracing::warn!(error = %e, "heartbeat failed");
                 }
+                // A watch just opened is read up to its last entry (this node's heartbeat is
+                // one), so that the node knows the others from its first tick.
+                let mut catching_up = false;
                 if watch.is_none() {
                     watch = node.nodes.watch_with_history(">").await.ok();
+                    catching_up = true;
                 }
                 // Take in every heartbeat that arrived since the last tick.
                 while let Some(entries) = watch.as_mut() {
-                    match futures_util::FutureExt::now_or_never(entries.next()) {
+                    let next = if catching_up {
+                        tokio::time::timeout(HEARTBEAT, entries.next()).await.ok()
+                    } else {
+                        futures_util::FutureExt::now_or_never(entries.next())
+                    };
+                    match next {
                         Some(Some(Ok(entry))) if entry.operation == kv::Operation::Put => {
+                            catching_up &= entry.delta > 0;
                             let name = String::from_utf8_lossy(&entry.value).into_owned();
                             let at = (entry.created.unix_timestamp_nanos() / 1_000_000) as i64;
                             heard.insert(name, at);
                         }
-                        Some(Some(Ok(_))) => {}
+                        Some(Some(Ok(entry))) => catching_up &= entry.delta > 0,
                         Some(Some(Err(_))) | Some(None) => watch = None,
                         None => break,
                     }
                 }
                 let now = crate::auth::now_ms();
+                let alive = heard
+                    .iter()
+                    .filter(|(other, at)| {
+                        **other != node.node && now - **at <= SILENT.as_millis() as i64
+                    })
+                    .count();
+                node.others_alive.store(alive, Ordering::Relaxed);
                 let dead_after = (SILENT + grace).as_millis() as i64;
                 for (other, at) in &heard {
                     if *other != node.node && now - at > dead_after {
@@ -361,6 +397,37 @@ impl ClusterNode {
                     }
                 }
             }
+        });
+    }
+
+    /// The Auth0 user table every node shares.
+    pub fn user_store(&self) -> Result<auth_plugin::UserStore, String> {
+        let bucket = &self.users;
+        auth_plugin::UserStore::on(&|name| Ok(Arc::new(KvTable::new(bucket.clone(), name))))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Ends, on this node, the connections of every user deleted on any node, until `stop`:
+    /// the deleting node ends its own, and the others learn of it from the ban tombstone.
+    pub fn enforce_bans(
+        self: &Arc<Self>,
+        sessions: Arc<Sessions>,
+        channels: Arc<Channels>,
+        stop: watch::Receiver<bool>,
+    ) {
+        let bucket = self.users.clone();
+        tokio::spawn(async move {
+            let filter = format!("{}>", users::BANNED);
+            follow_bucket(&bucket, "user bans", &filter, stop, |entry| {
+                let (sessions, channels) = (sessions.clone(), channels.clone());
+                async move {
+                    let banned = users::row_key(users::BANNED, &entry.key);
+                    if let (kv::Operation::Put, Some(user)) = (entry.operation, banned) {
+                        crate::revocation::evict_user(&sessions, &channels, &user).await;
+                    }
+                }
+            })
+            .await;
         });
     }
 
@@ -424,7 +491,7 @@ impl ClusterNode {
         let bucket = self.revoked.clone();
         tokio::spawn(async move {
             let watching = stop.clone();
-            follow_bucket(&bucket, "token revocations", watching, |entry| {
+            follow_bucket(&bucket, "token revocations", ">", watching, |entry| {
                 if entry.operation == kv::Operation::Put {
                     if let Ok(shared) = serde_json::from_slice::<SharedRevocation>(&entry.value) {
                         enforce(&revocations, &sessions, &shared, &stop);
@@ -433,6 +500,96 @@ impl ClusterNode {
                 std::future::ready(())
             })
             .await;
+        });
+    }
+
+    fn occupancy_subject(&self) -> String {
+        format!("{}.occupancy", self.prefix)
+    }
+
+    /// Adds to `here` (this node's occupancy of `channel`) the attachers of every other live
+    /// node: each is asked at once (`<prefix>.occupancy`), and those that have not answered
+    /// within `OCCUPANCY_TIMEOUT` are left out of the count.
+    pub async fn occupancy(&self, channel: &str, mut here: Occupancy) -> Occupancy {
+        let expected = self.others_alive.load(Ordering::Relaxed);
+        if expected == 0 {
+            return here;
+        }
+        let inbox = self.client.new_inbox();
+        let Ok(mut answers) = self.client.subscribe(inbox.clone()).await else {
+            return here;
+        };
+        let asked = self
+            .client
+            .publish_with_reply(self.occupancy_subject(), inbox, channel.to_owned().into())
+            .await;
+        if asked.is_err() {
+            return here;
+        }
+        let deadline = tokio::time::sleep(OCCUPANCY_TIMEOUT);
+        tokio::pin!(deadline);
+        let mut heard = 0;
+        while heard < expected {
+            let answer = tokio::select! {
+                answer = answers.next() => answer,
+                _ = &mut deadline => break,
+            };
+            let Some(answer) = answer else { break };
+            match serde_json::from_slice::<Attachers>(&answer.payload) {
+                Ok(other) if other.node != self.node => {
+                    here.add_attachers(&other.occupancy);
+                    heard += 1;
+                }
+                _ => {}
+            }
+        }
+        if heard < expected {
+            tracing::debug!(
+                channel,
+                heard,
+                expected,
+                "occupancy without some nodes' counts"
+            );
+        }
+        here
+    }
+
+    /// Answers other nodes' occupancy requests with this node's attachers, until `stop`.
+    pub fn serve_occupancy(
+        self: &Arc<Self>,
+        channels: Arc<Channels>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut requests = match node.client.subscribe(node.occupancy_subject()).await {
+                Ok(requests) => requests,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot serve occupancy requests");
+                    return;
+                }
+            };
+            loop {
+                let request = tokio::select! {
+                    request = requests.next() => request,
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                let Some(request) = request else { return };
+                let (Some(reply), Ok(channel)) =
+                    (request.reply, String::from_utf8(request.payload.to_vec()))
+                else {
+                    continue;
+                };
+                let (node, channels) = (node.clone(), channels.clone());
+                tokio::spawn(async move {
+                    let answer = Attachers {
+                        node: node.node.clone(),
+                        occupancy: channels.attachers_here(&channel).await,
+                    };
+                    let payload = serde_json::to_vec(&answer).expect("occupancy serializes");
+                    let _ = node.client.publish(reply, payload.into()).await;
+                });
+            }
         });
     }
 
