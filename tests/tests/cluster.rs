@@ -699,3 +699,38 @@ async fn channel_status_counts_the_attachers_of_every_node() {
         );
     }
 }
+
+/// Retention is a node setting that the streams follow: a node restarted with a lower
+/// per-channel limit brings the existing streams to it, and JetStream drops what is over it.
+#[tokio::test]
+async fn a_node_restarted_with_new_retention_changes_the_streams() {
+    use broker::backend::jetstream::subject;
+    let nats = NatsCluster::start(1).await;
+    let one = node(&nats).await;
+    let (mut publisher, _) = one.connect_key("json").await;
+    for i in 0..5 {
+        publisher.publish("kept", i, &format!("m{i}")).await;
+    }
+    publisher.expect_acks(5).await;
+    drop(publisher);
+    let dir = one.dir().to_owned();
+    let keep = one.stop().await;
+    let urls = nats.urls();
+    let one = TestBroker::start_in(&dir, move |c| {
+        c.cluster.nats = urls;
+        c.cluster.shards = 2;
+        c.retention.max_messages_per_channel = 2;
+    })
+    .await;
+    // The node answers once it has started, and it starts by opening the streams.
+    let health = tests::send(tests::http().get(one.url("/health"))).await;
+    assert_eq!(health.status(), 200);
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url(0)).await.unwrap());
+    let name = subject::stream_name("ably", subject::shard_of("kept", 2));
+    let mut stream = js.get_stream(&name).await.unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(info.config.max_messages_per_subject, 2);
+    assert_eq!(info.state.messages, 2, "the older messages are dropped");
+    one.stop().await;
+    drop(keep);
+}

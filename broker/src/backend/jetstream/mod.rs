@@ -161,6 +161,42 @@ where
     }
 }
 
+/// Brings an existing stream's retention, duplicate window and replica count to this node's
+/// settings (`wanted`), so that an operator changes them by restarting the nodes with the new
+/// ones. A change JetStream refuses (more replicas than servers) is logged, and the stream
+/// keeps what it had.
+async fn follow_settings(
+    js: &jetstream::Context,
+    current: &stream::Config,
+    wanted: &stream::Config,
+) {
+    let same = current.max_age == wanted.max_age
+        && current.max_messages_per_subject == wanted.max_messages_per_subject
+        && current.duplicate_window == wanted.duplicate_window
+        && current.num_replicas == wanted.num_replicas;
+    if same {
+        return;
+    }
+    let updated = stream::Config {
+        max_age: wanted.max_age,
+        max_messages_per_subject: wanted.max_messages_per_subject,
+        duplicate_window: wanted.duplicate_window,
+        num_replicas: wanted.num_replicas,
+        ..current.clone()
+    };
+    match js.update_stream(&updated).await {
+        Ok(_) => tracing::info!(
+            stream = %current.name,
+            max_age_secs = wanted.max_age.as_secs(),
+            max_messages_per_channel = wanted.max_messages_per_subject,
+            duplicate_window_secs = wanted.duplicate_window.as_secs(),
+            replicas = wanted.num_replicas,
+            "stream settings changed to this node's"
+        ),
+        Err(e) => tracing::warn!(stream = %current.name, error = %e, "stream settings not changed"),
+    }
+}
+
 /// Hands every entry of `bucket` under `filter` (`>` for all) to `apply`, in order: its current
 /// values first, then each change, until `stop`. A watch that fails is opened again after the last revision seen, with
 /// backoff while it cannot be, so no entry is skipped or seen twice. `what` names the bucket
@@ -355,6 +391,7 @@ impl JetStreamBackend {
             })
             .await
             .map_err(|e| fail(&e))?;
+            follow_settings(&js, &info.config, &config).await;
             let epoch = format!(
                 "j{index}x{:x}",
                 info.created.unix_timestamp_nanos() / 1_000_000
