@@ -734,3 +734,37 @@ async fn a_node_restarted_with_new_retention_changes_the_streams() {
     one.stop().await;
     drop(keep);
 }
+
+/// An ephemeral message (`extras.ephemeral`, ably-chat.md §5.9: typing, room reactions)
+/// published on one node reaches subscribers on another, and is stored on neither.
+#[tokio::test]
+async fn ephemeral_messages_reach_every_node_and_are_stored_nowhere() {
+    let nats = NatsCluster::start(1).await;
+    let (one, two) = (node(&nats).await, node(&nats).await);
+    let (mut far, _) = two.connect_key("msgpack").await;
+    far.attach("typing").await;
+    // Not attached, so its ACKs are the only frames it gets.
+    let (mut typist, _) = one.connect_key("json").await;
+    let mut message = publish_message("typing", 0, "alice is typing");
+    message.messages.as_mut().unwrap()[0].extras = Some(serde_json::json!({"ephemeral": true}));
+    typist.send(&message).await;
+    assert_eq!(
+        typist.expect(Action::Ack).await.res.unwrap()[0].serials,
+        [None]
+    );
+    let seen = far.expect(Action::Message).await;
+    assert_eq!(texts(&seen), ["alice is typing"]);
+    assert_eq!(seen.channel_serial, None);
+    assert_eq!(seen.messages.unwrap()[0].serial, None);
+    typist.publish("typing", 1, "stored").await;
+    typist.expect_acks(1).await;
+    assert_eq!(texts(&far.expect(Action::Message).await), ["stored"]);
+    for broker in [&one, &two] {
+        let stored: Vec<_> = history(broker, "typing", "")
+            .await
+            .iter()
+            .map(|m| m["data"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(stored, ["stored"]);
+    }
+}

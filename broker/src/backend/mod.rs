@@ -105,6 +105,9 @@ pub enum Committed {
     Messages(Vec<(u64, Message)>),
     /// Presence events from other nodes, to broadcast.
     Presence(Vec<PresenceMessage>),
+    /// Ephemeral messages other nodes' publishers sent (`extras.ephemeral`,
+    /// `../shared/ably-chat.md` §5.9): delivered, never stored.
+    Ephemeral(Vec<Message>),
 }
 
 /// Called once with whether a batch became durable.
@@ -147,6 +150,14 @@ pub trait Stream: Send {
     /// (cluster mode) delivers every message through here, its own writers' included, in the
     /// order all nodes share.
     fn committed(&mut self) -> BoxFuture<'_, Committed>;
+    /// Hands ephemeral messages (`extras.ephemeral`, never stored) that this node's
+    /// publishers sent to the channel's other writers, which deliver them through
+    /// [`Stream::committed`]. A backend whose streams are the channels' only writers has no
+    /// one to tell.
+    fn relay(&mut self, messages: &[Message]) -> BoxFuture<'_, ()> {
+        let _ = messages;
+        Box::pin(std::future::ready(()))
+    }
     /// Whether the head may lag serials other writers gave out (cluster mode: another node
     /// may be further along), so that an attach with a serial ahead of the head should wait
     /// for [`Stream::committed`] to reach it rather than lose continuity.

@@ -104,6 +104,7 @@ impl Sequencer {
                             self.attach_caught_up(false);
                         }
                         Committed::Presence(events) => self.announce_remote_presence(events),
+                        Committed::Ephemeral(messages) => self.deliver_ephemeral(messages).await,
                     }
                     continue;
                 }
@@ -384,6 +385,22 @@ impl Sequencer {
 
     async fn publish(&mut self, mut batch: Vec<Publish>) {
         debug_assert!(batch.len() <= MAX_BATCH);
+        // Which messages of each publish were ephemeral: they go out now and are never stored.
+        let shapes = self.send_ephemeral(&mut batch).await;
+        // A publish of ephemeral messages only is answered at once: nothing to wait for.
+        let (mut kept, mut kept_shapes) = (Vec::with_capacity(batch.len()), Vec::new());
+        for (p, shape) in batch.into_iter().zip(shapes) {
+            if p.messages.is_empty() && !shape.is_empty() {
+                p.reply.send(Ok(vec![None; shape.len()]));
+            } else {
+                kept.push(p);
+                kept_shapes.push(shape);
+            }
+        }
+        let (mut batch, shapes) = (kept, kept_shapes);
+        if batch.is_empty() {
+            return;
+        }
         let drafts = batch
             .iter_mut()
             .map(|p| Draft {
@@ -413,8 +430,9 @@ impl Sequencer {
         let fanout_start = std::time::Instant::now();
         let mut acks = Vec::with_capacity(batch.len());
         let mut outgoing = Vec::with_capacity(batch.len());
-        for (p, stored) in batch.into_iter().zip(appended.stored) {
+        for ((p, stored), shape) in batch.into_iter().zip(appended.stored).zip(shapes) {
             let Stored { fresh, serials } = stored;
+            let serials = with_ephemeral(serials, &shape);
             if !fresh.is_empty() {
                 let message = ProtocolMessage {
                     id: p.origin.as_ref().map(|o| o.pm_id.clone()),
@@ -456,6 +474,70 @@ impl Sequencer {
             }
         };
         self.stream.when_durable(appended.count, Box::new(answer));
+    }
+
+    /// Takes the ephemeral messages (`extras.ephemeral: true`, `../shared/ably-chat.md` §5.9)
+    /// out of each publish and delivers them at once, with their publisher's echo rule, no
+    /// serial and no channelSerial, to subscribers here and (through the stream) on other
+    /// nodes. Returns, per publish, which of its messages were ephemeral (empty when none).
+    async fn send_ephemeral(&mut self, batch: &mut [Publish]) -> Vec<Vec<bool>> {
+        let mut shapes = Vec::with_capacity(batch.len());
+        let mut outgoing = Vec::new();
+        let now = now_ms();
+        for p in batch.iter_mut() {
+            if !p.messages.iter().any(is_ephemeral) {
+                shapes.push(Vec::new());
+                continue;
+            }
+            let shape: Vec<bool> = p.messages.iter().map(is_ephemeral).collect();
+            let (mut ephemeral, kept): (Vec<Message>, Vec<Message>) =
+                std::mem::take(&mut p.messages)
+                    .into_iter()
+                    .partition(is_ephemeral);
+            p.messages = kept;
+            for m in &mut ephemeral {
+                m.timestamp = Some(now);
+            }
+            self.stream.relay(&ephemeral).await;
+            let frame = ProtocolMessage {
+                id: p.origin.as_ref().map(|o| o.pm_id.clone()),
+                connection_id: p.origin.as_ref().map(|o| o.connection_id.to_string()),
+                timestamp: Some(now),
+                messages: Some(ephemeral),
+                ..ProtocolMessage::for_channel(Action::Message, &self.name)
+            };
+            let origin = p.origin.as_ref().map(|o| o.connection_id.clone());
+            outgoing.push((frame, Audience::Subscribers { origin }));
+            shapes.push(shape);
+        }
+        if !outgoing.is_empty() {
+            let delivered = self.hub.broadcast_parallel(&outgoing).await;
+            self.context.metrics.messages_out.inc_by(delivered);
+        }
+        shapes
+    }
+
+    /// Delivers other nodes' ephemeral messages, one MESSAGE per run from one connection.
+    async fn deliver_ephemeral(&mut self, messages: Vec<Message>) {
+        let mut outgoing: Vec<(ProtocolMessage, Audience)> = Vec::new();
+        for message in messages {
+            if let Some((last, _)) = outgoing.last_mut() {
+                if last.connection_id == message.connection_id {
+                    last.messages.get_or_insert_with(Vec::new).push(message);
+                    continue;
+                }
+            }
+            let origin = message.connection_id.as_deref().map(Arc::from);
+            let frame = ProtocolMessage {
+                connection_id: message.connection_id.clone(),
+                timestamp: message.timestamp,
+                messages: Some(vec![message]),
+                ..ProtocolMessage::for_channel(Action::Message, &self.name)
+            };
+            outgoing.push((frame, Audience::Subscribers { origin }));
+        }
+        let delivered = self.hub.broadcast_parallel(&outgoing).await;
+        self.context.metrics.messages_out.inc_by(delivered);
     }
 
     /// Fans out messages that reached the channel's stream other than through this
@@ -733,6 +815,36 @@ impl Sequencer {
 }
 
 /// Sleeps until `at`, or forever without one.
+/// Whether a message is ephemeral: `extras.ephemeral` is `true` (§5.9 of
+/// `../shared/ably-chat.md`).
+fn is_ephemeral(message: &Message) -> bool {
+    message
+        .extras
+        .as_ref()
+        .and_then(|extras| extras.get("ephemeral"))
+        .and_then(serde_json::Value::as_bool)
+        == Some(true)
+}
+
+/// A publish's serials in its messages' order: the stored ones' `serials`, and `None` where
+/// `shape` says a message was ephemeral (never stored, so it has no serial).
+fn with_ephemeral(serials: Vec<Option<String>>, shape: &[bool]) -> Vec<Option<String>> {
+    if shape.is_empty() {
+        return serials;
+    }
+    let mut stored = serials.into_iter();
+    shape
+        .iter()
+        .map(|ephemeral| {
+            if *ephemeral {
+                None
+            } else {
+                stored.next().flatten()
+            }
+        })
+        .collect()
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,

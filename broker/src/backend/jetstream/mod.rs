@@ -126,6 +126,17 @@ enum Delivery {
     Messages(Vec<(u64, Message)>),
     /// Another node's presence event.
     Presence(PresenceMessage),
+    /// Another node's ephemeral messages.
+    Ephemeral(Vec<Message>),
+}
+
+/// Ephemeral messages as one node relays them to the others, on the core NATS subject
+/// `<prefix>.ephemeral` (never stored in JetStream).
+#[derive(Serialize, Deserialize)]
+struct Relayed {
+    node: String,
+    channel: String,
+    messages: Vec<Message>,
 }
 
 /// What a node remembers of its view between clean runs (`<data_dir>/cluster/applied.json`).
@@ -477,6 +488,21 @@ impl JetStreamBackend {
                 .watch_presence(caught_up, backend.stop.subscribe()),
         );
         backend.appliers.lock().expect("appliers").push(watcher);
+        let ephemeral = backend
+            .js
+            .client()
+            .subscribe(backend.ephemeral_subject())
+            .await
+            .map_err(|e| StartError::Connect {
+                urls: backend.settings.nats.join(","),
+                reason: format!("subscribing to ephemeral messages: {e}"),
+            })?;
+        let relay = tokio::spawn(
+            backend
+                .clone()
+                .deliver_relayed(ephemeral, backend.stop.subscribe()),
+        );
+        backend.appliers.lock().expect("appliers").push(relay);
         let members = backend.presence.status().await.map_or(0, |s| s.values());
         if members > 0 {
             let _ = presence_ready.wait_for(|ready| *ready).await;
@@ -542,6 +568,46 @@ impl JetStreamBackend {
             .any(|h| h.is_finished())
     }
 
+    fn ephemeral_subject(&self) -> String {
+        format!("{}.ephemeral", self.settings.prefix)
+    }
+
+    /// Hands the ephemeral messages other nodes relay to the channels' feeds here, until
+    /// `stop`. A channel with no sequencer on this node has no one to deliver them to.
+    async fn deliver_relayed(
+        self: Arc<Self>,
+        mut relayed: async_nats::Subscriber,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            let message = tokio::select! {
+                message = futures_util::StreamExt::next(&mut relayed) => message,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let Some(message) = message else { return };
+            let decoded =
+                protocol::codec::decode_value(protocol::codec::Format::Msgpack, &message.payload);
+            let Ok(relayed): Result<Relayed, _> = decoded else {
+                continue;
+            };
+            if relayed.node == self.node {
+                continue;
+            }
+            let sender = {
+                let state = self
+                    .shard(&relayed.channel)
+                    .state
+                    .lock()
+                    .expect("shard state");
+                state.feeds.get(&relayed.channel).map(|f| f.sender.clone())
+            };
+            if let Some(sender) = sender {
+                // Dropped rather than waited for when the channel is behind: ephemeral.
+                let _ = sender.try_send(Delivery::Ephemeral(relayed.messages));
+            }
+        }
+    }
+
     fn shard(&self, channel: &str) -> &Arc<Shard> {
         &self.shards[subject::shard_of(channel, self.settings.shards) as usize]
     }
@@ -587,6 +653,7 @@ impl Backend for JetStreamBackend {
             presence_seen: self.presence_seen.subscribe(),
             node: self.node.clone(),
             presence_kv: self.presence.clone(),
+            ephemeral_subject: self.ephemeral_subject(),
         }))
     }
 
@@ -622,6 +689,8 @@ struct JetStreamStream {
     presence_seen: watch::Receiver<u64>,
     node: String,
     presence_kv: kv::Store,
+    /// Where ephemeral messages go to the other nodes.
+    ephemeral_subject: String,
 }
 
 impl Drop for JetStreamStream {
@@ -801,6 +870,7 @@ impl Stream for JetStreamStream {
                             return Committed::Messages(rows);
                         }
                     }
+                    Delivery::Ephemeral(messages) => return Committed::Ephemeral(messages),
                     Delivery::Presence(event) => {
                         // As the other node announced it, if it changes the members here.
                         if self.members.apply(event.clone()).is_some() {
@@ -808,6 +878,24 @@ impl Stream for JetStreamStream {
                         }
                     }
                 }
+            }
+        }
+        .boxed()
+    }
+
+    fn relay(&mut self, messages: &[Message]) -> BoxFuture<'_, ()> {
+        let relayed = Relayed {
+            node: self.node.clone(),
+            channel: self.name.clone(),
+            messages: messages.to_vec(),
+        };
+        // msgpack keeps binary data as it is.
+        let payload = protocol::codec::encode_value(protocol::codec::Format::Msgpack, &relayed);
+        async move {
+            // Best effort, as ephemeral messages are: a node that misses one never gets it.
+            let subject = self.ephemeral_subject.clone();
+            if let Err(e) = self.js.client().publish(subject, payload).await {
+                tracing::debug!(error = %e, "ephemeral messages not relayed");
             }
         }
         .boxed()
