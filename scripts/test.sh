@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test from a clean checkout: formatting and lints, the Rust unit and integration
 # tests, then the ably-js conformance suite against the release broker binary. Installs what
-# the suites need (the pinned nats-server into target/tools, npm packages into
-# tests/ably-js/node_modules) on the way.
+# the suites need (the pinned nats-server into target/tools, npm packages from the lock files
+# into tests/ably-js/node_modules and examples/react-chat/node_modules) on the way, and leaves
+# the tracked files as it found them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,9 +50,12 @@ if [ -f examples/react-chat/package.json ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
   fi
   step "build of the react-chat example"
-  # npm install, not npm ci: npm 11 leaves rollup's optional platform packages out of the lock
-  # file, and npm ci then refuses it as out of sync.
-  npm install --prefix examples/react-chat --no-audit --no-fund --loglevel=error
+  # npm ci installs exactly the lock file and never rewrites it, so the run leaves the checkout
+  # as it found it. npm ci refuses a lock file that lacks any platform's optional package (vite's
+  # rollup and esbuild binaries); `npm install --package-lock-only` records every platform's
+  # when a dependency changes (an install over an existing node_modules has been known to leave
+  # other platforms' out, npm/cli#4828).
+  npm ci --prefix examples/react-chat --no-audit --no-fund --loglevel=error
   npm run build --prefix examples/react-chat
   step "react-chat browser end-to-end test"
   BROKER_BIN="$PWD/target/release/broker" node --test examples/react-chat/e2e/

@@ -845,6 +845,7 @@ export class Ctx {
     this.proxies = [];
     this.processes = [];
     this.notes = [];
+    this.cleanups = [];
   }
 
   _logOptions(label, onLog) {
@@ -910,6 +911,14 @@ export class Ctx {
     this.notes.push(s);
   }
 
+  /**
+   * Run `fn` at cleanup, before the clients are closed, last registered first (e.g. a
+   * ChatClient's dispose(), which detaches its rooms' channels). Bounded; errors ignored.
+   */
+  atCleanup(fn) {
+    this.cleanups.push(fn);
+  }
+
   diagnostics() {
     const out = [];
     if (this.notes.length) out.push('--- notes ---', ...this.notes);
@@ -940,6 +949,9 @@ export class Ctx {
   }
 
   async cleanup() {
+    for (const fn of this.cleanups.splice(0).reverse()) {
+      await withTimeout(Promise.resolve().then(fn), 5000, 'cleanup step').catch(() => {});
+    }
     await Promise.all(
       this.clients.map(async ({ client, kind }) => {
         if (kind !== 'realtime') {
