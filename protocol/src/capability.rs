@@ -22,8 +22,20 @@ pub enum Operation {
     Stats,
     /// Read channel metadata (status, occupancy).
     ChannelMetadata,
-    /// Any operation this broker does not act on (push, objects, annotations…), kept so
-    /// capability strings round-trip.
+    /// Update (edit) one's own messages.
+    MessageUpdateOwn,
+    /// Update anyone's messages.
+    MessageUpdateAny,
+    /// Delete one's own messages.
+    MessageDeleteOwn,
+    /// Delete anyone's messages.
+    MessageDeleteAny,
+    /// Publish annotations (message reactions); grants the ANNOTATION_PUBLISH mode.
+    AnnotationPublish,
+    /// Receive individual annotations; grants the ANNOTATION_SUBSCRIBE mode.
+    AnnotationSubscribe,
+    /// Any operation this broker does not act on (push, objects, privileged headers), kept
+    /// so capability strings round-trip.
     Other,
 }
 
@@ -37,6 +49,12 @@ impl Operation {
             Operation::Stats => 1 << 4,
             Operation::ChannelMetadata => 1 << 5,
             Operation::Other => 1 << 6,
+            Operation::MessageUpdateOwn => 1 << 7,
+            Operation::MessageUpdateAny => 1 << 8,
+            Operation::MessageDeleteOwn => 1 << 9,
+            Operation::MessageDeleteAny => 1 << 10,
+            Operation::AnnotationPublish => 1 << 11,
+            Operation::AnnotationSubscribe => 1 << 12,
         }
     }
 
@@ -49,17 +67,14 @@ impl Operation {
             "history" => Operation::History.bit(),
             "stats" => Operation::Stats.bit(),
             "channel-metadata" => Operation::ChannelMetadata.bit(),
-            "push-subscribe"
-            | "push-admin"
-            | "privileged-headers"
-            | "object-subscribe"
-            | "object-publish"
-            | "annotation-subscribe"
-            | "annotation-publish"
-            | "message-update-own"
-            | "message-update-any"
-            | "message-delete-own"
-            | "message-delete-any" => Operation::Other.bit(),
+            "message-update-own" => Operation::MessageUpdateOwn.bit(),
+            "message-update-any" => Operation::MessageUpdateAny.bit(),
+            "message-delete-own" => Operation::MessageDeleteOwn.bit(),
+            "message-delete-any" => Operation::MessageDeleteAny.bit(),
+            "annotation-publish" => Operation::AnnotationPublish.bit(),
+            "annotation-subscribe" => Operation::AnnotationSubscribe.bit(),
+            "push-subscribe" | "push-admin" | "privileged-headers" | "object-subscribe"
+            | "object-publish" => Operation::Other.bit(),
             _ => return None,
         })
     }
@@ -80,7 +95,9 @@ impl Operations {
         self.0 == 0
     }
 
-    /// The channel modes these operations grant (§8.8).
+    /// The channel modes these operations grant (§8.8): `subscribe` the SUBSCRIBE and
+    /// PRESENCE_SUBSCRIBE modes, `publish` PUBLISH, `presence` PRESENCE, `annotation-publish`
+    /// ANNOTATION_PUBLISH and `annotation-subscribe` ANNOTATION_SUBSCRIBE (ably-chat.md §4).
     pub fn modes(self) -> u64 {
         let mut modes = 0;
         if self.contains(Operation::Subscribe) {
@@ -92,7 +109,20 @@ impl Operations {
         if self.contains(Operation::Presence) {
             modes |= flags::MODE_PRESENCE;
         }
+        if self.contains(Operation::AnnotationPublish) {
+            modes |= flags::MODE_ANNOTATION_PUBLISH;
+        }
+        if self.contains(Operation::AnnotationSubscribe) {
+            modes |= flags::MODE_ANNOTATION_SUBSCRIBE;
+        }
         modes
+    }
+
+    /// The modes of an ATTACH that requests none (§8.8): every one [`Operations::modes`]
+    /// permits but ANNOTATION_SUBSCRIBE, which a client must ask for, as with Ably
+    /// (individual annotations reach only clients that requested the mode; error 93001).
+    pub fn default_modes(self) -> u64 {
+        self.modes() & !flags::MODE_ANNOTATION_SUBSCRIBE
     }
 }
 
@@ -526,6 +556,80 @@ mod tests {
         assert_eq!(ops.modes(), 0x20000 | 0x40000 | 0x80000);
         assert!(!cap.allows("news", Operation::Publish));
         assert!(Capability::all().allows("[meta]x", Operation::History));
+    }
+
+    #[test]
+    fn chat_operations_are_their_own_and_round_trip() {
+        let chat = [
+            ("message-update-own", Operation::MessageUpdateOwn),
+            ("message-update-any", Operation::MessageUpdateAny),
+            ("message-delete-own", Operation::MessageDeleteOwn),
+            ("message-delete-any", Operation::MessageDeleteAny),
+            ("annotation-publish", Operation::AnnotationPublish),
+            ("annotation-subscribe", Operation::AnnotationSubscribe),
+        ];
+        for (name, op) in chat {
+            let text = format!(r#"{{"room":["{name}","push-admin"]}}"#);
+            let cap = Capability::parse(&text).unwrap();
+            assert_eq!(cap.as_json(), text, "round trip");
+            assert!(cap.allows("room", op), "{name}");
+            for (other, other_op) in chat {
+                assert_eq!(
+                    cap.allows("room", other_op),
+                    other == name,
+                    "{name} vs {other}"
+                );
+            }
+            assert!(
+                !cap.allows("room", Operation::Publish),
+                "{name} is not publish"
+            );
+            assert!(Capability::parse(r#"{"room":["*"]}"#)
+                .unwrap()
+                .allows("room", op));
+        }
+        let own = Capability::parse(r#"{"*":["message-update-own","message-delete-own"]}"#)
+            .unwrap()
+            .operations("room");
+        assert!(own.contains(Operation::MessageUpdateOwn));
+        assert!(!own.contains(Operation::MessageUpdateAny));
+        assert!(!own.contains(Operation::MessageDeleteAny));
+        assert_eq!(own.modes(), 0, "updates and deletes grant no mode");
+    }
+
+    #[test]
+    fn annotation_operations_grant_annotation_modes_subscribe_only_on_request() {
+        let modes = |text: &str| {
+            let ops = Capability::parse(text).unwrap().operations("room");
+            (ops.modes(), ops.default_modes())
+        };
+        assert_eq!(
+            modes(r#"{"room":["annotation-publish"]}"#),
+            (
+                flags::MODE_ANNOTATION_PUBLISH,
+                flags::MODE_ANNOTATION_PUBLISH
+            )
+        );
+        assert_eq!(
+            modes(r#"{"room":["annotation-subscribe"]}"#),
+            (flags::MODE_ANNOTATION_SUBSCRIBE, 0)
+        );
+        let classic = flags::MODE_PRESENCE
+            | flags::MODE_PUBLISH
+            | flags::MODE_SUBSCRIBE
+            | flags::MODE_PRESENCE_SUBSCRIBE;
+        assert_eq!(
+            modes(r#"{"room":["*"]}"#),
+            (
+                classic | flags::MODE_ANNOTATION_PUBLISH | flags::MODE_ANNOTATION_SUBSCRIBE,
+                classic | flags::MODE_ANNOTATION_PUBLISH
+            )
+        );
+        assert_eq!(
+            modes(r#"{"room":["publish","subscribe","presence"]}"#),
+            (classic, classic),
+            "without annotation operations, no annotation mode"
+        );
     }
 
     #[test]
