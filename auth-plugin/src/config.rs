@@ -9,6 +9,13 @@ use std::collections::BTreeMap;
 use protocol::Capability;
 use serde::Deserialize;
 
+/// What a chat user may do everywhere: the capability of a signed-in user with neither
+/// permissions nor mapped roles (`default_capability`'s default), and of the broker's
+/// development login. Every @ably/chat feature — send, receive, history, presence, typing,
+/// reactions, occupancy, editing and deleting one's own messages (ably-chat.md §5.1, "all
+/// features") — but not the `-any` operations of moderators.
+pub const CHAT_USER_CAPABILITY: &str = r#"{"*":["subscribe","publish","presence","history","channel-metadata","annotation-publish","annotation-subscribe","message-update-own","message-delete-own"]}"#;
+
 /// Settings of the auth plugin. The plugin is on when `domain` is set.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -39,7 +46,7 @@ pub struct Auth0Config {
     /// Capability (Ably JSON text) granted by each role name.
     pub roles: BTreeMap<String, String>,
     /// Capability for signed-in users with neither permissions nor mapped roles.
-    /// Default `{"*":["subscribe","publish","presence","history"]}`.
+    /// Default [`CHAT_USER_CAPABILITY`]: everything a chat user does, on every channel.
     pub default_capability: String,
     /// How long fetched keys are trusted before a background refresh, in seconds. Default 600.
     pub jwks_ttl_secs: u64,
@@ -78,7 +85,7 @@ impl Default for Auth0Config {
             max_token_bytes: 16 * 1024,
             roles_claim: None,
             roles: BTreeMap::new(),
-            default_capability: r#"{"*":["subscribe","publish","presence","history"]}"#.to_owned(),
+            default_capability: CHAT_USER_CAPABILITY.to_owned(),
             jwks_ttl_secs: 600,
             jwks_cooldown_secs: 30,
             jwks_timeout_ms: 3000,
@@ -197,6 +204,29 @@ mod tests {
         config.validate().unwrap();
         config.algorithms = vec!["HS256".into()];
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn users_get_every_chat_feature_by_default_but_no_moderation() {
+        use protocol::Operation::*;
+        let default = Auth0Config::default().capabilities().unwrap().default;
+        assert_eq!(default.as_json(), CHAT_USER_CAPABILITY);
+        for op in [
+            Subscribe,
+            Publish,
+            Presence,
+            History,
+            ChannelMetadata,
+            AnnotationPublish,
+            AnnotationSubscribe,
+            MessageUpdateOwn,
+            MessageDeleteOwn,
+        ] {
+            assert!(default.allows("room::$chat", op), "{op:?}");
+        }
+        for op in [MessageUpdateAny, MessageDeleteAny, Stats] {
+            assert!(!default.allows("room::$chat", op), "{op:?}");
+        }
     }
 
     #[test]

@@ -29,6 +29,10 @@ const OPERATIONS: &[&str] = &[
     "object-publish",
     "annotation-subscribe",
     "annotation-publish",
+    "message-update-own",
+    "message-update-any",
+    "message-delete-own",
+    "message-delete-any",
 ];
 
 /// The outcome of mapping a token's permissions and roles.
@@ -131,6 +135,32 @@ mod tests {
         assert_eq!(g.ignored, ["fly:away", "publish:"]);
         assert!(g.capability.allows("chat:1", protocol::Operation::Publish));
         assert!(!g.capability.allows("news", protocol::Operation::Publish));
+    }
+
+    #[test]
+    fn permissions_name_the_chat_operations() {
+        let g = grants(
+            &strings(&[
+                "message-delete-any:chat:*",
+                "message-update-own:chat:*",
+                "annotation-publish:chat:*",
+            ]),
+            &[],
+            &BTreeMap::new(),
+            &capability(r#"{"*":["subscribe"]}"#),
+        );
+        assert!(g.ignored.is_empty(), "{:?}", g.ignored);
+        assert_eq!(
+            g.capability.as_json(),
+            r#"{"chat:*":["annotation-publish","message-delete-any","message-update-own"]}"#
+        );
+        let room = "chat:lobby::$chat";
+        assert!(g
+            .capability
+            .allows(room, protocol::Operation::MessageDeleteAny));
+        assert!(!g
+            .capability
+            .allows(room, protocol::Operation::MessageUpdateAny));
     }
 
     #[test]

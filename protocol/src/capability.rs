@@ -1,5 +1,7 @@
 //! Capabilities (§8.7): which operations a credential may perform on which channels, with
-//! Ably's resource wildcards, and the channel modes they grant (§8.8). A token's effective
+//! Ably's resource wildcards, and the channel modes they grant (§8.8). An @ably/chat room's
+//! channel `X::$chat` is also covered by whatever covers the room name `X`
+//! (`../shared/ably-chat.md` §5.1), so capabilities can be written per room. A token's effective
 //! capability is its own intersected with its key's: [`Capability::intersect`] keeps both and
 //! asks each, which is exact for any pair of wildcard patterns, and
 //! [`Capability::intersection`] writes the intersection out as the text a token carries.
@@ -22,8 +24,20 @@ pub enum Operation {
     Stats,
     /// Read channel metadata (status, occupancy).
     ChannelMetadata,
-    /// Any operation this broker does not act on (push, objects, annotations…), kept so
-    /// capability strings round-trip.
+    /// Update (edit) one's own messages.
+    MessageUpdateOwn,
+    /// Update anyone's messages.
+    MessageUpdateAny,
+    /// Delete one's own messages.
+    MessageDeleteOwn,
+    /// Delete anyone's messages.
+    MessageDeleteAny,
+    /// Publish annotations (message reactions); grants the ANNOTATION_PUBLISH mode.
+    AnnotationPublish,
+    /// Receive individual annotations; grants the ANNOTATION_SUBSCRIBE mode.
+    AnnotationSubscribe,
+    /// Any operation this broker does not act on (push, objects, privileged headers), kept
+    /// so capability strings round-trip.
     Other,
 }
 
@@ -37,6 +51,12 @@ impl Operation {
             Operation::Stats => 1 << 4,
             Operation::ChannelMetadata => 1 << 5,
             Operation::Other => 1 << 6,
+            Operation::MessageUpdateOwn => 1 << 7,
+            Operation::MessageUpdateAny => 1 << 8,
+            Operation::MessageDeleteOwn => 1 << 9,
+            Operation::MessageDeleteAny => 1 << 10,
+            Operation::AnnotationPublish => 1 << 11,
+            Operation::AnnotationSubscribe => 1 << 12,
         }
     }
 
@@ -49,17 +69,14 @@ impl Operation {
             "history" => Operation::History.bit(),
             "stats" => Operation::Stats.bit(),
             "channel-metadata" => Operation::ChannelMetadata.bit(),
-            "push-subscribe"
-            | "push-admin"
-            | "privileged-headers"
-            | "object-subscribe"
-            | "object-publish"
-            | "annotation-subscribe"
-            | "annotation-publish"
-            | "message-update-own"
-            | "message-update-any"
-            | "message-delete-own"
-            | "message-delete-any" => Operation::Other.bit(),
+            "message-update-own" => Operation::MessageUpdateOwn.bit(),
+            "message-update-any" => Operation::MessageUpdateAny.bit(),
+            "message-delete-own" => Operation::MessageDeleteOwn.bit(),
+            "message-delete-any" => Operation::MessageDeleteAny.bit(),
+            "annotation-publish" => Operation::AnnotationPublish.bit(),
+            "annotation-subscribe" => Operation::AnnotationSubscribe.bit(),
+            "push-subscribe" | "push-admin" | "privileged-headers" | "object-subscribe"
+            | "object-publish" => Operation::Other.bit(),
             _ => return None,
         })
     }
@@ -80,7 +97,9 @@ impl Operations {
         self.0 == 0
     }
 
-    /// The channel modes these operations grant (§8.8).
+    /// The channel modes these operations grant (§8.8): `subscribe` the SUBSCRIBE and
+    /// PRESENCE_SUBSCRIBE modes, `publish` PUBLISH, `presence` PRESENCE, `annotation-publish`
+    /// ANNOTATION_PUBLISH and `annotation-subscribe` ANNOTATION_SUBSCRIBE (ably-chat.md §4).
     pub fn modes(self) -> u64 {
         let mut modes = 0;
         if self.contains(Operation::Subscribe) {
@@ -92,7 +111,20 @@ impl Operations {
         if self.contains(Operation::Presence) {
             modes |= flags::MODE_PRESENCE;
         }
+        if self.contains(Operation::AnnotationPublish) {
+            modes |= flags::MODE_ANNOTATION_PUBLISH;
+        }
+        if self.contains(Operation::AnnotationSubscribe) {
+            modes |= flags::MODE_ANNOTATION_SUBSCRIBE;
+        }
         modes
+    }
+
+    /// The modes of an ATTACH that requests none (§8.8): every one [`Operations::modes`]
+    /// permits but ANNOTATION_SUBSCRIBE, which a client must ask for, as with Ably
+    /// (individual annotations reach only clients that requested the mode; error 93001).
+    pub fn default_modes(self) -> u64 {
+        self.modes() & !flags::MODE_ANNOTATION_SUBSCRIBE
     }
 }
 
@@ -263,18 +295,19 @@ impl Capability {
     /// What both capabilities' own grants allow, written out as grants of its own (§8.7:
     /// a token's capability is the requested one intersected with its key's). For each
     /// resource of `self`, in order, and each of `other`, in order: the names both patterns
-    /// match, with the operations both grant. `None` when nothing is left.
+    /// match, with the operations both grant. `None` when nothing is left. A chat room's
+    /// channel counts as matched by its room's pattern (`my-room` and `my-room::$chat` give
+    /// `my-room::$chat`, ably-chat.md §5.1).
     ///
-    /// One case is approximate: a lone `*` (which excludes `[`-qualified names) against a
-    /// pattern whose first segment is `*` keeps the latter, which also matches `[`-names.
-    /// Enforcement stays exact, because a token is checked against its key again on use.
+    /// Some cases are approximate: a lone `*` (which excludes `[`-qualified names) against a
+    /// pattern whose first segment is `*` keeps the latter, which also matches `[`-names; a
+    /// pattern whose trailing `*` reaches rooms' channels only by the room rule (`x:*` and
+    /// `x` share `x::$chat`) gives nothing for them. Enforcement stays exact, because a
+    /// token is checked against its key again on use.
     pub fn intersection(&self, other: &Capability) -> Option<Capability> {
         let mut entries: Vec<Entry> = Vec::new();
         for mine in &self.entries {
             for theirs in &other.entries {
-                let Some(pattern) = pattern_intersection(&mine.pattern, &theirs.pattern) else {
-                    continue;
-                };
                 let names = mine.common_operations(theirs);
                 if names.is_empty() {
                     continue;
@@ -283,11 +316,19 @@ impl Capability {
                     .iter()
                     .filter_map(|n| Operation::parse(n))
                     .fold(0, |acc, bit| acc | bit);
-                entries.push(Entry {
-                    pattern,
-                    names,
-                    bits,
-                });
+                let (a, b) = (mine.pattern.as_str(), theirs.pattern.as_str());
+                let patterns = [
+                    pattern_intersection(a, b),
+                    room_intersection(a, b),
+                    room_intersection(b, a),
+                ];
+                for pattern in patterns.into_iter().flatten() {
+                    entries.push(Entry {
+                        pattern,
+                        names: names.clone(),
+                        bits,
+                    });
+                }
             }
         }
         let entries = merge_duplicates(entries);
@@ -402,19 +443,21 @@ enum Segment<'a> {
     One,
 }
 
+impl<'a> Segment<'a> {
+    /// The segment `text` stands for, taken alone.
+    fn of(text: &'a str) -> Segment<'a> {
+        if text == "*" {
+            Segment::One
+        } else {
+            Segment::Literal(text)
+        }
+    }
+}
+
 /// A pattern as its fixed segments and whether a trailing `*` follows them (one or more
 /// further segments of anything).
-fn split_pattern(pattern: &str) -> (Vec<Segment<'_>>, bool) {
-    let mut segments: Vec<Segment> = pattern
-        .split(':')
-        .map(|s| {
-            if s == "*" {
-                Segment::One
-            } else {
-                Segment::Literal(s)
-            }
-        })
-        .collect();
+fn split_pattern(pattern: &str) -> SplitPattern<'_> {
+    let mut segments: Vec<Segment> = pattern.split(':').map(Segment::of).collect();
     let tail = segments.last() == Some(&Segment::One);
     if tail {
         segments.pop();
@@ -422,8 +465,9 @@ fn split_pattern(pattern: &str) -> (Vec<Segment<'_>>, bool) {
     (segments, tail)
 }
 
-/// The pattern matching exactly the names both `a` and `b` match (§8.7 wildcards), or `None`
-/// when no name matches both. See [`Capability::intersection`] for its one approximation.
+/// The pattern matching exactly the names both `a` and `b` match by the §8.7 wildcards, or
+/// `None` when no name matches both. The room rule of [`resource_matches`] is left to
+/// [`Capability::intersection`], which also says what is approximate.
 pub fn pattern_intersection(a: &str, b: &str) -> Option<String> {
     match (a, b) {
         ("[*]*", other) | (other, "[*]*") => return Some(other.to_owned()),
@@ -435,9 +479,39 @@ pub fn pattern_intersection(a: &str, b: &str) -> Option<String> {
         }
         _ => {}
     }
-    let (mut short, short_tail) = split_pattern(a);
-    let (mut long, long_tail) = split_pattern(b);
-    let (mut short_tail, mut long_tail) = (short_tail, long_tail);
+    let (segments, tail) = segments_intersection(split_pattern(a), split_pattern(b))?;
+    Some(join_pattern(&segments, tail))
+}
+
+/// The channels of the rooms both patterns match (ably-chat.md §5.1), when `chat` names
+/// room channels (`<room>::$<rest>`, e.g. `dms:*::$chat`) and `other` names rooms (has no
+/// `::$`): `other` ∩ `<room>`, followed by `::$<rest>`. `None` otherwise, and for a lone `*`
+/// or `[*]*`, whose plain intersection with `chat` is `chat` itself.
+fn room_intersection(chat: &str, other: &str) -> Option<String> {
+    if other.contains(ROOM_SEPARATOR) || matches!(other, "*" | "[*]*") {
+        return None;
+    }
+    let (room, rest) = chat.split_once(ROOM_SEPARATOR)?;
+    if room.is_empty() {
+        return None;
+    }
+    // Within `chat` more segments follow the room's, so a `*` ending them is one segment.
+    let room = (room.split(':').map(Segment::of).collect(), false);
+    let (segments, _) = segments_intersection(room, split_pattern(other))?;
+    Some(format!(
+        "{}{ROOM_SEPARATOR}{rest}",
+        join_pattern(&segments, false)
+    ))
+}
+
+/// Fixed segments and whether a trailing `*` follows them, as [`split_pattern`] gives them.
+type SplitPattern<'a> = (Vec<Segment<'a>>, bool);
+
+/// The split pattern matching exactly the names both split patterns match, if any.
+fn segments_intersection<'a>(
+    (mut short, mut short_tail): SplitPattern<'a>,
+    (mut long, mut long_tail): SplitPattern<'a>,
+) -> Option<SplitPattern<'a>> {
     if short.len() > long.len() {
         std::mem::swap(&mut short, &mut long);
         std::mem::swap(&mut short_tail, &mut long_tail);
@@ -453,30 +527,59 @@ pub fn pattern_intersection(a: &str, b: &str) -> Option<String> {
     if !lengths_meet {
         return None;
     }
-    let mut segments = Vec::with_capacity(long.len() + 1);
+    let mut segments = Vec::with_capacity(long.len());
     for (i, segment) in long.iter().enumerate() {
-        let common = match (short.get(i), *segment) {
+        segments.push(match (short.get(i), *segment) {
             (None, s) => s,
             (Some(Segment::One), s) | (Some(&s), Segment::One) => s,
             (Some(Segment::Literal(x)), Segment::Literal(y)) if *x == y => Segment::Literal(y),
             (Some(_), _) => return None,
-        };
-        segments.push(match common {
-            Segment::Literal(text) => text,
-            Segment::One => "*",
         });
     }
     // With both tails the longer prefix and a tail remain; with one, the other's exact length.
-    if short_tail && long_tail {
-        segments.push("*");
-    }
-    Some(segments.join(":"))
+    Some((segments, short_tail && long_tail))
 }
+
+/// A split pattern written out again.
+fn join_pattern(segments: &[Segment], tail: bool) -> String {
+    let mut texts: Vec<&str> = segments
+        .iter()
+        .map(|s| match *s {
+            Segment::Literal(text) => text,
+            Segment::One => "*",
+        })
+        .collect();
+    if tail {
+        texts.push("*");
+    }
+    texts.join(":")
+}
+
+/// What separates an @ably/chat room's name from the rest of its channel's name
+/// (`my-room::$chat`, CHA-RC3c).
+const ROOM_SEPARATOR: &str = "::$";
 
 /// Ably's resource matching (§8.7): `:`-separated segments; `*` stands for one segment, a
 /// trailing `*` for one or more; a lone `*` matches every channel not starting with `[`;
-/// `[*]*` matches everything.
+/// `[*]*` matches everything. A chat room's channel, one whose name contains `::$`, is also
+/// matched by every pattern matching its room's name, the part before the first `::$`:
+/// `my-room` and `dms:*` match `my-room::$chat` and `dms:a::$chat` (ably-chat.md §5.1,
+/// "capabilities can be configured at the room level").
 pub fn resource_matches(pattern: &str, channel: &str) -> bool {
+    wildcard_matches(pattern, channel)
+        || room_of(channel).is_some_and(|room| wildcard_matches(pattern, room))
+}
+
+/// The room name of a chat room's channel: the non-empty part before its first `::$`.
+fn room_of(channel: &str) -> Option<&str> {
+    channel
+        .split_once(ROOM_SEPARATOR)
+        .map(|(room, _)| room)
+        .filter(|room| !room.is_empty())
+}
+
+/// [`resource_matches`] by the §8.7 wildcards alone.
+fn wildcard_matches(pattern: &str, channel: &str) -> bool {
     if pattern == "[*]*" {
         return true;
     }
@@ -526,6 +629,187 @@ mod tests {
         assert_eq!(ops.modes(), 0x20000 | 0x40000 | 0x80000);
         assert!(!cap.allows("news", Operation::Publish));
         assert!(Capability::all().allows("[meta]x", Operation::History));
+    }
+
+    #[test]
+    fn chat_operations_are_their_own_and_round_trip() {
+        let chat = [
+            ("message-update-own", Operation::MessageUpdateOwn),
+            ("message-update-any", Operation::MessageUpdateAny),
+            ("message-delete-own", Operation::MessageDeleteOwn),
+            ("message-delete-any", Operation::MessageDeleteAny),
+            ("annotation-publish", Operation::AnnotationPublish),
+            ("annotation-subscribe", Operation::AnnotationSubscribe),
+        ];
+        for (name, op) in chat {
+            let text = format!(r#"{{"room":["{name}","push-admin"]}}"#);
+            let cap = Capability::parse(&text).unwrap();
+            assert_eq!(cap.as_json(), text, "round trip");
+            assert!(cap.allows("room", op), "{name}");
+            for (other, other_op) in chat {
+                assert_eq!(
+                    cap.allows("room", other_op),
+                    other == name,
+                    "{name} vs {other}"
+                );
+            }
+            assert!(
+                !cap.allows("room", Operation::Publish),
+                "{name} is not publish"
+            );
+            assert!(Capability::parse(r#"{"room":["*"]}"#)
+                .unwrap()
+                .allows("room", op));
+        }
+        let own = Capability::parse(r#"{"*":["message-update-own","message-delete-own"]}"#)
+            .unwrap()
+            .operations("room");
+        assert!(own.contains(Operation::MessageUpdateOwn));
+        assert!(!own.contains(Operation::MessageUpdateAny));
+        assert!(!own.contains(Operation::MessageDeleteAny));
+        assert_eq!(own.modes(), 0, "updates and deletes grant no mode");
+    }
+
+    #[test]
+    fn annotation_operations_grant_annotation_modes_subscribe_only_on_request() {
+        let modes = |text: &str| {
+            let ops = Capability::parse(text).unwrap().operations("room");
+            (ops.modes(), ops.default_modes())
+        };
+        assert_eq!(
+            modes(r#"{"room":["annotation-publish"]}"#),
+            (
+                flags::MODE_ANNOTATION_PUBLISH,
+                flags::MODE_ANNOTATION_PUBLISH
+            )
+        );
+        assert_eq!(
+            modes(r#"{"room":["annotation-subscribe"]}"#),
+            (flags::MODE_ANNOTATION_SUBSCRIBE, 0)
+        );
+        let classic = flags::MODE_PRESENCE
+            | flags::MODE_PUBLISH
+            | flags::MODE_SUBSCRIBE
+            | flags::MODE_PRESENCE_SUBSCRIBE;
+        assert_eq!(
+            modes(r#"{"room":["*"]}"#),
+            (
+                classic | flags::MODE_ANNOTATION_PUBLISH | flags::MODE_ANNOTATION_SUBSCRIBE,
+                classic | flags::MODE_ANNOTATION_PUBLISH
+            )
+        );
+        assert_eq!(
+            modes(r#"{"room":["publish","subscribe","presence"]}"#),
+            (classic, classic),
+            "without annotation operations, no annotation mode"
+        );
+    }
+
+    #[test]
+    fn a_room_pattern_matches_the_room_channels() {
+        for (pattern, channel) in [
+            ("my-room", "my-room::$chat"),
+            ("my-room", "my-room::$chat::$typing"),
+            ("dms:*", "dms:a::$chat"),
+            ("dms:*", "dms:a:b::$chat"),
+            ("*:lobby", "en:lobby::$chat"),
+            ("*", "lobby::$chat"),
+            ("my-room::$chat", "my-room::$chat"),
+            ("my-room:*", "my-room::$chat"),
+        ] {
+            assert!(
+                resource_matches(pattern, channel),
+                "{pattern} matches {channel}"
+            );
+        }
+        for (pattern, channel) in [
+            ("my-room", "my-room2::$chat"),
+            ("my-room", "other::$chat"),
+            ("my-room", "my-room:x::$chat"),
+            ("my-room", "x:my-room::$chat"),
+            ("my-room", "my-room:$chat"),
+            ("my-room", "my-room::chat"),
+            ("my-room::$chat", "my-room"),
+            ("room", "::$chat"),
+            ("*", "[meta]room::$chat"),
+        ] {
+            assert!(
+                !resource_matches(pattern, channel),
+                "{pattern} must not match {channel}"
+            );
+        }
+        let cap = Capability::parse(r#"{"my-room":["publish"],"*":["subscribe"]}"#).unwrap();
+        assert!(cap.allows("my-room::$chat", Operation::Publish));
+        assert!(cap.allows("lobby::$chat", Operation::Subscribe));
+        assert!(!cap.allows("my-room2::$chat", Operation::Publish));
+        assert!(!cap.allows("other::$chat", Operation::Publish));
+        let everything = Capability::parse(r#"{"dms:*":["*"]}"#).unwrap();
+        assert!(everything.grants_all_operations_on("dms:a::$chat"));
+        assert!(!everything.grants_all_operations_on("dm:a::$chat"));
+        let key = Capability::parse(r#"{"my-room":["publish","subscribe"]}"#).unwrap();
+        let token = Capability::parse(r#"{"*::$chat":["publish"]}"#).unwrap();
+        let effective = token.intersect(key);
+        assert!(effective.allows("my-room::$chat", Operation::Publish));
+        assert!(!effective.allows("my-room::$chat", Operation::Subscribe));
+        assert!(!effective.allows("my-room", Operation::Publish));
+    }
+
+    #[test]
+    fn materialized_intersection_follows_rooms() {
+        let cases = [
+            (
+                r#"{"my-room":["publish"]}"#,
+                r#"{"my-room::$chat":["*"]}"#,
+                Some(r#"{"my-room::$chat":["publish"]}"#),
+            ),
+            (
+                r#"{"my-room::$chat":["publish"]}"#,
+                r#"{"my-room":["*"]}"#,
+                Some(r#"{"my-room::$chat":["publish"]}"#),
+            ),
+            (
+                r#"{"dms:a::$chat":["subscribe"]}"#,
+                r#"{"dms:*":["subscribe","publish"]}"#,
+                Some(r#"{"dms:a::$chat":["subscribe"]}"#),
+            ),
+            (
+                r#"{"*::$chat":["publish"]}"#,
+                r#"{"news:today":["*"],"lobby":["*"]}"#,
+                Some(r#"{"lobby::$chat":["publish"]}"#),
+            ),
+            (
+                r#"{"dms:*::$chat":["publish"]}"#,
+                r#"{"dms:*":["*"]}"#,
+                Some(r#"{"dms:*::$chat":["publish"]}"#),
+            ),
+            (
+                r#"{"my-room::$chat":["publish"]}"#,
+                r#"{"*":["*"]}"#,
+                Some(r#"{"my-room::$chat":["publish"]}"#),
+            ),
+            (
+                r#"{"my-room":["publish"]}"#,
+                r#"{"other::$chat":["*"]}"#,
+                None,
+            ),
+            (
+                r#"{"my-room":["publish"]}"#,
+                r#"{"my-room2::$chat":["*"]}"#,
+                None,
+            ),
+        ];
+        for (asked, key, want) in cases {
+            let asked = Capability::parse(asked).unwrap();
+            let key = Capability::parse(key).unwrap();
+            let granted = asked.intersection(&key);
+            assert_eq!(
+                granted.as_ref().map(Capability::as_json),
+                want,
+                "{} ∩ {}",
+                asked.as_json(),
+                key.as_json()
+            );
+        }
     }
 
     #[test]

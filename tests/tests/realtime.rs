@@ -85,7 +85,11 @@ async fn acked_and_delivered_in_order(deliver_after_sync: bool) {
         TestBroker::start_with(|c| c.storage.deliver_after_sync = deliver_after_sync).await;
     let (mut subscriber, _) = broker.connect_key("msgpack").await;
     let attached = subscriber.attach("chat:order").await;
-    assert_eq!(attached.flags.unwrap() & flags::MODE_ALL, 983_040);
+    // The full key's default modes: the basic four and ANNOTATION_PUBLISH.
+    assert_eq!(
+        attached.flags.unwrap() & flags::MODE_ALL,
+        983_040 | flags::MODE_ANNOTATION_PUBLISH
+    );
     let (mut publisher, _) = broker.connect_key("json").await;
     for i in 0..200u64 {
         publisher.publish("chat:order", i, &format!("m{i}")).await;

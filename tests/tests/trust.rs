@@ -251,11 +251,12 @@ async fn operations_outside_the_attached_modes_are_refused() {
         .await;
     assert_eq!(client.expect(Action::Nack).await.error.unwrap().code, 40160);
     assert!(history(&broker, "watch", "").await.is_empty());
-    // Without requested modes every permitted one is granted and named.
+    // Without requested modes every permitted one but ANNOTATION_SUBSCRIBE (which must be
+    // asked for) is granted and named.
     let attached = client.attach("talk").await;
     assert_eq!(
         attached.params.unwrap()["modes"],
-        "presence,publish,subscribe,presence_subscribe"
+        "presence,publish,subscribe,presence_subscribe,annotation_publish"
     );
     client.publish("talk", 2, "yes").await;
     assert_eq!(texts(&client.expect(Action::Message).await), ["yes"]);

@@ -1,8 +1,8 @@
 //! ATTACH (§5.1–5.6): check the name and capability, grant the requested modes the capability
-//! permits (§8.8) and confirm them in ATTACHED's `modes` param, work out where delivery
-//! starts — after the client's `channelSerial` on a re-attach, or a rewind on a first
-//! attach — and hand the rest to the channel's sequencer, which sends ATTACHED before any
-//! MESSAGE (§5.5).
+//! permits (§8.8; without a request, its default ones) and confirm them in ATTACHED's `modes`
+//! param, work out where delivery starts — after the client's `channelSerial` on a re-attach,
+//! or a rewind on a first attach — and hand the rest to the channel's sequencer, which sends
+//! ATTACHED before any MESSAGE (§5.5).
 
 use std::collections::BTreeMap;
 
@@ -50,11 +50,10 @@ pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
         );
     }
     let requested = message.flags.unwrap_or(0) & flags::MODE_ALL;
-    let permitted = operations.modes();
     let modes = if requested == 0 {
-        permitted
+        operations.default_modes()
     } else {
-        requested & permitted
+        requested & operations.modes()
     };
 
     let params = message.params.unwrap_or_default();

@@ -931,10 +931,10 @@ async fn profile(
     Ok(json.ok(StatusCode::OK, &profile, Vec::new()))
 }
 
-/// The capability of development logins: everything a chat user does, nothing more.
+/// The capability of development logins: everything a chat user does, nothing more — what
+/// an Auth0 user without permissions or roles gets by default.
 static DEV_CAPABILITY: LazyLock<Capability> = LazyLock::new(|| {
-    Capability::parse(r#"{"*":["subscribe","publish","presence","history"]}"#)
-        .expect("literal capability parses")
+    Capability::parse(auth_plugin::config::CHAT_USER_CAPABILITY).expect("literal capability parses")
 });
 
 /// `GET`/`POST /api/dev/login?username=…` (or `{"username":…}`): a token for that username,
