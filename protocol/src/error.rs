@@ -84,6 +84,9 @@ pub mod codes {
     pub const INVALID_JWT: u32 = 40144;
     /// Operation not permitted by the capability.
     pub const CAPABILITY_DENIED: u32 = 40160;
+    /// An "own" operation (`message-update-own`, `message-delete-own`) by a client that is not
+    /// identified, so it cannot be the author.
+    pub const UNIDENTIFIED_OWN_OPERATION: u32 = 40166;
     /// Forbidden.
     pub const FORBIDDEN: u32 = 40300;
     /// Not found.

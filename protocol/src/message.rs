@@ -203,12 +203,79 @@ pub struct Message {
     /// Its position in the channel log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
-    /// 0 for a new message (message.create).
+    /// 0 for a new message (message.create); see [`Message::UPDATE`] and the other actions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<u64>,
+    /// Which version of the message this is (TM2s): on a create the message's own serial and
+    /// timestamp; on an update, delete or append, the version's position and who made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<MessageVersion>,
+}
+
+/// A version of a message (TM2s, `../shared/ably-chat.md` §5.3).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageVersion {
+    /// The version's own serial: its position in the channel, after every earlier version's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// When the version was made (ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<i64>,
+    /// Who made it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Why, in the author's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The app's string map about the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
 }
 
 impl Message {
+    /// `action` of a new message.
+    pub const CREATE: u64 = 0;
+    /// `action` of an update: the fields it carries replace the message's (shallow).
+    pub const UPDATE: u64 = 1;
+    /// `action` of a delete: the message is marked deleted and keeps its content.
+    pub const DELETE: u64 = 2;
+    /// `action` of a meta message (`[meta]occupancy`).
+    pub const META: u64 = 3;
+    /// `action` of a summary of the message's annotations.
+    pub const SUMMARY: u64 = 4;
+    /// `action` of an append: its data is added to the end of the message's.
+    pub const APPEND: u64 = 5;
+
+    /// Whether this is a change to an earlier message (update, delete or append), whose
+    /// `serial` is that message's and whose `version.serial` is its own position.
+    pub fn is_version(&self) -> bool {
+        matches!(
+            self.action,
+            Some(Message::UPDATE | Message::DELETE | Message::APPEND)
+        )
+    }
+
+    /// The serial of this entry's own position in the channel: `version.serial` for a change
+    /// to an earlier message, else `serial`.
+    pub fn position(&self) -> Option<&String> {
+        if self.is_version() {
+            self.version.as_ref().and_then(|v| v.serial.as_ref())
+        } else {
+            self.serial.as_ref()
+        }
+    }
+
+    /// Gives the message its position: `serial` for a new message, `version.serial` for a
+    /// change to an earlier one (whose `serial` stays the earlier one's).
+    pub fn place(&mut self, position: String) {
+        if self.is_version() {
+            self.version.get_or_insert_with(Default::default).serial = Some(position);
+        } else {
+            self.serial = Some(position);
+        }
+    }
+
     /// The size the publish limit counts (§7.5): name, clientId, extras as JSON and data.
     pub fn size(&self) -> usize {
         self.name.as_ref().map_or(0, String::len)

@@ -768,3 +768,43 @@ async fn ephemeral_messages_reach_every_node_and_are_stored_nowhere() {
         assert_eq!(stored, ["stored"]);
     }
 }
+
+/// A message edited on one node (ably-chat.md §2) is edited on every node: subscribers
+/// elsewhere get the update with the original's serial, and history on each node shows the
+/// message once, in its latest version.
+#[tokio::test]
+async fn an_edit_on_one_node_is_the_edit_everywhere() {
+    let nats = NatsCluster::start(1).await;
+    let (one, two) = (node(&nats).await, node(&nats).await);
+    let (mut far, _) = two.connect_key("json").await;
+    far.attach("edited").await;
+    let (mut author, _) = one.connect_key("json").await;
+    author.publish("edited", 0, "draft").await;
+    let serial = author.expect(Action::Ack).await.res.unwrap()[0].serials[0]
+        .clone()
+        .unwrap();
+    let edit = ProtocolMessage {
+        msg_serial: Some(1),
+        messages: Some(vec![protocol::Message {
+            action: Some(protocol::Message::UPDATE),
+            serial: Some(serial.clone()),
+            data: Some(Data::String("final".into())),
+            ..Default::default()
+        }]),
+        ..ProtocolMessage::for_channel(Action::Message, "edited")
+    };
+    author.send(&edit).await;
+    author.expect_acks(1).await;
+    assert_eq!(texts(&far.expect(Action::Message).await), ["draft"]);
+    let update = far.expect(Action::Message).await;
+    let changed = &update.messages.as_ref().unwrap()[0];
+    assert_eq!(
+        (changed.action, changed.serial.as_deref()),
+        (Some(protocol::Message::UPDATE), Some(serial.as_str()))
+    );
+    for broker in [&one, &two] {
+        let stored = history(broker, "edited", "").await;
+        assert_eq!(stored.len(), 1, "{stored:?}");
+        assert_eq!(stored[0]["data"], "final");
+    }
+}

@@ -106,7 +106,7 @@ impl Backend for LocalBackend {
             },
         )?;
         for (_, m) in recent.into_iter().rev() {
-            if let (Some(id), Some(serial)) = (m.id, m.serial) {
+            if let (Some(serial), Some(id)) = (m.position().cloned(), m.id) {
                 stream.ids.remember(id, serial, m.timestamp.unwrap_or(0));
             }
         }
@@ -217,9 +217,7 @@ impl LocalStream {
                 }
                 self.head.last += 1;
                 let serial = format_serial(&self.head.epoch, self.head.last);
-                m.serial = Some(serial.clone());
-                m.timestamp = Some(timestamp);
-                m.action = Some(0);
+                super::settle(&mut m, Some(serial.clone()), timestamp);
                 if draft.app_ids {
                     if let Some(id) = &m.id {
                         self.ids.remember(id.clone(), serial.clone(), timestamp);

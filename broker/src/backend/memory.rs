@@ -158,9 +158,7 @@ impl MemoryStream {
                 }
                 channel.last += 1;
                 let serial = format_serial(&self.head.epoch, channel.last);
-                m.serial = Some(serial.clone());
-                m.timestamp = Some(timestamp);
-                m.action = Some(0);
+                super::settle(&mut m, Some(serial.clone()), timestamp);
                 if let Some(id) = m.id.clone().filter(|_| draft.app_ids) {
                     channel.ids.insert(id, serial.clone());
                 }

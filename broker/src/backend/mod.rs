@@ -110,6 +110,24 @@ pub enum Committed {
     Ephemeral(Vec<Message>),
 }
 
+/// Stamps a message as every backend stores it: its timestamp (and its version's, for a change
+/// to an earlier message), action 0 for a new message, and, when known, its position (see
+/// [`Message::place`]).
+pub fn settle(message: &mut Message, position: Option<String>, timestamp: i64) {
+    message.timestamp = Some(timestamp);
+    if message.is_version() {
+        message
+            .version
+            .get_or_insert_with(Default::default)
+            .timestamp = Some(timestamp);
+    } else {
+        message.action = Some(Message::CREATE);
+    }
+    if let Some(position) = position {
+        message.place(position);
+    }
+}
+
 /// Called once with whether a batch became durable.
 pub type WhenDurable = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 

@@ -53,6 +53,7 @@ impl Core {
     async fn publish(&self, channel: &str, data: &str) -> PublishOutcome {
         let (reply, outcome) = Reply::new();
         let publish = Publish {
+            rights: Default::default(),
             messages: vec![Message {
                 data: Some(protocol::Data::String(data.to_owned())),
                 ..Default::default()
@@ -246,6 +247,7 @@ async fn a_split_broadcast_delivers_every_message_once_in_order() {
     for i in 0..20 {
         let (reply, outcome) = Reply::new();
         let publish = Publish {
+            rights: Default::default(),
             messages: vec![Message {
                 data: Some(protocol::Data::String(format!("m{i}"))),
                 ..Default::default()

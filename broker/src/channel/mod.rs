@@ -10,6 +10,7 @@ mod core_tests;
 pub mod hub;
 mod sequencer;
 pub mod service;
+pub mod versions;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -125,6 +126,8 @@ pub struct Publish {
     /// Whether the app set message ids, which are then checked against recent ones
     /// (idempotent publishing).
     pub app_ids: bool,
+    /// What the publisher may change of earlier messages (updates, deletes, appends).
+    pub rights: versions::Rights,
     /// When the broker received it, for the latency metric.
     pub received: Instant,
     /// Where the outcome goes once the messages are durable.
@@ -487,6 +490,7 @@ mod tests {
         tasks.close();
         let (reply, outcome) = Reply::new();
         let publish = Publish {
+            rights: Default::default(),
             messages: vec![Message::default()],
             origin: None,
             app_ids: false,

@@ -20,6 +20,7 @@ use protocol::{
 use tokio::sync::{mpsc, watch};
 
 use super::hub::{Audience, Hub};
+use super::versions::{self, Latest};
 use super::{
     Attach, ChannelContext, Channels, Command, Occupancy, PresenceOp, Publish, StartFrom,
     Subscriber,
@@ -64,6 +65,8 @@ pub(super) struct Sequencer {
     syncs: u64,
     /// Attaches waiting for the stream to reach their serial, with their deadlines.
     waiting: Vec<(Attach, u64, Instant)>,
+    /// The latest versions of messages changed lately.
+    latest: Latest,
 }
 
 impl Sequencer {
@@ -76,6 +79,7 @@ impl Sequencer {
             hub: Hub::new(context.fanout),
             waiting: Vec::new(),
             syncs: 0,
+            latest: Latest::default(),
             context,
         })
     }
@@ -397,7 +401,19 @@ impl Sequencer {
                 kept_shapes.push(shape);
             }
         }
-        let (mut batch, shapes) = (kept, kept_shapes);
+        // Changes to earlier messages become their new versions; a publish with a change
+        // that cannot be made is refused whole.
+        let (mut batch, mut shapes, mut increments) = (Vec::new(), Vec::new(), Vec::new());
+        for (mut p, shape) in kept.into_iter().zip(kept_shapes) {
+            match self.prepare_changes(&mut p) {
+                Ok(appended) => {
+                    batch.push(p);
+                    shapes.push(shape);
+                    increments.push(appended);
+                }
+                Err(e) => p.reply.send(Err(e)),
+            }
+        }
         if batch.is_empty() {
             return;
         }
@@ -412,6 +428,8 @@ impl Sequencer {
         let appended = match self.stream.append(drafts).await {
             Ok(appended) => appended,
             Err(e) => {
+                // Versions prepared for this batch were never stored.
+                self.latest.clear();
                 tracing::error!(channel = %self.name, error = %e, "append failed");
                 // In cluster mode a publish JetStream did not confirm may still be stored,
                 // and the client is told so; a resend with the same ids is stored once.
@@ -430,15 +448,29 @@ impl Sequencer {
         let fanout_start = std::time::Instant::now();
         let mut acks = Vec::with_capacity(batch.len());
         let mut outgoing = Vec::with_capacity(batch.len());
-        for ((p, stored), shape) in batch.into_iter().zip(appended.stored).zip(shapes) {
-            let Stored { fresh, serials } = stored;
+        for (((p, stored), shape), mut appends) in batch
+            .into_iter()
+            .zip(appended.stored)
+            .zip(shapes)
+            .zip(increments)
+        {
+            let Stored { mut fresh, serials } = stored;
             let serials = with_ephemeral(serials, &shape);
+            self.remember_versions(&fresh);
+            // Live subscribers get an append as the increment, history the whole text.
+            for m in fresh.iter_mut().filter(|m| m.is_version()) {
+                if let Some(increment) = m.id.as_ref().and_then(|id| appends.remove(id)) {
+                    m.action = Some(Message::APPEND);
+                    m.data = increment.data;
+                    m.encoding = increment.encoding;
+                }
+            }
             if !fresh.is_empty() {
                 let message = ProtocolMessage {
                     id: p.origin.as_ref().map(|o| o.pm_id.clone()),
                     connection_id: p.origin.as_ref().map(|o| o.connection_id.to_string()),
                     timestamp: Some(appended.timestamp),
-                    channel_serial: fresh.last().and_then(|m| m.serial.clone()),
+                    channel_serial: fresh.last().and_then(|m| m.position().cloned()),
                     messages: Some(fresh),
                     ..ProtocolMessage::for_channel(Action::Message, &self.name)
                 };
@@ -517,6 +549,62 @@ impl Sequencer {
         shapes
     }
 
+    /// Turns each change (update, delete, append) of `publish` into the message's new version
+    /// (see [`versions::apply`]), after checking that the message exists here (40400) and that
+    /// the publisher may change it (40160, 40166). Returns the increments of its appends, by
+    /// message id, which live subscribers get instead of the whole text.
+    fn prepare_changes(
+        &mut self,
+        publish: &mut Publish,
+    ) -> Result<std::collections::HashMap<String, Message>, ErrorInfo> {
+        let mut increments = std::collections::HashMap::new();
+        if !publish.messages.iter().any(Message::is_version) {
+            return Ok(increments);
+        }
+        let head = self.stream.head().clone();
+        for m in publish.messages.iter_mut().filter(|m| m.is_version()) {
+            let serial = m.serial.clone().unwrap_or_default();
+            let seq = parse_serial(&serial)
+                .filter(|(epoch, seq)| {
+                    *epoch == head.epoch && *seq >= head.first && *seq <= head.last
+                })
+                .map(|(_, seq)| seq)
+                .ok_or_else(|| versions::unknown_message(&serial))?;
+            let stream = &self.stream;
+            let read = |q: &Query| stream.read(q);
+            let latest = self
+                .latest
+                .get(&read, seq, head.last)
+                .map_err(|e| {
+                    tracing::error!(channel = %self.name, error = %e, "reading a message to change failed");
+                    ErrorInfo::new(codes::INTERNAL_CHANNEL, "the message could not be read")
+                })?
+                .ok_or_else(|| versions::unknown_message(&serial))?;
+            let action = m.action.unwrap_or(Message::UPDATE);
+            publish
+                .rights
+                .check(action, m.client_id.as_deref(), latest.client_id.as_deref())?;
+            let (next, increment) = versions::apply(&latest, std::mem::take(m))?;
+            if let (Some(increment), Some(id)) = (increment, next.id.clone()) {
+                increments.insert(id, increment);
+            }
+            self.latest.set(seq, next.clone());
+            *m = next;
+        }
+        Ok(increments)
+    }
+
+    /// Remembers the new versions among `messages` (stored here, or committed by another
+    /// node) as their messages' latest.
+    fn remember_versions(&mut self, messages: &[Message]) {
+        for m in messages.iter().filter(|m| m.is_version()) {
+            let Some((_, seq)) = m.serial.as_deref().and_then(parse_serial) else {
+                continue;
+            };
+            self.latest.set(seq, m.clone());
+        }
+    }
+
     /// Delivers other nodes' ephemeral messages, one MESSAGE per run from one connection.
     async fn deliver_ephemeral(&mut self, messages: Vec<Message>) {
         let mut outgoing: Vec<(ProtocolMessage, Audience)> = Vec::new();
@@ -545,12 +633,18 @@ impl Sequencer {
     /// one MESSAGE per run of messages from the same connection, so a subscriber with echo
     /// off is spared its own.
     async fn deliver_committed(&mut self, rows: Vec<(u64, Message)>) {
+        let committed: Vec<Message> = rows
+            .iter()
+            .filter(|(_, m)| m.is_version())
+            .map(|(_, m)| m.clone())
+            .collect();
+        self.remember_versions(&committed);
         let mut outgoing: Vec<(ProtocolMessage, Audience)> = Vec::new();
         for (_, message) in rows {
             if let Some((last, _)) = outgoing.last_mut() {
                 let same = last.connection_id == message.connection_id;
                 if let Some(messages) = last.messages.as_mut().filter(|_| same) {
-                    last.channel_serial = message.serial.clone();
+                    last.channel_serial = message.position().cloned();
                     last.timestamp = message.timestamp;
                     messages.push(message);
                     continue;
@@ -560,7 +654,7 @@ impl Sequencer {
             let frame = ProtocolMessage {
                 connection_id: message.connection_id.clone(),
                 timestamp: message.timestamp,
-                channel_serial: message.serial.clone(),
+                channel_serial: message.position().cloned(),
                 messages: Some(vec![message]),
                 ..ProtocolMessage::for_channel(Action::Message, &self.name)
             };
@@ -756,7 +850,7 @@ impl Sequencer {
                 &ProtocolMessage {
                     connection_id: m.connection_id.clone(),
                     timestamp: m.timestamp,
-                    channel_serial: m.serial.clone(),
+                    channel_serial: m.position().cloned(),
                     messages: Some(vec![m]),
                     ..ProtocolMessage::for_channel(Action::Message, &self.name)
                 },

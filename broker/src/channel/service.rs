@@ -14,6 +14,7 @@ use protocol::error::codes;
 use protocol::{flags, Capability, ErrorInfo, Message, Operation, PresenceMessage};
 use tokio::sync::oneshot;
 
+use super::versions::{self, Rights};
 use super::{
     validate_name, Channels, Command, ListPresence, Occupancy, Origin, Publish, PublishOutcome,
     Reply,
@@ -45,6 +46,7 @@ pub struct CheckedPublish {
     messages: Vec<Message>,
     app_ids: bool,
     origin: Option<Origin>,
+    rights: Rights,
 }
 
 /// Which log a history request reads.
@@ -145,11 +147,19 @@ impl Channels {
             connection_id,
             pm_id: publisher.id_base,
         });
+        let may = |operation| publisher.capability.allows(&channel, operation);
+        let rights = Rights {
+            update_any: may(Operation::MessageUpdateAny),
+            update_own: may(Operation::MessageUpdateOwn),
+            delete_any: may(Operation::MessageDeleteAny),
+            delete_own: may(Operation::MessageDeleteOwn),
+        };
         Ok(CheckedPublish {
             channel,
             messages,
             app_ids,
             origin,
+            rights,
         })
     }
 
@@ -161,11 +171,13 @@ impl Channels {
             messages,
             app_ids,
             origin,
+            rights,
         } = publish;
         let command = Command::Publish(Publish {
             messages,
             origin,
             app_ids,
+            rights,
             received: Instant::now(),
             reply,
         });
@@ -177,16 +189,6 @@ impl Channels {
         let (reply, outcome) = Reply::new();
         self.publish(publish, reply).await;
         outcome_of(outcome).await
-    }
-
-    /// Why an update, delete or append of a message (ably-js REST `updateMessage()` and
-    /// friends) is refused: 93002 once the caller is known to be allowed to publish on
-    /// `channel`, until mutable messages exist.
-    pub fn refuse_update(&self, channel: &str, capability: &Capability) -> ErrorInfo {
-        match self.permit(channel, capability, Operation::Publish, "publish") {
-            Err(e) => e,
-            Ok(()) => updates_not_enabled("update of a published message"),
-        }
     }
 
     /// A page of the channel's history or presence history, for a caller with the `history`
@@ -225,12 +227,49 @@ impl Channels {
         let context = self.context().clone();
         let log = request.log;
         tokio::task::spawn_blocking(move || match log {
-            HistoryLog::Messages => context.backend.read(&name, &query),
+            HistoryLog::Messages => latest_versions(&|q| context.backend.read(&name, q), query),
             HistoryLog::Presence => context.backend.read_presence(&name, &query),
         })
         .await
         .map_err(|_| ErrorInfo::new(codes::INTERNAL, "history read failed"))?
         .map_err(ErrorInfo::from)
+    }
+
+    /// Message `serial` of `channel` in its latest version (RSL11, `GET
+    /// /channels/{c}/messages/{serial}`), for a caller with the `history` capability; 40400
+    /// when the channel holds no message with that serial.
+    pub async fn message(
+        &self,
+        channel: &str,
+        capability: &Capability,
+        serial: &str,
+    ) -> Result<Message, ErrorInfo> {
+        let all = self.message_versions(channel, capability, serial).await?;
+        Ok(versions::latest_of(all))
+    }
+
+    /// Every version of message `serial` of `channel`, the original first (RSL14, `GET
+    /// /channels/{c}/messages/{serial}/versions`), for a caller with the `history`
+    /// capability; 40400 when the channel holds no message with that serial.
+    pub async fn message_versions(
+        &self,
+        channel: &str,
+        capability: &Capability,
+        serial: &str,
+    ) -> Result<Vec<Message>, ErrorInfo> {
+        self.permit(channel, capability, Operation::History, "history")?;
+        let epoch = self.context().backend.epoch(channel).to_owned();
+        let seq = parse_serial(serial)
+            .filter(|(e, _)| *e == epoch)
+            .map(|(_, seq)| seq)
+            .ok_or_else(|| versions::unknown_message(serial))?;
+        let (name, context) = (channel.to_owned(), self.context().clone());
+        let read = move || versions::versions(&|q| context.backend.read(&name, q), seq, u64::MAX);
+        tokio::task::spawn_blocking(read)
+            .await
+            .map_err(|_| ErrorInfo::new(codes::INTERNAL, "message read failed"))?
+            .map_err(ErrorInfo::from)?
+            .ok_or_else(|| versions::unknown_message(serial))
     }
 
     /// The channel's present members (`present` items), for a caller with the `subscribe`
@@ -332,10 +371,11 @@ pub fn mode_not_attached(channel: &str, mode: &str) -> ErrorInfo {
     )
 }
 
-/// Validates and stamps messages from any publisher (realtime or REST): only new messages
-/// (no updates, deletes or appends), no server-set fields, canonical data, clientId per §8.6,
-/// size per §7.5, and an id (`<base>:<index>`) where the app set none. Returns whether the
-/// app set any ids (idempotent publishing).
+/// Validates and stamps messages from any publisher (realtime or REST): new messages, and
+/// changes to earlier ones (update, delete, append: `serial` names the message; the
+/// sequencer checks the rights and applies them), no server-set fields, canonical data,
+/// clientId per §8.6, size per §7.5, and an id (`<base>:<index>`) where the app set none.
+/// Returns whether the app set any ids (idempotent publishing).
 pub fn stamp(
     messages: &mut [Message],
     identity: &Identity,
@@ -346,9 +386,23 @@ pub fn stamp(
     let mut size = 0;
     let mut app_ids = false;
     for (index, m) in messages.iter_mut().enumerate() {
-        refuse_mutation(m)?;
+        let change = check_action(m)?;
         strip_server_fields(&mut m.extras);
         m.normalise_data()?;
+        if change {
+            // ably-js sends the message it changes with the change on top: its id, clientId,
+            // timestamp and version are the original's or server-set, not this publisher's.
+            m.id = None;
+            m.client_id = None;
+            m.timestamp = None;
+            if let Some(version) = &mut m.version {
+                version.serial = None;
+                version.timestamp = None;
+                version.client_id = None;
+            }
+        } else {
+            m.version = None;
+        }
         // §7.5 counts what the client sent; the clientId the broker fills in is not counted.
         size += m.size();
         m.client_id = identity.message_client_id(m.client_id.as_deref())?;
@@ -364,7 +418,9 @@ pub fn stamp(
         }
         m.connection_id = connection_id.map(str::to_owned);
         m.connection_key = None;
-        m.serial = None;
+        if !change {
+            m.serial = None;
+        }
         m.timestamp = None;
     }
     if size > max_size {
@@ -376,25 +432,53 @@ pub fn stamp(
     Ok(app_ids)
 }
 
-/// Refuses an update, delete or append (`action` 1, 2 or 5 with the original's `serial`, as
-/// ably-js `updateMessage()`, `deleteMessage()` and `appendMessage()` send them,
-/// `../shared/ably-chat.md` §2): mutable messages do not exist yet, and storing one as a new
-/// message would deliver an edit as a duplicate. Only an absent action or 0 (create) passes.
-fn refuse_mutation(message: &Message) -> Result<(), ErrorInfo> {
-    match message.action {
-        None | Some(0) => Ok(()),
-        Some(action) => Err(updates_not_enabled(&format!("message action {action}"))),
+/// History's page of `query` (§5.8 of `../shared/ably-chat.md`): the log's new messages in
+/// their latest versions, leaving the changes out, as many as `query.limit` while the log has
+/// them.
+fn latest_versions(
+    read: versions::Reader<'_>,
+    mut query: Query,
+) -> Result<Vec<(u64, Message)>, crate::store::StoreError> {
+    let limit = query.limit;
+    let mut page = Vec::new();
+    loop {
+        let rows = read(&query)?;
+        let more = rows.len() == query.limit;
+        let Some(&(last, _)) = rows.last() else { break };
+        page.extend(rows.into_iter().filter(|(_, m)| !m.is_version()));
+        if page.len() >= limit || !more {
+            break;
+        }
+        match query.direction {
+            Direction::Forwards => query.from = last + 1,
+            Direction::Backwards if last == 0 => break,
+            Direction::Backwards => query.to = last - 1,
+        }
+        query.limit = limit - page.len();
     }
+    page.truncate(limit);
+    versions::fold(read, page, u64::MAX)
 }
 
-/// 93002: message updates, deletes and appends are not enabled (`what` says which request).
-pub fn updates_not_enabled(what: &str) -> ErrorInfo {
-    ErrorInfo::new(
-        codes::MESSAGE_UPDATES_DISABLED,
-        format!(
-            "message updates are not enabled on this broker ({what}); publish a new message instead"
-        ),
-    )
+/// Whether a message is a change to an earlier one (`action` 1, 2 or 5 with the original's
+/// `serial`, as ably-js `updateMessage()`, `deleteMessage()` and `appendMessage()` send them,
+/// `../shared/ably-chat.md` §2) rather than a new one (absent action or 0). A change without
+/// a serial, and the actions only the server sends (meta, summary), are refused (40003).
+fn check_action(message: &Message) -> Result<bool, ErrorInfo> {
+    match message.action {
+        None | Some(Message::CREATE) => Ok(false),
+        Some(_) if message.is_version() => match message.serial.as_deref() {
+            Some(serial) if !serial.is_empty() => Ok(true),
+            _ => Err(ErrorInfo::new(
+                codes::INVALID_PARAMETER,
+                "an update, delete or append needs the serial of the message it changes",
+            )),
+        },
+        Some(action) => Err(ErrorInfo::new(
+            codes::INVALID_PARAMETER,
+            format!("message action {action} cannot be published"),
+        )),
+    }
 }
 
 /// Removes what only the server may set from a client's `extras`: `userClaim`, which

@@ -101,8 +101,14 @@ pub async fn route(
                     (&Method::POST, ["messages"]) => {
                         publish(broker, parts, &channel, &body, negotiated).await
                     }
-                    (&Method::PATCH, ["messages", _serial]) => {
-                        update_message(broker, parts, &channel).await
+                    (&Method::PATCH, ["messages", serial]) => {
+                        update_message(broker, parts, &channel, serial, &body, negotiated).await
+                    }
+                    (&Method::GET, ["messages", serial]) => {
+                        get_message(broker, parts, &channel, serial, negotiated, false).await
+                    }
+                    (&Method::GET, ["messages", serial, "versions"]) => {
+                        get_message(broker, parts, &channel, serial, negotiated, true).await
                     }
                     (&Method::GET, ["messages"]) => {
                         history(
@@ -424,16 +430,90 @@ async fn publish(
     ))
 }
 
-/// `PATCH /channels/{name}/messages/{serial}`, which ably-js REST `updateMessage()`,
-/// `deleteMessage()` and `appendMessage()` send: refused with 93002 (HTTP 400) until mutable
-/// messages exist, once the caller is known to be allowed to publish there.
+/// `PATCH /channels/{name}/messages/{serial}` (RSL15), which ably-js REST `updateMessage()`,
+/// `deleteMessage()` and `appendMessage()` send: the body is the change (a Message whose
+/// `action` says which, update when absent, and `version` the operation's description and
+/// metadata), published as a realtime change is; the answer is `{versionSerial}`.
 async fn update_message(
     broker: &Broker,
     parts: &Parts,
     channel: &str,
+    serial: &str,
+    body: &[u8],
+    negotiated: &Negotiated,
 ) -> Result<HttpResponse, ErrorInfo> {
+    let serial = decoded(serial)?;
+    let (grant, identity) = authenticate(broker, parts).await?;
+    let mut change: Message = decode_value(body_format(parts), body)
+        .map_err(|e| ErrorInfo::new(codes::BAD_REQUEST, format!("invalid message: {e}")))?;
+    change.serial = Some(serial);
+    change.action = Some(change.action.unwrap_or(Message::UPDATE));
+    if !change.is_version() {
+        return Err(ErrorInfo::new(
+            codes::INVALID_PARAMETER,
+            "the action of a message change is update (1), delete (2) or append (5)",
+        ));
+    }
+    let publisher = Publisher {
+        identity: &identity,
+        capability: &grant.capability,
+        attached_modes: None,
+        connection_id: on_behalf_of(broker, std::slice::from_ref(&change))?,
+        id_base: format!("rest-{:016x}", rand::random::<u64>()),
+    };
+    let checked = broker
+        .channels
+        .check_publish(channel.to_owned(), vec![change], publisher)?;
+    let serials = broker.channels.publish_and_wait(checked).await?;
+    let version_serial = serials.into_iter().next().flatten();
+    Ok(negotiated.ok(
+        StatusCode::OK,
+        &serde_json::json!({ "versionSerial": version_serial }),
+        Vec::new(),
+    ))
+}
+
+/// `GET /channels/{name}/messages/{serial}` (RSL11): the message in its latest version; with
+/// `versions`, `…/{serial}/versions` (RSL14): every version, the original first.
+async fn get_message(
+    broker: &Broker,
+    parts: &Parts,
+    channel: &str,
+    serial: &str,
+    negotiated: &Negotiated,
+    versions: bool,
+) -> Result<HttpResponse, ErrorInfo> {
+    let serial = decoded(serial)?;
     let (grant, _) = authenticate(broker, parts).await?;
-    Err(broker.channels.refuse_update(channel, &grant.capability))
+    let channels = &broker.channels;
+    let messages = if versions {
+        channels
+            .message_versions(channel, &grant.capability, &serial)
+            .await?
+    } else {
+        vec![
+            channels
+                .message(channel, &grant.capability, &serial)
+                .await?,
+        ]
+    };
+    let page = protocol::ProtocolMessage {
+        messages: Some(messages),
+        ..Default::default()
+    };
+    if versions {
+        respond_page(negotiated, page, Vec::new())
+    } else {
+        respond_one(negotiated, page)
+    }
+}
+
+/// A path segment, percent-decoded (serials are sent URL-encoded).
+fn decoded(segment: &str) -> Result<String, ErrorInfo> {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ErrorInfo::new(codes::BAD_REQUEST, "path segment is not UTF-8"))
 }
 
 /// The realtime connection a REST publish is made on behalf of: messages that carry a
@@ -614,6 +694,20 @@ fn respond_page(
         (Some(messages), _) => negotiated.ok(StatusCode::OK, &messages, headers),
         (None, presence) => negotiated.ok(StatusCode::OK, &presence.unwrap_or_default(), headers),
     })
+}
+
+/// Sends the one message of `page` as an object, binary data base64'd for JSON readers.
+fn respond_one(
+    negotiated: &Negotiated,
+    page: protocol::ProtocolMessage,
+) -> Result<HttpResponse, ErrorInfo> {
+    let page = if negotiated.envelope.unwrap_or(negotiated.format) == Format::Json {
+        page.for_json().into_owned()
+    } else {
+        page
+    };
+    let message = page.messages.and_then(|m| m.into_iter().next());
+    Ok(negotiated.ok(StatusCode::OK, &message, Vec::new()))
 }
 
 /// `GET /channels/{name}/presence` (§9.2): the current members as `present` items, filtered by

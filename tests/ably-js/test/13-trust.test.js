@@ -112,9 +112,9 @@ describe('issue 15: trust boundaries (API keys and broker tokens)', () => {
   });
 
   // -------------------------------------------------------------------------------------------
-  describe('item 1: message updates and deletes are refused (93002)', () => {
+  describe('item 1 (now issue 18): an edit changes the message, it is never a second one', () => {
     for (const format of FORMATS) {
-      test(`[${format.name}] updateMessage/deleteMessage over realtime and an update over REST are refused; history keeps the original once`, withCtx(() => broker, async (ctx) => {
+      test(`[${format.name}] updateMessage, appendMessage and deleteMessage reach subscribers with the original's serial; history, getMessage and getMessageVersions agree`, withCtx(() => broker, async (ctx) => {
         const name = uniqueChannel('upd');
         const client = ctx.realtime(format, { key: full.full });
         const ch = client.channels.get(name);
@@ -123,52 +123,51 @@ describe('issue 15: trust boundaries (API keys and broker tokens)', () => {
         await withTimeout(ch.publish('orig', 'v1'), T.event, 'publish orig');
         const [orig] = await col.waitFor(1, T.event);
         assert.equal(typeof orig.serial, 'string', 'a delivered message has a serial (§7.2)');
+        assert.equal(orig.action, 'message.create');
 
-        // ably-js 2.28 sends MESSAGE with one item of action 1 (update) / 2 (delete) carrying the
-        // original's serial (§7.2); the broker NACKs it (§7.3) and the promise rejects.
-        const upd = await expectCode(
-          ch.updateMessage({ serial: orig.serial, name: 'orig', data: 'edited' }),
-          93002,
-          'realtime updateMessage()',
-          400,
-        );
-        assert.match(upd.message, /enabled/i, `the refusal says updates are not enabled: ${upd.message}`);
-        await expectCode(ch.deleteMessage({ serial: orig.serial, name: 'orig' }), 93002, 'realtime deleteMessage()', 400);
-        assert.equal(client.connection.state, 'connected', 'a refused update is a NACK, not a connection error');
-        assert.equal(ch.state, 'attached');
-
-        // REST: a publish body with action 1 and a serial (§9.2) → HTTP 400, 93002.
-        const rest = ctx.rest(format, { key: full.full });
-        const res = await withTimeout(
-          rest.request('post', `/channels/${encodeURIComponent(name)}/messages`, 6, {}, {
-            name: 'orig',
-            data: 'edited-rest',
-            action: 1,
-            serial: orig.serial,
-          }),
+        // ably-js sends MESSAGE items of action 1/5/2 with the original's serial (RTL32); the
+        // ACK's serial is the version serial (RTL32d).
+        const upd = await withTimeout(
+          ch.updateMessage({ serial: orig.serial, name: 'orig', data: 'edited' }, { description: 'typo', metadata: { why: 'typo' } }),
           T.event,
-          'REST POST of an update',
+          'realtime updateMessage()',
         );
-        assert.equal(res.statusCode, 400, `REST update: HTTP ${res.statusCode} ${res.errorCode} ${res.errorMessage}`);
-        assert.equal(res.errorCode, 93002, `REST update: ${res.errorCode} ${res.errorMessage}`);
-        // ably-js's REST updateMessage() (PATCH /channels/{c}/messages/{serial}) is refused too.
-        const patch = await rejectionOf(
-          rest.channels.get(name).updateMessage({ serial: orig.serial, name: 'orig', data: 'edited-patch' }),
-          'REST updateMessage() (PATCH)',
-        );
-        ctx.note(`REST updateMessage(): ${patch.code}/${patch.statusCode} ${patch.message}`);
-        assert.equal(patch.statusCode, 400, `REST updateMessage(): ${patch.statusCode} ${patch.code} ${patch.message}`);
-        assert.equal(patch.code, 93002, `REST updateMessage(): ${patch.code} ${patch.message}`);
+        assert.equal(typeof upd.versionSerial, 'string', `updateMessage() answers a version serial: ${JSON.stringify(upd)}`);
+        const app = await withTimeout(ch.appendMessage({ serial: orig.serial, data: '!' }), T.event, 'realtime appendMessage()');
+        const del = await withTimeout(ch.deleteMessage({ serial: orig.serial }, { description: 'gone' }), T.event, 'realtime deleteMessage()');
+        const seen = await col.waitFor(4, T.event);
+        const changes = seen.slice(1);
+        assert.deepEqual(changes.map((m) => m.action), ['message.update', 'message.append', 'message.delete']);
+        assert.deepEqual(changes.map((m) => m.serial), [orig.serial, orig.serial, orig.serial], "every change carries the original's serial");
+        assert.deepEqual(changes.map((m) => m.version.serial), [upd.versionSerial, app.versionSerial, del.versionSerial]);
+        assert.ok(orig.serial < upd.versionSerial && upd.versionSerial < app.versionSerial && app.versionSerial < del.versionSerial, 'version serials sort after every earlier one');
+        assert.deepEqual(changes.map((m) => m.data), ['edited', '!', 'edited!'], 'an append arrives as its increment');
+        assert.equal(changes[0].version.description, 'typo');
+        assert.deepEqual(changes[0].version.metadata, { why: 'typo' });
+        assert.equal(changes[2].version.description, 'gone');
+        assert.equal(client.connection.state, 'connected');
 
-        // Nothing of the refused operations was delivered or stored: a sentinel published
-        // afterwards follows the original directly (fan-out and log are in one order, §7.4).
+        // REST: history shows the message once, at its place, in its latest version.
+        const rest = ctx.rest(format, { key: full.full });
+        const rch = rest.channels.get(name);
         await withTimeout(ch.publish('sentinel', 'end'), T.event, 'publish sentinel');
         await col.waitForName('sentinel', T.event);
-        assert.deepEqual(col.messages.map((m) => `${m.name}=${m.data}`), ['orig=v1', 'sentinel=end'], 'subscriber saw no update or delete');
-        const page = await withTimeout(rest.channels.get(name).history({ direction: 'forwards' }), T.event, 'history');
-        assert.deepEqual(page.items.map((m) => `${m.name}=${m.data}`), ['orig=v1', 'sentinel=end'], 'history holds the original once');
+        const page = await withTimeout(rch.history({ direction: 'forwards' }), T.event, 'history');
+        assert.deepEqual(page.items.map((m) => `${m.name}=${m.data}/${m.action}`), ['orig=edited!/message.delete', 'sentinel=end/message.create'], 'history holds the message once, latest version first place');
         assert.equal(page.items[0].serial, orig.serial);
-        assert.equal(page.items[0].action, 'message.create', 'the stored original is still a create');
+        const got = await withTimeout(rch.getMessage(orig.serial), T.event, 'REST getMessage()');
+        assert.equal(got.data, 'edited!');
+        assert.equal(got.action, 'message.delete');
+        const versions = await withTimeout(rch.getMessageVersions(orig.serial), T.event, 'REST getMessageVersions()');
+        assert.deepEqual(versions.items.map((m) => m.data), ['v1', 'edited', 'edited!', 'edited!'], 'every version, oldest first');
+
+        // ably-js REST updateMessage() (PATCH /channels/{c}/messages/{serial}, RSL15).
+        const patched = await withTimeout(rch.updateMessage({ serial: orig.serial, data: 'restored' }), T.event, 'REST updateMessage()');
+        assert.equal(typeof patched.versionSerial, 'string', `REST updateMessage(): ${JSON.stringify(patched)}`);
+        const [restUpdate] = await col.waitFor(6, T.event).then((all) => all.slice(5));
+        assert.equal(restUpdate.action, 'message.update');
+        assert.equal(restUpdate.data, 'restored');
+        assert.equal(restUpdate.version.serial, patched.versionSerial);
       }));
     }
   });

@@ -178,7 +178,7 @@ impl Applier {
                     continue;
                 }
             };
-            message.serial = Some(format_serial(&self.shard.epoch, seq));
+            message.place(format_serial(&self.shard.epoch, seq));
             let at = *index.entry(channel.clone()).or_insert_with(|| {
                 channels.push((channel, Vec::new()));
                 channels.len() - 1

@@ -806,12 +806,9 @@ impl JetStreamStream {
                     let kind = if draft.app_ids { "app" } else { "srv" };
                     headers.insert("Nats-Msg-Id", format!("{token}/{kind}/{id}").as_str());
                 }
-                let stamped = Message {
-                    timestamp: Some(timestamp),
-                    // message.create, as every backend stores a published message.
-                    action: Some(0),
-                    ..m.clone()
-                };
+                let mut stamped = m.clone();
+                // Its position is the stream sequence, which the applier gives it.
+                crate::backend::settle(&mut stamped, None, timestamp);
                 let payload = rmp_serde::to_vec_named(&stamped)
                     .map_err(|e| StoreError::Engine(format!("encoding a message: {e}")))?;
                 payloads.push((headers, bytes::Bytes::from(payload)));
