@@ -33,11 +33,6 @@ const TODO = {
   occupancy:
     'chat occupancy not built: GET /chat/v4/rooms/<name>/occupancy answers 404, and the ' +
     'occupancy=metrics attach param brings no [meta]occupancy messages',
-  annotations:
-    'annotations not built: ATTACH asks for ANNOTATION_PUBLISH, the broker never grants it',
-  ephemeral:
-    'ephemeral messages not built: extras.ephemeral messages are stored in history and ' +
-    'replayed by rewind',
 };
 
 describe('@ably/chat', () => {
@@ -200,13 +195,13 @@ describe('@ably/chat', () => {
       await events.waitForMatch((e) => e.occupancy.connections === 2, 'an occupancy event with 2 connections');
     }));
 
-    test(`[${format.name}] the ANNOTATION_PUBLISH mode is granted (message reactions)`, { todo: TODO.annotations }, withCtx(() => broker, async (ctx) => {
+    test(`[${format.name}] the ANNOTATION_PUBLISH mode is granted (message reactions)`, withCtx(() => broker, async (ctx) => {
       const { roomA } = await aliceAndBob(ctx, format, uniqueChannel('chat-annotations'));
       const granted = grantedModes(roomA);
       assert.ok(granted.includes('annotation_publish'), `annotation_publish granted (got ${granted})`);
     }));
 
-    test(`[${format.name}] typing and room reactions stay out of history and rewind`, { todo: TODO.ephemeral }, withCtx(() => broker, async (ctx) => {
+    test(`[${format.name}] typing and room reactions stay out of history and rewind`, withCtx(() => broker, async (ctx) => {
       const name = uniqueChannel('chat-ephemeral');
       const { roomA } = await aliceAndBob(ctx, format, name);
       await withTimeout(roomA.typing.keystroke(), T.event, 'alice typing.keystroke()');
