@@ -521,10 +521,14 @@ mod tests {
             max_message_size = 1024
             [retention]
             max_age_secs = 60
+            [channels]
+            occupancy_interval_ms = 500
             "#,
         )
         .unwrap();
         config.validate().unwrap();
+        assert_eq!(config.channels.occupancy_interval_ms, 500);
+        assert_eq!(Config::default().channels.occupancy_interval_ms, 15_000);
         assert_eq!(config.limits.max_message_size, 1024);
         assert_eq!(config.limits.max_frame_size, 524_288);
         assert!(!format!("{config:?}").contains("s3cret"));
