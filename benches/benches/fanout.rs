@@ -46,6 +46,7 @@ fn fanout(c: &mut Criterion) {
                     outbox,
                     modes: flags::MODE_SUBSCRIBE,
                     echo: true,
+                    occupancy: false,
                     last_client_sync: None,
                 };
                 hub.join(subscriber, &attached, &[], Vec::new());

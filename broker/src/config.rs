@@ -31,6 +31,8 @@ pub struct Config {
     pub presence: PresenceSettings,
     /// How a hot channel's deliveries spread over the worker threads.
     pub fanout: FanoutSettings,
+    /// Channel behaviour: occupancy events.
+    pub channels: ChannelSettings,
     /// Cluster mode on NATS JetStream; off unless NATS servers are listed.
     pub cluster: ClusterSettings,
     /// Auth0 / OIDC logins (the auth plugin); off unless `domain` is set.
@@ -57,6 +59,7 @@ impl Default for Config {
             storage: Storage::default(),
             presence: PresenceSettings::default(),
             fanout: FanoutSettings::default(),
+            channels: ChannelSettings::default(),
             cluster: ClusterSettings::default(),
             auth0: auth_plugin::Auth0Config::default(),
             server_id: "broker-1".to_owned(),
@@ -321,6 +324,24 @@ impl Default for FanoutSettings {
     }
 }
 
+/// Channel behaviour beyond messages and presence.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelSettings {
+    /// Least time between two occupancy events (`[meta]occupancy`) of one channel, in ms,
+    /// for changes that take no count to or from zero; those go at once. Default 15000
+    /// (Ably's).
+    pub occupancy_interval_ms: u64,
+}
+
+impl Default for ChannelSettings {
+    fn default() -> Self {
+        ChannelSettings {
+            occupancy_interval_ms: 15_000,
+        }
+    }
+}
+
 /// Durability of the channel log.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -500,10 +521,14 @@ mod tests {
             max_message_size = 1024
             [retention]
             max_age_secs = 60
+            [channels]
+            occupancy_interval_ms = 500
             "#,
         )
         .unwrap();
         config.validate().unwrap();
+        assert_eq!(config.channels.occupancy_interval_ms, 500);
+        assert_eq!(Config::default().channels.occupancy_interval_ms, 15_000);
         assert_eq!(config.limits.max_message_size, 1024);
         assert_eq!(config.limits.max_frame_size, 524_288);
         assert!(!format!("{config:?}").contains("s3cret"));

@@ -195,6 +195,7 @@ pub async fn run_then(
             min_attachers: config.fanout.min_attachers,
         },
         presence_sync_page_size: config.presence.sync_page_size,
+        occupancy_interval: Duration::from_millis(config.channels.occupancy_interval_ms),
         shutdown: stop_rx.clone(),
         tasks: tasks.clone(),
         age_sweeps,

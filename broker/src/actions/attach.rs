@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use protocol::error::codes;
-use protocol::{flags, ErrorInfo, ProtocolMessage};
+use protocol::{flags, ErrorInfo, Operation, ProtocolMessage};
 
 use super::channel_error;
 use crate::channel::{validate_name, Attach, Command, StartFrom, Subscriber};
@@ -63,6 +63,17 @@ pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
         echo &= value != "false";
         accepted.insert("echo".to_owned(), value.clone());
     }
+    // ably-chat.md §5.7: `metrics` or `metrics.<category>` (served as `metrics`) asks for
+    // occupancy events, which only a capability with channel-metadata gets; without it the
+    // param is ignored.
+    let occupancy = params
+        .get("occupancy")
+        .filter(|v| *v == "metrics" || v.starts_with("metrics."))
+        .filter(|_| operations.contains(Operation::ChannelMetadata))
+        .cloned();
+    if let Some(value) = &occupancy {
+        accepted.insert("occupancy".to_owned(), value.clone());
+    }
     let from = match (
         message.channel_serial.filter(|s| !s.is_empty()),
         params.get("rewind"),
@@ -85,6 +96,7 @@ pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
         outbox: conn.outbox.clone(),
         modes,
         echo,
+        occupancy: occupancy.is_some(),
         last_client_sync: None,
     };
     if conn.attached.insert(channel.clone(), modes).is_none() {

@@ -4,7 +4,7 @@
 //! reply CONNECTED with the same connectionId — ably-js waits for that reply with no timeout.
 
 use protocol::error::codes;
-use protocol::{Action, ErrorInfo, ProtocolMessage};
+use protocol::{Action, ErrorInfo, Operation, ProtocolMessage};
 
 use super::channel_error;
 use crate::auth::{Credential, Identity};
@@ -70,18 +70,21 @@ pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
     let mut narrowed = Vec::new();
     for (channel, modes) in &conn.attached {
         let permitted = conn.authority.capability.operations(channel);
+        let metadata = permitted.contains(Operation::ChannelMetadata);
         if permitted.is_empty() {
             lost.push(channel.clone());
-        } else if *modes & !permitted.modes() != 0 {
-            narrowed.push((channel.clone(), *modes & permitted.modes()));
+        } else if *modes & !permitted.modes() != 0 || !metadata {
+            // Without channel-metadata, occupancy events stop too (ably-chat.md §5.7).
+            narrowed.push((channel.clone(), *modes & permitted.modes(), metadata));
         }
     }
-    for (channel, modes) in narrowed {
+    for (channel, modes, metadata) in narrowed {
         conn.attached.insert(channel.clone(), modes);
         let command = Command::UpdateModes {
             connection_id: conn.connection_id.clone(),
             socket_id: conn.socket_id,
             modes,
+            metadata,
         };
         let _ = conn.broker.channels.send(&channel, command).await;
     }

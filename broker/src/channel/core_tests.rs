@@ -37,6 +37,7 @@ fn core() -> Core {
             min_attachers: 2,
         },
         presence_sync_page_size: 100,
+        occupancy_interval: std::time::Duration::from_secs(15),
         shutdown,
         tasks,
         age_sweeps: Default::default(),
@@ -102,6 +103,7 @@ fn subscriber(id: &str) -> (Subscriber, OutboxReceiver) {
         outbox,
         modes: flags::MODE_SUBSCRIBE,
         echo: true,
+        occupancy: false,
         last_client_sync: None,
     };
     (subscriber, receiver)

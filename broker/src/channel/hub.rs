@@ -32,6 +32,12 @@ pub enum Audience {
         /// The connection that made the change, if any.
         origin: Option<Arc<str>>,
     },
+    /// Occupancy events (`[meta]occupancy`): attachers that asked for them and may have them,
+    /// except those that already hold these counts from their first event.
+    OccupancyListeners {
+        /// Connections left out.
+        except: Vec<Arc<str>>,
+    },
 }
 
 impl Audience {
@@ -44,6 +50,9 @@ impl Audience {
             }
             Audience::PresenceSubscribers { origin } => {
                 attacher.modes & flags::MODE_PRESENCE_SUBSCRIBE != 0 || is_origin(origin)
+            }
+            Audience::OccupancyListeners { except } => {
+                attacher.occupancy && !except.contains(&attacher.connection_id)
             }
         }
     }
@@ -108,6 +117,12 @@ pub struct Hub {
     parallelism: Parallelism,
     /// The attachers split into shards for a parallel broadcast; `None` once they changed.
     shards: Option<Vec<Arc<[Subscriber]>>>,
+    /// Counts every change of the attachers or their modes, so the sequencer sees at a glance
+    /// whether the occupancy may have changed.
+    generation: u64,
+    /// Attachers that get occupancy events, kept as they join and leave so that a channel
+    /// without any does no occupancy work at all.
+    occupancy_listeners: usize,
 }
 
 impl Hub {
@@ -127,6 +142,16 @@ impl Hub {
     /// How many connections are attached.
     pub fn len(&self) -> usize {
         self.attachers.len()
+    }
+
+    /// A number that changes whenever an attacher joins or leaves or its modes change.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// How many attachers get occupancy events.
+    pub fn occupancy_listeners(&self) -> usize {
+        self.occupancy_listeners
     }
 
     /// How many attachers were granted `mode`.
@@ -160,17 +185,54 @@ impl Hub {
                 return;
             }
         }
-        self.attachers
-            .insert(subscriber.connection_id.clone(), subscriber);
-        self.shards = None;
+        self.occupancy_listeners += usize::from(subscriber.occupancy);
+        if let Some(replaced) = self
+            .attachers
+            .insert(subscriber.connection_id.clone(), subscriber)
+        {
+            self.occupancy_listeners -= usize::from(replaced.occupancy);
+        }
+        self.changed();
     }
 
     /// Removes `connection_id`'s attachment if socket `socket_id` still holds it.
     pub fn leave(&mut self, connection_id: &str, socket_id: u64) {
         if self.attached(connection_id, socket_id).is_some() {
-            self.attachers.remove(connection_id);
-            self.shards = None;
+            self.remove(connection_id);
         }
+    }
+
+    /// Changes the modes of `connection_id`'s attachment through socket `socket_id`, and
+    /// stops its occupancy events unless `occupancy_allowed`.
+    pub fn update_modes(
+        &mut self,
+        connection_id: &str,
+        socket_id: u64,
+        modes: u64,
+        occupancy_allowed: bool,
+    ) {
+        let Some(attacher) = self.attached(connection_id, socket_id) else {
+            return;
+        };
+        attacher.modes = modes;
+        let stops = attacher.occupancy && !occupancy_allowed;
+        attacher.occupancy &= occupancy_allowed;
+        if stops {
+            self.occupancy_listeners -= 1;
+        }
+        self.changed();
+    }
+
+    fn remove(&mut self, connection_id: &str) {
+        if let Some(gone) = self.attachers.remove(connection_id) {
+            self.occupancy_listeners -= usize::from(gone.occupancy);
+            self.changed();
+        }
+    }
+
+    fn changed(&mut self) {
+        self.shards = None;
+        self.generation += 1;
     }
 
     /// The attachment of `connection_id` through socket `socket_id`, if it is the current one,
@@ -288,8 +350,7 @@ impl Hub {
             return;
         }
         for id in gone {
-            self.attachers.remove(&id);
+            self.remove(&id);
         }
-        self.shards = None;
     }
 }

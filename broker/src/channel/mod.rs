@@ -54,6 +54,8 @@ pub struct ChannelContext {
     pub fanout: Parallelism,
     /// Members per SYNC page.
     pub presence_sync_page_size: usize,
+    /// Least time between two occupancy events of a channel, for changes that cross no zero.
+    pub occupancy_interval: std::time::Duration,
     /// Becomes true when the broker shuts down; sequencers then finish and stop.
     pub shutdown: watch::Receiver<bool>,
     /// Shutdown waits for every sequencer.
@@ -156,6 +158,9 @@ pub struct Subscriber {
     pub modes: u64,
     /// Whether the connection's own messages are delivered back to it.
     pub echo: bool,
+    /// Whether it gets occupancy events: it asked with the `occupancy` param and its
+    /// capability has `channel-metadata` (ably-chat.md §5.7).
+    pub occupancy: bool,
     /// When the sequencer last answered a client SYNC of this attacher (`None` at attach),
     /// so a client repeating SYNC cannot keep the channel busy encoding its presence set.
     pub last_client_sync: Option<Instant>,
@@ -212,6 +217,9 @@ pub enum Command {
         socket_id: u64,
         /// The newly granted modes.
         modes: u64,
+        /// Whether the capability still has `channel-metadata`; occupancy events stop
+        /// without it.
+        metadata: bool,
     },
     /// Send the presence set afresh to a socket that asked with SYNC (RTP19).
     SyncPresence {
@@ -483,6 +491,7 @@ mod tests {
             max_presence_members: 100,
             fanout: Parallelism::default(),
             presence_sync_page_size: 100,
+            occupancy_interval: std::time::Duration::from_secs(15),
             shutdown,
             tasks: tasks.clone(),
             age_sweeps: Default::default(),

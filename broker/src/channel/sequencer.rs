@@ -67,6 +67,26 @@ pub(super) struct Sequencer {
     waiting: Vec<(Attach, u64, Instant)>,
     /// The latest versions of messages changed lately.
     latest: Latest,
+    /// Occupancy events: what the listeners were last told, and when the next may go.
+    occupancy: OccupancyFeed,
+}
+
+/// The state of a channel's occupancy events (ably-chat.md §5.7); all empty while no attacher
+/// listens.
+#[derive(Default)]
+struct OccupancyFeed {
+    /// The counts the listeners were last sent.
+    sent: Option<Occupancy>,
+    /// The hub's generation and the member count the counts were last computed from.
+    seen: Option<(u64, usize)>,
+    /// When the last event went to every listener.
+    sent_at: Option<Instant>,
+    /// When a debounced change is to go out.
+    due: Option<Instant>,
+    /// Listeners whose first event, since the last broadcast, carried these counts.
+    fresh: Vec<(Arc<str>, Occupancy)>,
+    /// Events sent, for their ids.
+    events: u64,
 }
 
 impl Sequencer {
@@ -80,6 +100,7 @@ impl Sequencer {
             waiting: Vec::new(),
             syncs: 0,
             latest: Latest::default(),
+            occupancy: OccupancyFeed::default(),
             context,
         })
     }
@@ -96,6 +117,8 @@ impl Sequencer {
         let mut shutdown = self.context.shutdown.clone();
         let mut leftover_attaches = Vec::new();
         loop {
+            self.occupancy_update(Instant::now());
+            let occupancy_due = self.occupancy.due;
             let idle =
                 self.hub.is_empty() && !self.stream.holds_members() && self.waiting.is_empty();
             let give_up = self.waiting.iter().map(|(_, _, until)| *until).min();
@@ -116,6 +139,7 @@ impl Sequencer {
                     self.attach_caught_up(false);
                     continue;
                 }
+                _ = sleep_until(occupancy_due), if occupancy_due.is_some() => continue,
                 _ = tokio::time::sleep(IDLE_RETIRE), if idle => None,
                 _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => None,
             };
@@ -201,11 +225,10 @@ impl Sequencer {
                 connection_id,
                 socket_id,
                 modes,
-            } => {
-                if let Some(attacher) = self.hub.attached(&connection_id, socket_id) {
-                    attacher.modes = modes;
-                }
-            }
+                metadata,
+            } => self
+                .hub
+                .update_modes(&connection_id, socket_id, modes, metadata),
             Command::SyncPresence {
                 connection_id,
                 socket_id,
@@ -243,16 +266,109 @@ impl Sequencer {
                 let _ = list.reply.send(members);
             }
             Command::Occupancy { reply } => {
-                let count = |mode: u64| self.hub.count_with(mode);
-                let _ = reply.send(Occupancy {
-                    connections: self.hub.len(),
-                    presence_connections: count(flags::MODE_PRESENCE),
-                    presence_members: self.stream.members().len(),
-                    presence_subscribers: count(flags::MODE_PRESENCE_SUBSCRIBE),
-                    publishers: count(flags::MODE_PUBLISH),
-                    subscribers: count(flags::MODE_SUBSCRIBE),
-                });
+                let _ = reply.send(self.count_occupancy());
             }
+        }
+    }
+
+    /// Who is on the channel, as this node sees it.
+    fn count_occupancy(&self) -> Occupancy {
+        let count = |mode: u64| self.hub.count_with(mode);
+        Occupancy {
+            connections: self.hub.len(),
+            presence_connections: count(flags::MODE_PRESENCE),
+            presence_members: self.stream.members().len(),
+            presence_subscribers: count(flags::MODE_PRESENCE_SUBSCRIBE),
+            publishers: count(flags::MODE_PUBLISH),
+            subscribers: count(flags::MODE_SUBSCRIBE),
+        }
+    }
+
+    /// Sends the occupancy listeners the counts when they changed (ably-chat.md §5.7): at
+    /// once when a count went to or from zero, otherwise at most once per
+    /// `occupancy_interval`, with the counts as they are then. Runs after every piece of
+    /// work; a channel without listeners only reads a counter, and the counts are computed
+    /// only when the attachers, their modes or the member count changed.
+    fn occupancy_update(&mut self, now: Instant) {
+        if self.hub.occupancy_listeners() == 0 {
+            if self.occupancy.sent.is_some() {
+                self.occupancy = OccupancyFeed::default();
+            }
+            return;
+        }
+        let seen = (self.hub.generation(), self.stream.members().len());
+        let is_due = self.occupancy.due.is_some_and(|due| due <= now);
+        if self.occupancy.seen == Some(seen) && !is_due {
+            return;
+        }
+        self.occupancy.seen = Some(seen);
+        let counts = self.count_occupancy();
+        let Some(sent) = self.occupancy.sent else {
+            self.broadcast_occupancy(counts, now);
+            return;
+        };
+        if counts == sent {
+            self.occupancy.due = None;
+            return;
+        }
+        let next = self
+            .occupancy
+            .sent_at
+            .map_or(now, |at| at + self.context.occupancy_interval);
+        if crosses_zero(&sent, &counts) || next <= now {
+            self.broadcast_occupancy(counts, now);
+        } else {
+            self.occupancy.due = Some(next);
+        }
+    }
+
+    fn broadcast_occupancy(&mut self, counts: Occupancy, now: Instant) {
+        let except = std::mem::take(&mut self.occupancy.fresh)
+            .into_iter()
+            .filter(|(_, told)| *told == counts)
+            .map(|(id, _)| id)
+            .collect();
+        let message = self.occupancy_message(&counts);
+        self.hub
+            .broadcast(&message, Audience::OccupancyListeners { except });
+        self.occupancy.sent = Some(counts);
+        self.occupancy.sent_at = Some(now);
+        self.occupancy.due = None;
+    }
+
+    /// A `[meta]occupancy` MESSAGE (ably-chat.md §5.7): no channelSerial, never stored.
+    fn occupancy_message(&mut self, counts: &Occupancy) -> ProtocolMessage {
+        self.occupancy.events += 1;
+        let now = now_ms();
+        let metrics = serde_json::json!({
+            "metrics": {
+                "connections": counts.connections,
+                "publishers": counts.publishers,
+                "subscribers": counts.subscribers,
+                "presenceConnections": counts.presence_connections,
+                "presenceMembers": counts.presence_members,
+                "presenceSubscribers": counts.presence_subscribers,
+                "objectPublishers": 0,
+                "objectSubscribers": 0,
+            }
+        });
+        let message = Message {
+            id: Some(format!(
+                "meta-occupancy:{now}:{}:{}",
+                self.occupancy.events,
+                short_hash(&self.name)
+            )),
+            name: Some("[meta]occupancy".to_owned()),
+            action: Some(Message::META),
+            timestamp: Some(now),
+            data: Some(protocol::message::Data::String(metrics.to_string())),
+            encoding: Some("json".to_owned()),
+            ..Message::default()
+        };
+        ProtocolMessage {
+            timestamp: Some(now),
+            messages: Some(vec![message]),
+            ..ProtocolMessage::for_channel(Action::Message, &self.name)
         }
     }
 
@@ -754,7 +870,19 @@ impl Sequencer {
         } else {
             Vec::new()
         };
+        let listener = subscriber
+            .occupancy
+            .then(|| (subscriber.connection_id.clone(), subscriber.outbox.clone()));
         self.hub.join(subscriber, &attached, &sync, backlog);
+        // §5.7: a listener's first event follows its ATTACHED (and backlog); the counts
+        // include it. The others hear of it with the next broadcast.
+        if let Some((id, outbox)) = listener {
+            let counts = self.count_occupancy();
+            let message = self.occupancy_message(&counts);
+            if outbox.push(&message).is_ok() {
+                self.occupancy.fresh.push((id, counts));
+            }
+        }
     }
 
     /// Works out what an attach replays (§5.4, §5.6), already encoded for the subscriber and
@@ -908,7 +1036,30 @@ impl Sequencer {
     }
 }
 
-/// Sleeps until `at`, or forever without one.
+/// Whether any occupancy count went from zero or to zero: such a change goes out at once.
+fn crosses_zero(before: &Occupancy, after: &Occupancy) -> bool {
+    let zeros = |o: &Occupancy| {
+        [
+            o.connections,
+            o.publishers,
+            o.subscribers,
+            o.presence_connections,
+            o.presence_members,
+            o.presence_subscribers,
+        ]
+        .map(|n| n == 0)
+    };
+    zeros(before) != zeros(after)
+}
+
+/// A short tag of a channel name, so that event ids differ between channels.
+fn short_hash(name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut hasher);
+    hasher.finish() & 0xffff_ffff
+}
+
 /// Whether a message is ephemeral: `extras.ephemeral` is `true` (§5.9 of
 /// `../shared/ably-chat.md`).
 fn is_ephemeral(message: &Message) -> bool {
@@ -939,6 +1090,7 @@ fn with_ephemeral(serials: Vec<Option<String>>, shape: &[bool]) -> Vec<Option<St
         .collect()
 }
 
+/// Sleeps until `at`, or forever without one.
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,

@@ -6,10 +6,12 @@
 // user's typing keystroke and stop(), room reaction and presence enter reach the other
 // through the Chat SDK's own listeners, and presence.get() lists both members.
 //
+// Occupancy events (`[meta]occupancy` for the `occupancy: metrics` attach param that
+// `occupancy: { enableEvents: true }` sends) reach a room's `occupancy.subscribe()`.
+//
 // The `todo` tests name what the broker does not have yet, and fail until it does: the chat
 // REST API (`/chat/v4/rooms/<name>/messages` for messages.send() and history(),
-// `/chat/v4/rooms/<name>/occupancy` for occupancy.get()) and occupancy events
-// (`[meta]occupancy` for the `occupancy: metrics` attach param), annotations (the
+// `/chat/v4/rooms/<name>/occupancy` for occupancy.get()), annotations (the
 // ANNOTATION_PUBLISH mode the Chat SDK asks for, used by message reactions), and ephemeral
 // messages (typing and room reactions carry `extras.ephemeral`; the broker stores them in
 // history and replays them on rewind).
@@ -31,8 +33,8 @@ const TODO = {
   chatRest:
     'chat REST API not built: POST/GET /chat/v4/rooms/<name>/messages answer 404 40400 "no route"',
   occupancy:
-    'chat occupancy not built: GET /chat/v4/rooms/<name>/occupancy answers 404, and the ' +
-    'occupancy=metrics attach param brings no [meta]occupancy messages',
+    'chat occupancy REST not built: GET /chat/v4/rooms/<name>/occupancy answers 404 ' +
+    '(the occupancy events are tested on their own below)',
 };
 
 describe('@ably/chat', () => {
@@ -193,6 +195,29 @@ describe('@ably/chat', () => {
       const now = await withTimeout(roomA.occupancy.get(), T.event, 'alice occupancy.get()');
       assert.equal(now.connections, 2, 'connections from get()');
       await events.waitForMatch((e) => e.occupancy.connections === 2, 'an occupancy event with 2 connections');
+    }));
+
+    test(`[${format.name}] occupancy events: one after attach, then a first presence member at once`, withCtx(() => broker, async (ctx) => {
+      const name = uniqueChannel('chat-occupancy-events');
+      const options = { occupancy: { enableEvents: true } };
+      const alice = chatClient(ctx, format, { key, clientId: 'alice' });
+      const bob = chatClient(ctx, format, { key, clientId: 'bob' });
+      const roomA = await withTimeout(alice.rooms.get(name, options), T.event, 'alice rooms.get()');
+      const events = collector('occupancy events');
+      // Subscribed before the attach, so the event that follows ATTACHED is not missed.
+      roomA.occupancy.subscribe(events.listener);
+      await withTimeout(roomA.attach(), T.event, 'alice room attach');
+      const first = await events.waitForMatch((e) => e.occupancy.connections === 1, "alice's first occupancy event");
+      assert.equal(first.type, 'occupancy.updated', 'event type');
+      assert.equal(first.occupancy.presenceMembers, 0, 'no members yet');
+
+      // bob's attach changes no count from zero (it waits for the 15 s interval); his enter
+      // takes presenceMembers from zero, so it goes out at once, with both changes.
+      const roomB = await attachedRoom(bob, name, options);
+      await withTimeout(roomB.presence.enter({ status: 'here' }), T.event, 'bob presence.enter()');
+      const later = await events.waitForMatch((e) => e.occupancy.presenceMembers === 1, 'an occupancy event with 1 member');
+      assert.equal(later.occupancy.connections, 2, 'connections after bob');
+      assert.deepEqual(roomA.occupancy.current, { connections: 2, presenceMembers: 1 }, 'occupancy.current');
     }));
 
     test(`[${format.name}] the ANNOTATION_PUBLISH mode is granted (message reactions)`, withCtx(() => broker, async (ctx) => {
