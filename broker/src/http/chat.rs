@@ -43,7 +43,7 @@ pub async fn route(
                 .channels
                 .message(&channel, &grant.capability, &serial)
                 .await?;
-            Ok(negotiated.ok(StatusCode::OK, &rest_message(&message), Vec::new()))
+            Ok(negotiated.ok(StatusCode::OK, &rest_message(&message, None), Vec::new()))
         }
         (&Method::GET, ["messages", serial, "versions"]) => {
             let serial = decoded(serial)?;
@@ -52,7 +52,8 @@ pub async fn route(
                 .channels
                 .message_versions(&channel, &grant.capability, &serial)
                 .await?;
-            let items: Vec<Value> = versions.iter().map(rest_message).collect();
+            let created = versions.first().and_then(|m| m.timestamp);
+            let items: Vec<Value> = versions.iter().map(|m| rest_message(m, created)).collect();
             Ok(negotiated.ok(StatusCode::OK, &items, Vec::new()))
         }
         (&Method::PUT, ["messages", serial]) => {
@@ -183,7 +184,11 @@ async fn send(
         .into_iter()
         .next()
         .ok_or_else(|| ErrorInfo::new(codes::INTERNAL, "the message sent is not stored"))?;
-    Ok(negotiated.ok(StatusCode::CREATED, &rest_message(&created), Vec::new()))
+    Ok(negotiated.ok(
+        StatusCode::CREATED,
+        &rest_message(&created, None),
+        Vec::new(),
+    ))
 }
 
 /// R4 and R5: publishes `change` to message `serial` (the channel's sequencer checks the
@@ -207,7 +212,8 @@ async fn change_message(
         .find(|m| m.position() == Some(&version))
         .or(versions.last())
         .ok_or_else(|| ErrorInfo::new(codes::INTERNAL, "the message changed is not stored"))?;
-    Ok(negotiated.ok(StatusCode::OK, &rest_message(made), Vec::new()))
+    let created = versions.first().and_then(|m| m.timestamp);
+    Ok(negotiated.ok(StatusCode::OK, &rest_message(made, created), Vec::new()))
 }
 
 /// Publishes one message through every check of a publish and waits until it is stored;
@@ -260,7 +266,7 @@ async fn list(
         "messages",
     )
     .await?;
-    let items: Vec<Value> = messages.iter().map(rest_message).collect();
+    let items: Vec<Value> = messages.iter().map(|m| rest_message(m, None)).collect();
     Ok(negotiated.ok(StatusCode::OK, &items, headers))
 }
 
@@ -289,8 +295,10 @@ async fn occupancy(
 /// A channel message as the Chat SDK's `RestMessage` (`src/core/rest-types.ts`, §5.4):
 /// `text` and `metadata` from the data, `headers` and `userClaim` from `extras`, `action` as
 /// its string, `version` (a create's own serial and timestamp) and empty `reactions`, since
-/// annotations are not built. `metadata` and `headers` are always objects.
-fn rest_message(message: &Message) -> Value {
+/// annotations are not built. `metadata` and `headers` are always objects. `timestamp` is the
+/// creation time: `created` when given (a stored change carries its own time, which goes into
+/// `version.timestamp`), else the message's.
+fn rest_message(message: &Message, created: Option<i64>) -> Value {
     let data = data_object(message);
     let text = data.get("text").and_then(Value::as_str).unwrap_or("");
     let metadata = data
@@ -336,7 +344,7 @@ fn rest_message(message: &Message) -> Value {
         "headers": headers,
         "action": action,
         "version": version_json,
-        "timestamp": message.timestamp,
+        "timestamp": created.or(message.timestamp),
         "reactions": {"unique": {}, "distinct": {}, "multiple": {}},
     });
     if let Some(claim) = extras
