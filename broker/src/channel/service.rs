@@ -75,6 +75,9 @@ pub struct HistoryRequest {
     pub until_serial: Option<String>,
     /// Where a later page starts: the serial the previous page stopped short of.
     pub cursor: Option<u64>,
+    /// Only messages of this name (the chat REST API lists `chat.message` only); presence
+    /// history ignores it.
+    pub name: Option<String>,
 }
 
 /// A page request over the presence set, in (clientId, connectionId) order.
@@ -226,8 +229,11 @@ impl Channels {
         let name = channel.to_owned();
         let context = self.context().clone();
         let log = request.log;
+        let only = request.name.clone();
         tokio::task::spawn_blocking(move || match log {
-            HistoryLog::Messages => latest_versions(&|q| context.backend.read(&name, q), query),
+            HistoryLog::Messages => {
+                latest_versions(&|q| context.backend.read(&name, q), query, only.as_deref())
+            }
             HistoryLog::Presence => context.backend.read_presence(&name, &query),
         })
         .await
@@ -258,6 +264,17 @@ impl Channels {
         serial: &str,
     ) -> Result<Vec<Message>, ErrorInfo> {
         self.permit(channel, capability, Operation::History, "history")?;
+        self.versions_of(channel, serial).await
+    }
+
+    /// Every version of message `serial` that the caller has just published or changed, to
+    /// answer with what was stored (the chat REST API answers a send or an edit with the
+    /// message): no `history` capability is asked, as the caller wrote what it reads.
+    pub async fn own_change(&self, channel: &str, serial: &str) -> Result<Vec<Message>, ErrorInfo> {
+        self.versions_of(channel, serial).await
+    }
+
+    async fn versions_of(&self, channel: &str, serial: &str) -> Result<Vec<Message>, ErrorInfo> {
         let epoch = self.context().backend.epoch(channel).to_owned();
         let seq = parse_serial(serial)
             .filter(|(e, _)| *e == epoch)
@@ -432,12 +449,13 @@ pub fn stamp(
     Ok(app_ids)
 }
 
-/// History's page of `query` (§5.8 of `../shared/ably-chat.md`): the log's new messages in
-/// their latest versions, leaving the changes out, as many as `query.limit` while the log has
-/// them.
+/// History's page of `query` (§5.8 of `../shared/ably-chat.md`): the log's new messages (of
+/// name `only`, when given) in their latest versions, leaving the changes out, as many as
+/// `query.limit` while the log has them.
 fn latest_versions(
     read: versions::Reader<'_>,
     mut query: Query,
+    only: Option<&str>,
 ) -> Result<Vec<(u64, Message)>, crate::store::StoreError> {
     let limit = query.limit;
     let mut page = Vec::new();
@@ -445,7 +463,9 @@ fn latest_versions(
         let rows = read(&query)?;
         let more = rows.len() == query.limit;
         let Some(&(last, _)) = rows.last() else { break };
-        page.extend(rows.into_iter().filter(|(_, m)| !m.is_version()));
+        page.extend(rows.into_iter().filter(|(_, m)| {
+            !m.is_version() && only.is_none_or(|name| m.name.as_deref() == Some(name))
+        }));
         if page.len() >= limit || !more {
             break;
         }

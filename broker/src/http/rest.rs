@@ -40,7 +40,7 @@ pub async fn route(
         let first = segments.first().copied().unwrap_or("");
         if !matches!(
             first,
-            "api" | "channels" | "keys" | "time" | "health" | "metrics"
+            "api" | "channels" | "chat" | "keys" | "time" | "health" | "metrics"
         ) {
             if let Some(response) = super::web::serve(root, path).await {
                 return response;
@@ -89,6 +89,9 @@ pub async fn route(
         }
         (&Method::POST, ["keys", key_name, "revokeTokens"]) => {
             revoke_tokens(broker, parts, key_name, &body, negotiated).await
+        }
+        (_, ["chat", "v4", "rooms", room, rest @ ..]) => {
+            super::chat::route(broker, parts, room, rest, query, &body, negotiated).await
         }
         (method, ["channels", name, rest @ ..]) => {
             match percent_encoding::percent_decode_str(name).decode_utf8() {
@@ -152,7 +155,10 @@ pub async fn route(
 
 /// Authenticates a REST request: `Authorization: Basic <key>` or `Bearer <token>` (ably-js
 /// base64-encodes tokens, §8.2; a raw token is accepted too), with `X-Ably-ClientId`.
-async fn authenticate(broker: &Broker, parts: &Parts) -> Result<(Grant, Identity), ErrorInfo> {
+pub(super) async fn authenticate(
+    broker: &Broker,
+    parts: &Parts,
+) -> Result<(Grant, Identity), ErrorInfo> {
     let header = parts
         .headers
         .get(AUTHORIZATION)
@@ -193,7 +199,8 @@ async fn authenticate(broker: &Broker, parts: &Parts) -> Result<(Grant, Identity
     Ok((grant, identity))
 }
 
-fn body_format(parts: &Parts) -> Format {
+/// The format of the request body, from `Content-Type` (JSON unless it says msgpack).
+pub(super) fn body_format(parts: &Parts) -> Format {
     parts
         .headers
         .get(CONTENT_TYPE)
@@ -509,7 +516,7 @@ async fn get_message(
 }
 
 /// A path segment, percent-decoded (serials are sent URL-encoded).
-fn decoded(segment: &str) -> Result<String, ErrorInfo> {
+pub(super) fn decoded(segment: &str) -> Result<String, ErrorInfo> {
     percent_encoding::percent_decode_str(segment)
         .decode_utf8()
         .map(|s| s.into_owned())
@@ -546,17 +553,25 @@ fn on_behalf_of(
 }
 
 /// The parameters of a history request, kept to build the next page's link.
-struct HistoryParams {
+pub(super) struct HistoryParams {
     start: Option<i64>,
     end: Option<i64>,
     direction: Direction,
     limit: usize,
     from_serial: Option<String>,
+    /// The query parameter `from_serial` came in: `from_serial` (pub/sub) or `fromSerial`
+    /// (chat, `../shared/ably-chat.md` §5.4).
+    from_key: &'static str,
     cursor: Option<u64>,
 }
 
 impl HistoryParams {
-    fn parse(query: &[(String, String)]) -> Result<HistoryParams, ErrorInfo> {
+    /// Reads `start`, `end`, `direction`, `limit`, `cursor` and the position named
+    /// `from_key` (messages up to and including it).
+    pub(super) fn parse(
+        query: &[(String, String)],
+        from_key: &'static str,
+    ) -> Result<HistoryParams, ErrorInfo> {
         let get = |name: &str| {
             query
                 .iter()
@@ -591,7 +606,8 @@ impl HistoryParams {
             end,
             direction,
             limit,
-            from_serial: get("from_serial").map(str::to_owned),
+            from_serial: get(from_key).map(str::to_owned),
+            from_key,
             cursor: number("cursor")?.map(|c| c.max(0) as u64),
         })
     }
@@ -616,7 +632,7 @@ impl HistoryParams {
         );
         q.append_pair("limit", &self.limit.to_string());
         if let Some(f) = &self.from_serial {
-            q.append_pair("from_serial", f);
+            q.append_pair(self.from_key, f);
         }
         q.append_pair("cursor", &cursor.to_string());
         format!("<./{word}?{}>; rel=\"next\"", q.finish())
@@ -632,39 +648,21 @@ async fn history(
     which: HistoryLog,
 ) -> Result<HttpResponse, ErrorInfo> {
     let (grant, _) = authenticate(broker, parts).await?;
-    let params = HistoryParams::parse(query)?;
-    let request = HistoryRequest {
-        log: which,
-        start: params.start,
-        end: params.end,
-        direction: params.direction,
-        // One more than the page, to know whether there is a next one.
-        limit: params.limit + 1,
-        until_serial: params.from_serial.clone(),
-        cursor: params.cursor,
+    let params = HistoryParams::parse(query, "from_serial")?;
+    let word = match which {
+        HistoryLog::Messages => "messages",
+        HistoryLog::Presence => "history",
     };
-    let mut rows = broker
-        .channels
-        .history(channel, &grant.capability, &request)
-        .await?;
-    let mut headers = Vec::new();
-    if rows.len() > params.limit {
-        rows.truncate(params.limit);
-        let last = rows.last().map_or(0, |(s, _)| *s);
-        let next = match params.direction {
-            Direction::Backwards => last.saturating_sub(1),
-            Direction::Forwards => last + 1,
-        };
-        let word = match which {
-            HistoryLog::Messages => "messages",
-            HistoryLog::Presence => "history",
-        };
-        headers.push((
-            HeaderName::from_static("link"),
-            params.next_link(word, next),
-        ));
-    }
-    let records: Vec<Message> = rows.into_iter().map(|(_, m)| m).collect();
+    let (records, headers) = history_page(
+        broker,
+        &grant.capability,
+        channel,
+        &params,
+        which,
+        None,
+        word,
+    )
+    .await?;
     let page = match which {
         HistoryLog::Messages => protocol::ProtocolMessage {
             messages: Some(records),
@@ -676,6 +674,48 @@ async fn history(
         },
     };
     respond_page(negotiated, page, headers)
+}
+
+/// One page of `channel`'s history for `params` (only messages named `name`, when given), and
+/// the `Link` header of the next page when there is one, pointing at `./<word>?…` (§9.1).
+pub(super) async fn history_page(
+    broker: &Broker,
+    capability: &Capability,
+    channel: &str,
+    params: &HistoryParams,
+    which: HistoryLog,
+    name: Option<&str>,
+    word: &str,
+) -> Result<(Vec<Message>, Vec<(HeaderName, String)>), ErrorInfo> {
+    let request = HistoryRequest {
+        log: which,
+        start: params.start,
+        end: params.end,
+        direction: params.direction,
+        // One more than the page, to know whether there is a next one.
+        limit: params.limit + 1,
+        until_serial: params.from_serial.clone(),
+        cursor: params.cursor,
+        name: name.map(str::to_owned),
+    };
+    let mut rows = broker
+        .channels
+        .history(channel, capability, &request)
+        .await?;
+    let mut headers = Vec::new();
+    if rows.len() > params.limit {
+        rows.truncate(params.limit);
+        let last = rows.last().map_or(0, |(s, _)| *s);
+        let next = match params.direction {
+            Direction::Backwards => last.saturating_sub(1),
+            Direction::Forwards => last + 1,
+        };
+        headers.push((
+            HeaderName::from_static("link"),
+            params.next_link(word, next),
+        ));
+    }
+    Ok((rows.into_iter().map(|(_, m)| m).collect(), headers))
 }
 
 /// Sends the messages or presence items of `page` as a JSON or msgpack array, binary data

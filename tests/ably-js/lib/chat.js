@@ -20,14 +20,15 @@ const CHAT_LOG_LEVEL = process.env.ABLY_CHAT_LOG_LEVEL || 'info';
  * A ChatClient for `clientId` on the context's broker (or `port`) in `format` (a FORMATS
  * entry: msgpack is `useBinaryProtocol: true`, JSON `false`). The user is identified as an
  * app's token server would do it: by a JWT signed with `key` (makeKey()) carrying
- * `x-ably-clientId`. `extra` adds ClientOptions; `label` names the client in diagnostics;
- * `onLog` taps its ably-js log (see Ctx.realtime). The Realtime client is `chat.realtime`.
+ * `x-ably-clientId` and `capability` (default: everything). `extra` adds ClientOptions;
+ * `label` names the client in diagnostics; `onLog` taps its ably-js log (see Ctx.realtime).
+ * The Realtime client is `chat.realtime`.
  */
-export function chatClient(ctx, format, { key, clientId, extra = {}, label, port, onLog }) {
+export function chatClient(ctx, format, { key, clientId, capability, extra = {}, label, port, onLog }) {
   label = label ?? `${clientId}-chat-${format.name}`;
   const realtime = ctx.realtime(
     format,
-    { token: mintJwt({ key, clientId }), ...extra },
+    { token: mintJwt({ key, clientId, capability }), ...extra },
     { label, port, onLog },
   );
   // The Chat SDK's lines go into the same ring buffer as the client's frames.

@@ -6,15 +6,15 @@
 // user's typing keystroke and stop(), room reaction and presence enter reach the other
 // through the Chat SDK's own listeners, and presence.get() lists both members.
 //
-// Occupancy events (`[meta]occupancy` for the `occupancy: metrics` attach param that
-// `occupancy: { enableEvents: true }` sends) reach a room's `occupancy.subscribe()`.
-//
-// The `todo` tests name what the broker does not have yet, and fail until it does: the chat
-// REST API (`/chat/v4/rooms/<name>/messages` for messages.send() and history(),
-// `/chat/v4/rooms/<name>/occupancy` for occupancy.get()), annotations (the
-// ANNOTATION_PUBLISH mode the Chat SDK asks for, used by message reactions), and ephemeral
-// messages (typing and room reactions carry `extras.ephemeral`; the broker stores them in
-// history and replays them on rewind).
+// Chat messages go through the chat REST API (`/chat/v4/rooms/<name>/messages…`, ably-chat.md
+// §5.4): sent, received, edited and deleted, listed by history() and historyBeforeSubscribe()
+// once each in their latest version, read by get() and getVersions(); an edit of another
+// user's message needs message-update-any. occupancy.get() reads `…/occupancy`, and occupancy
+// events (`[meta]occupancy` for the `occupancy: metrics` attach param that
+// `occupancy: { enableEvents: true }` sends) reach a room's `occupancy.subscribe()`. Typing
+// and room reactions are ephemeral (`extras.ephemeral`): never in history or a rewind. The
+// Chat SDK is granted the ANNOTATION_PUBLISH mode it asks for (message reactions themselves,
+// which need annotations, are not built yet).
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
@@ -29,14 +29,6 @@ import {
 } from '../lib/helpers.js';
 import { chatClient, attachedRoom } from '../lib/chat.js';
 
-const TODO = {
-  chatRest:
-    'chat REST API not built: POST/GET /chat/v4/rooms/<name>/messages answer 404 40400 "no route"',
-  occupancy:
-    'chat occupancy REST not built: GET /chat/v4/rooms/<name>/occupancy answers 404 ' +
-    '(the occupancy events are tested on their own below)',
-};
-
 describe('@ably/chat', () => {
   const key = makeKey('conformance.root');
   let broker;
@@ -47,10 +39,21 @@ describe('@ably/chat', () => {
     await broker?.stop();
   });
 
-  /** alice and bob as ChatClients on `format`, both attached to the room `name`. */
-  async function aliceAndBob(ctx, format, name, options) {
-    const alice = chatClient(ctx, format, { key, clientId: 'alice' });
-    const bob = chatClient(ctx, format, { key, clientId: 'bob' });
+  /** Every chat feature with the `-own` edit rights only (ably-chat.md §5.1). */
+  const CHAT_USER = {
+    '*': [
+      'publish', 'subscribe', 'presence', 'history', 'channel-metadata',
+      'annotation-publish', 'annotation-subscribe', 'message-update-own', 'message-delete-own',
+    ],
+  };
+
+  /**
+   * alice and bob as ChatClients on `format`, both attached to the room `name`; `capability`
+   * is theirs (default: everything).
+   */
+  async function aliceAndBob(ctx, format, name, options, capability) {
+    const alice = chatClient(ctx, format, { key, clientId: 'alice', capability });
+    const bob = chatClient(ctx, format, { key, clientId: 'bob', capability });
     const [roomA, roomB] = await Promise.all([
       attachedRoom(alice, name, options),
       attachedRoom(bob, name, options),
@@ -173,21 +176,103 @@ describe('@ably/chat', () => {
       );
     }));
 
-    test(`[${format.name}] messages.send() reaches the other user and history()`, { todo: TODO.chatRest }, withCtx(() => broker, async (ctx) => {
+    test(`[${format.name}] messages: send, receive, edit, delete, history, get and versions`, withCtx(() => broker, async (ctx) => {
       const name = uniqueChannel('chat-messages');
       const { roomA, roomB } = await aliceAndBob(ctx, format, name);
       const atBob = collector('chat messages');
       roomB.messages.subscribe(atBob.listener);
-      const sent = await withTimeout(roomA.messages.send({ text: 'hello ✓' }), T.event, 'alice messages.send()');
-      const got = await atBob.waitForMatch((e) => e.message.serial === sent.serial, "bob's message event");
+      const send = (params) => withTimeout(roomA.messages.send(params), T.event, 'alice messages.send()');
+
+      const first = await send({ text: 'first' });
+      const sent = await send({ text: 'hello ✓', metadata: { m: [1, 2] }, headers: { h: 'v', n: 3 } });
+      assert.equal(sent.action, 'message.create', 'action of the message sent');
+      assert.equal(sent.version.serial, sent.serial, 'a create is its own version');
+      const got = await atBob.waitForMatch(
+        (e) => e.message.serial === sent.serial,
+        "bob's message event",
+      );
       assert.equal(got.type, 'message.created', 'event type');
       assert.equal(got.message.text, 'hello ✓', 'text');
       assert.equal(got.message.clientId, 'alice', 'clientId');
+      assert.deepEqual(got.message.metadata, { m: [1, 2] }, 'metadata');
+      assert.deepEqual(got.message.headers, { h: 'v', n: 3 }, 'headers');
+
+      const edited = await withTimeout(
+        roomA.messages.update(sent.serial, { text: 'hello (edited)' }, { description: 'typo' }),
+        T.event,
+        'alice messages.update()',
+      );
+      assert.equal(edited.action, 'message.update', 'action of the edit');
+      assert.equal(edited.serial, sent.serial, 'the edit keeps the serial');
+      assert.equal(edited.text, 'hello (edited)', 'edited text');
+      assert.deepEqual(edited.metadata, {}, 'PUT semantics: metadata omitted is {}');
+      assert.equal(edited.version.clientId, 'alice', 'who edited');
+      assert.equal(edited.version.description, 'typo', 'why');
+      assert.ok(edited.version.serial > sent.serial, 'the version sorts after the original');
+      const update = await atBob.waitForMatch((e) => e.type === 'message.updated', "bob's update event");
+      assert.equal(update.message.serial, sent.serial, 'update of the message sent');
+      assert.equal(update.message.text, 'hello (edited)', 'updated text at bob');
+
+      const deleted = await withTimeout(
+        roomA.messages.delete(first.serial, { description: 'gone' }),
+        T.event,
+        'alice messages.delete()',
+      );
+      assert.equal(deleted.action, 'message.delete', 'action of the delete');
+      assert.equal(deleted.version.description, 'gone', 'why it was deleted');
+      const deletion = await atBob.waitForMatch((e) => e.type === 'message.deleted', "bob's delete event");
+      assert.equal(deletion.message.serial, first.serial, 'delete of the first message');
+
+      // Each message once, at its original's place, in its latest version.
       const page = await withTimeout(roomB.messages.history({ limit: 10 }), T.event, 'bob messages.history()');
-      assert.deepEqual(page.items.map((m) => m.text), ['hello ✓'], 'history');
+      assert.deepEqual(
+        page.items.map((m) => `${m.serial === sent.serial ? 'sent' : 'first'}:${m.action}:${m.text}`),
+        ['sent:message.update:hello (edited)', 'first:message.delete:first'],
+        'history',
+      );
+      const one = await withTimeout(roomB.messages.get(sent.serial), T.event, 'bob messages.get()');
+      assert.equal(one.text, 'hello (edited)', 'get() reads the latest version');
+      const versions = await withTimeout(roomB.messages.getVersions(sent.serial), T.event, 'getVersions()');
+      assert.deepEqual(
+        versions.items.map((m) => `${m.action}:${m.text}`),
+        ['message.create:hello ✓', 'message.update:hello (edited)'],
+        'versions, oldest first',
+      );
+
+      // A subscription made now starts at the channelSerial of the last event (the delete's
+      // version): historyBeforeSubscribe() lists everything up to it.
+      const late = roomB.messages.subscribe(() => {});
+      const before = await withTimeout(late.historyBeforeSubscribe({ limit: 10 }), T.event, 'historyBeforeSubscribe()');
+      assert.deepEqual(before.items.map((m) => m.text), ['hello (edited)', 'first'], 'historyBeforeSubscribe');
     }));
 
-    test(`[${format.name}] occupancy: get() and events count both users`, { todo: TODO.occupancy }, withCtx(() => broker, async (ctx) => {
+    test(`[${format.name}] messages: an edit or delete of another user's message is refused`, withCtx(() => broker, async (ctx) => {
+      const name = uniqueChannel('chat-forbidden');
+      const { roomA, roomB } = await aliceAndBob(ctx, format, name, undefined, CHAT_USER);
+      const sent = await withTimeout(roomA.messages.send({ text: 'mine' }), T.event, 'alice messages.send()');
+      await assert.rejects(
+        withTimeout(roomB.messages.update(sent.serial, { text: 'hijacked' }), T.event, 'bob messages.update()'),
+        (e) => e.code === 40160,
+        "bob's edit of alice's message: 40160",
+      );
+      await assert.rejects(
+        withTimeout(roomB.messages.delete(sent.serial), T.event, 'bob messages.delete()'),
+        (e) => e.code === 40160,
+        "bob's delete of alice's message: 40160",
+      );
+      const own = await withTimeout(roomA.messages.update(sent.serial, { text: 'still mine' }), T.event, 'alice messages.update()');
+      assert.equal(own.text, 'still mine', "alice edits her own message");
+      const latest = await withTimeout(roomB.messages.get(sent.serial), T.event, 'bob messages.get()');
+      assert.equal(latest.text, 'still mine', 'only her edit was applied');
+    }));
+
+    test(`[${format.name}] occupancy: get() counts both users`, withCtx(() => broker, async (ctx) => {
+      const { roomA } = await aliceAndBob(ctx, format, uniqueChannel('chat-occupancy-get'));
+      const now = await withTimeout(roomA.occupancy.get(), T.event, 'alice occupancy.get()');
+      assert.deepEqual(now, { connections: 2, presenceMembers: 0 }, 'occupancy from get()');
+    }));
+
+    test(`[${format.name}] occupancy: get() and events count both users`, withCtx(() => broker, async (ctx) => {
       const name = uniqueChannel('chat-occupancy');
       const { roomA } = await aliceAndBob(ctx, format, name, { occupancy: { enableEvents: true } });
       const events = collector('occupancy events');
