@@ -272,14 +272,13 @@ describe('@ably/chat', () => {
       assert.deepEqual(now, { connections: 2, presenceMembers: 0 }, 'occupancy from get()');
     }));
 
-    test(`[${format.name}] occupancy: get() and events count both users`, withCtx(() => broker, async (ctx) => {
+    // The events have a test of their own below: subscribed only now, alice may have had the
+    // event counting bob already, and the next comes only after the 15 s interval.
+    test(`[${format.name}] occupancy: get() counts both users`, withCtx(() => broker, async (ctx) => {
       const name = uniqueChannel('chat-occupancy');
       const { roomA } = await aliceAndBob(ctx, format, name, { occupancy: { enableEvents: true } });
-      const events = collector('occupancy events');
-      roomA.occupancy.subscribe(events.listener);
       const now = await withTimeout(roomA.occupancy.get(), T.event, 'alice occupancy.get()');
       assert.equal(now.connections, 2, 'connections from get()');
-      await events.waitForMatch((e) => e.occupancy.connections === 2, 'an occupancy event with 2 connections');
     }));
 
     test(`[${format.name}] occupancy events: one after attach, then a first presence member at once`, withCtx(() => broker, async (ctx) => {
