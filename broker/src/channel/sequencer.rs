@@ -125,14 +125,7 @@ impl Sequencer {
             let first = tokio::select! {
                 command = commands.recv() => command,
                 committed = self.stream.committed() => {
-                    match committed {
-                        Committed::Messages(rows) => {
-                            self.deliver_committed(rows).await;
-                            self.attach_caught_up(false);
-                        }
-                        Committed::Presence(events) => self.announce_remote_presence(events),
-                        Committed::Ephemeral(messages) => self.deliver_ephemeral(messages).await,
-                    }
+                    self.take_committed(committed).await;
                     continue;
                 }
                 _ = sleep_until(give_up), if give_up.is_some() => {
@@ -519,6 +512,9 @@ impl Sequencer {
         }
         // Changes to earlier messages become their new versions; a publish with a change
         // that cannot be made is refused whole.
+        if let Some(newest) = self.newest_change(&kept) {
+            self.catch_up_to(newest).await;
+        }
         let (mut batch, mut shapes, mut increments) = (Vec::new(), Vec::new(), Vec::new());
         for (mut p, shape) in kept.into_iter().zip(kept_shapes) {
             match self.prepare_changes(&mut p) {
@@ -663,6 +659,48 @@ impl Sequencer {
             self.context.metrics.messages_out.inc_by(delivered);
         }
         shapes
+    }
+
+    /// Delivers a change that reached the stream from elsewhere (see [`Stream::committed`]).
+    async fn take_committed(&mut self, committed: Committed) {
+        match committed {
+            Committed::Messages(rows) => {
+                self.deliver_committed(rows).await;
+                self.attach_caught_up(false);
+            }
+            Committed::Presence(events) => self.announce_remote_presence(events),
+            Committed::Ephemeral(messages) => self.deliver_ephemeral(messages).await,
+        }
+    }
+
+    /// The position of the newest message a change of `batch` names, when the stream's head
+    /// is behind it and may catch up (cluster mode: a message this node published comes back
+    /// through [`Stream::committed`] after its ACK), so that [`Sequencer::catch_up_to`] waits
+    /// for it and a client editing the message it was just ACKed for finds it.
+    fn newest_change(&self, batch: &[Publish]) -> Option<u64> {
+        if !self.stream.catches_up() {
+            return None;
+        }
+        let epoch = &self.stream.head().epoch;
+        let newest = batch
+            .iter()
+            .flat_map(|p| p.messages.iter().filter(|m| m.is_version()))
+            .filter_map(|m| m.serial.as_deref().and_then(parse_serial))
+            .filter(|(e, _)| e == epoch)
+            .map(|(_, seq)| seq)
+            .max();
+        newest.filter(|seq| *seq > self.stream.head().last)
+    }
+
+    /// Delivers what the stream commits until its head reaches `newest`, or `CATCH_UP_WAIT`.
+    async fn catch_up_to(&mut self, newest: u64) {
+        let until = tokio::time::Instant::now() + CATCH_UP_WAIT;
+        while self.stream.head().last < newest {
+            match tokio::time::timeout_at(until, self.stream.committed()).await {
+                Ok(committed) => self.take_committed(committed).await,
+                Err(_) => return,
+            }
+        }
     }
 
     /// Turns each change (update, delete, append) of `publish` into the message's new version
