@@ -555,73 +555,83 @@ impl ClusterNode {
     }
 
     /// Answers other nodes' occupancy requests with this node's attachers, until `stop`.
-    pub fn serve_occupancy(
-        self: &Arc<Self>,
-        channels: Arc<Channels>,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    pub fn serve_occupancy(self: &Arc<Self>, channels: Arc<Channels>, stop: watch::Receiver<bool>) {
         let node = self.clone();
-        tokio::spawn(async move {
-            let mut requests = match node.client.subscribe(node.occupancy_subject()).await {
-                Ok(requests) => requests,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot serve occupancy requests");
-                    return;
-                }
-            };
-            loop {
-                let request = tokio::select! {
-                    request = requests.next() => request,
-                    _ = stop.wait_for(|s| *s) => return,
-                };
-                let Some(request) = request else { return };
-                let (Some(reply), Ok(channel)) =
-                    (request.reply, String::from_utf8(request.payload.to_vec()))
-                else {
-                    continue;
-                };
+        self.serve(
+            self.occupancy_subject(),
+            "occupancy",
+            stop,
+            move |request| {
                 let (node, channels) = (node.clone(), channels.clone());
-                tokio::spawn(async move {
-                    let answer = Attachers {
-                        node: node.node.clone(),
-                        occupancy: channels.attachers_here(&channel).await,
-                    };
-                    let payload = serde_json::to_vec(&answer).expect("occupancy serializes");
-                    let _ = node.client.publish(reply, payload.into()).await;
-                });
-            }
-        });
+                if let (Some(reply), Ok(channel)) =
+                    (request.reply, String::from_utf8(request.payload.to_vec()))
+                {
+                    // Each in a task of its own: a busy channel does not hold up the others.
+                    tokio::spawn(async move {
+                        let answer = Attachers {
+                            node: node.node.clone(),
+                            occupancy: channels.attachers_here(&channel).await,
+                        };
+                        let payload = serde_json::to_vec(&answer).expect("occupancy serializes");
+                        let _ = node.client.publish(reply, payload.into()).await;
+                    });
+                }
+                std::future::ready(())
+            },
+        );
     }
 
     /// Answers other nodes' requests to let go of a connection they resumed, until `stop`.
-    pub fn serve_evictions(
-        self: &Arc<Self>,
-        sessions: Arc<Sessions>,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    pub fn serve_evictions(self: &Arc<Self>, sessions: Arc<Sessions>, stop: watch::Receiver<bool>) {
         let node = self.clone();
-        tokio::spawn(async move {
-            let mut requests = match node.client.subscribe(node.evict_subject(&node.node)).await {
-                Ok(requests) => requests,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot serve eviction requests");
-                    return;
-                }
-            };
-            loop {
-                let request = tokio::select! {
-                    request = requests.next() => request,
-                    _ = stop.wait_for(|s| *s) => return,
-                };
-                let Some(request) = request else { return };
+        self.serve(
+            self.evict_subject(&self.node),
+            "eviction",
+            stop,
+            move |request| {
+                let node = node.clone();
                 let id = String::from_utf8_lossy(&request.payload).into_owned();
                 let answer = match sessions.take_over(&id) {
                     true => EVICTED,
                     false => GONE,
                 };
-                if let Some(reply) = request.reply {
-                    let _ = node.client.publish(reply, answer.into()).await;
+                async move {
+                    if let Some(reply) = request.reply {
+                        let _ = node.client.publish(reply, answer.into()).await;
+                    }
                 }
+            },
+        );
+    }
+
+    /// Hands every request on `subject` to `handle`, one after the other, until `stop`;
+    /// `what` names the requests in the log.
+    fn serve<F, Fut>(
+        &self,
+        subject: String,
+        what: &'static str,
+        mut stop: watch::Receiver<bool>,
+        mut handle: F,
+    ) where
+        F: FnMut(async_nats::Message) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let mut requests = match client.subscribe(subject).await {
+                Ok(requests) => requests,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot serve {what} requests");
+                    return;
+                }
+            };
+            loop {
+                let request = tokio::select! {
+                    request = requests.next() => request,
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                let Some(request) = request else { return };
+                handle(request).await;
             }
         });
     }

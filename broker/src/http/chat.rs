@@ -278,13 +278,7 @@ async fn occupancy(
     negotiated: &Negotiated,
 ) -> Result<HttpResponse, ErrorInfo> {
     let (grant, _) = authenticate(broker, parts).await?;
-    let mut occupancy = broker
-        .channels
-        .occupancy(channel, &grant.capability)
-        .await?;
-    if let Some(cluster) = &broker.cluster {
-        occupancy = cluster.occupancy(channel, occupancy).await;
-    }
+    let occupancy = super::rest::occupancy_everywhere(broker, channel, &grant.capability).await?;
     let body = json!({
         "connections": occupancy.connections,
         "presenceMembers": occupancy.presence_members,

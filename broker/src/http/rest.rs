@@ -824,6 +824,20 @@ async fn presence(
     respond_page(negotiated, page, headers)
 }
 
+/// Who is on `channel`, for a caller with `channel-metadata`: this node's count, plus the
+/// other nodes' attachers in cluster mode.
+pub(crate) async fn occupancy_everywhere(
+    broker: &Broker,
+    channel: &str,
+    capability: &protocol::Capability,
+) -> Result<crate::channel::Occupancy, ErrorInfo> {
+    let here = broker.channels.occupancy(channel, capability).await?;
+    Ok(match &broker.cluster {
+        Some(cluster) => cluster.occupancy(channel, here).await,
+        None => here,
+    })
+}
+
 /// `GET /channels/{name}` (§9.2): ChannelDetails with occupancy.
 async fn status(
     broker: &Broker,
@@ -832,13 +846,7 @@ async fn status(
     negotiated: &Negotiated,
 ) -> Result<HttpResponse, ErrorInfo> {
     let (grant, _) = authenticate(broker, parts).await?;
-    let mut occupancy = broker
-        .channels
-        .occupancy(channel, &grant.capability)
-        .await?;
-    if let Some(cluster) = &broker.cluster {
-        occupancy = cluster.occupancy(channel, occupancy).await;
-    }
+    let occupancy = occupancy_everywhere(broker, channel, &grant.capability).await?;
     let details = serde_json::json!({
         "channelId": channel,
         "name": channel,
