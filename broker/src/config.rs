@@ -332,12 +332,17 @@ pub struct ChannelSettings {
     /// for changes that take no count to or from zero; those go at once. Default 15000
     /// (Ably's).
     pub occupancy_interval_ms: u64,
+    /// Most clientIds an annotation summary lists per name (`message.summary`, history,
+    /// `getMessage`); beyond them the entry says `clipped: true` and `total` stays exact.
+    /// Default 100.
+    pub summary_client_ids: usize,
 }
 
 impl Default for ChannelSettings {
     fn default() -> Self {
         ChannelSettings {
             occupancy_interval_ms: 15_000,
+            summary_client_ids: 100,
         }
     }
 }

@@ -196,6 +196,7 @@ pub async fn run_then(
         },
         presence_sync_page_size: config.presence.sync_page_size,
         occupancy_interval: Duration::from_millis(config.channels.occupancy_interval_ms),
+        summary_clip: config.channels.summary_client_ids.max(1),
         shutdown: stop_rx.clone(),
         tasks: tasks.clone(),
         age_sweeps,

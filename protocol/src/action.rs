@@ -47,7 +47,9 @@ pub enum Action {
     Auth,
     /// 18: ignored.
     Activate,
-    /// Any number this crate does not name (LiveObjects, annotations, future actions).
+    /// 21: annotations of messages, both ways (RTAN1–4, `../shared/ably-chat.md` §4).
+    Annotation,
+    /// Any number this crate does not name (LiveObjects, future actions).
     Unknown(u64),
 }
 
@@ -74,6 +76,7 @@ impl Action {
             Action::Sync => 16,
             Action::Auth => 17,
             Action::Activate => 18,
+            Action::Annotation => 21,
             Action::Unknown(n) => n,
         }
     }
@@ -100,6 +103,7 @@ impl Action {
             16 => Action::Sync,
             17 => Action::Auth,
             18 => Action::Activate,
+            21 => Action::Annotation,
             n => Action::Unknown(n),
         }
     }

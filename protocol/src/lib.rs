@@ -15,6 +15,6 @@ pub use capability::{Capability, Operation};
 pub use codec::{decode, encode, salvage, DecodeError, Format, Salvage};
 pub use error::ErrorInfo;
 pub use message::{
-    AuthDetails, ConnectionDetails, Data, Message, MessageVersion, PresenceMessage,
+    Annotation, AuthDetails, ConnectionDetails, Data, Message, MessageVersion, PresenceMessage,
     ProtocolMessage, PublishResult,
 };

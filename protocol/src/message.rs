@@ -73,6 +73,9 @@ pub struct ProtocolMessage {
     /// Per-publish results on ACK.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub res: Option<Vec<PublishResult>>,
+    /// The annotations of ANNOTATION.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<Vec<Annotation>>,
 }
 
 impl ProtocolMessage {
@@ -111,7 +114,12 @@ impl ProtocolMessage {
             .iter()
             .flatten()
             .any(|m| matches!(m.data, Some(Data::Binary(_))));
-        if !binary_messages && !binary_presence {
+        let binary_annotations = self
+            .annotations
+            .iter()
+            .flatten()
+            .any(|a| matches!(a.data, Some(Data::Binary(_))));
+        if !binary_messages && !binary_presence && !binary_annotations {
             return std::borrow::Cow::Borrowed(self);
         }
         let mut owned = self.clone();
@@ -120,6 +128,9 @@ impl ProtocolMessage {
         }
         for m in owned.presence.iter_mut().flatten() {
             base64_binary(&mut m.data, &mut m.encoding);
+        }
+        for a in owned.annotations.iter_mut().flatten() {
+            base64_binary(&mut a.data, &mut a.encoding);
         }
         std::borrow::Cow::Owned(owned)
     }
@@ -210,6 +221,144 @@ pub struct Message {
     /// timestamp; on an update, delete or append, the version's position and who made it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<MessageVersion>,
+    /// On a summary and on a message read back (TM2u): `{"summary": {type: entry}}`, the
+    /// aggregate of the message's annotations. The log's own annotation entries
+    /// ([`Message::ANNOTATION`]) keep their type, action and count here instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<serde_json::Value>,
+}
+
+/// An annotation of a message (ably-js `Annotation`, RTAN, `../shared/ably-chat.md` §4, §5.6):
+/// a reaction, a flag, a vote. The server aggregates annotations of a type into the message's
+/// summary; the data travels unencrypted, as the server must read the type and name.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Annotation {
+    /// Unique id: set by the app (idempotent publishing) or `<connId>:<msgSerial>:<index>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// 0 to create, 1 to delete ([`Annotation::CREATE`], [`Annotation::DELETE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<u64>,
+    /// The annotation's own position in the channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// The serial of the message it annotates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_serial: Option<String>,
+    /// `<namespace>:<aggregation>.v1`, e.g. `reaction:distinct.v1`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// What is counted, e.g. the emoji of a reaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// How many, for `multiple.v1` (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Who annotated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// From which connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_id: Option<String>,
+    /// An optional payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Data>,
+    /// Encoding steps of `data`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<String>,
+    /// Opaque metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extras: Option<serde_json::Value>,
+    /// Milliseconds since the epoch when the broker accepted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<i64>,
+}
+
+impl Annotation {
+    /// `action` of a new annotation.
+    pub const CREATE: u64 = 0;
+    /// `action` of the removal of an earlier one (RTAN5).
+    pub const DELETE: u64 = 1;
+
+    /// The annotation as the channel's log keeps it: a [`Message`] of action
+    /// [`Message::ANNOTATION`] whose `serial` is the annotated message's, whose
+    /// `version.serial` is its own position, and whose `annotations` field holds the type,
+    /// action and count.
+    pub fn into_entry(self) -> Message {
+        let mut about = serde_json::Map::new();
+        if let Some(kind) = self.kind {
+            about.insert("type".into(), kind.into());
+        }
+        about.insert("action".into(), self.action.unwrap_or(Self::CREATE).into());
+        if let Some(count) = self.count {
+            about.insert("count".into(), count.into());
+        }
+        Message {
+            id: self.id,
+            name: self.name,
+            data: self.data,
+            encoding: self.encoding,
+            client_id: self.client_id,
+            connection_id: self.connection_id,
+            extras: self.extras,
+            timestamp: self.timestamp,
+            serial: self.message_serial,
+            action: Some(Message::ANNOTATION),
+            version: self.serial.map(|serial| MessageVersion {
+                serial: Some(serial),
+                ..MessageVersion::default()
+            }),
+            annotations: Some(serde_json::Value::Object(about)),
+            ..Message::default()
+        }
+    }
+
+    /// The annotation a log entry of action [`Message::ANNOTATION`] keeps (see
+    /// [`Annotation::into_entry`]); `None` for any other entry.
+    pub fn from_entry(entry: &Message) -> Option<Annotation> {
+        if entry.action != Some(Message::ANNOTATION) {
+            return None;
+        }
+        let about = entry.annotations.as_ref();
+        let field = |key: &str| about.and_then(|a| a.get(key));
+        Some(Annotation {
+            id: entry.id.clone(),
+            action: Some(
+                field("action")
+                    .and_then(|a| a.as_u64())
+                    .unwrap_or(Self::CREATE),
+            ),
+            serial: entry.position().cloned(),
+            message_serial: entry.serial.clone(),
+            kind: field("type").and_then(|t| t.as_str()).map(str::to_owned),
+            name: entry.name.clone(),
+            count: field("count").and_then(|c| c.as_u64()),
+            client_id: entry.client_id.clone(),
+            connection_id: entry.connection_id.clone(),
+            data: entry.data.clone(),
+            encoding: entry.encoding.clone(),
+            extras: entry.extras.clone(),
+            timestamp: entry.timestamp,
+        })
+    }
+
+    /// The size the publish limit counts: type, name, clientId, extras as JSON and data.
+    pub fn size(&self) -> usize {
+        self.kind.as_ref().map_or(0, String::len)
+            + self.name.as_ref().map_or(0, String::len)
+            + self.client_id.as_ref().map_or(0, String::len)
+            + self
+                .extras
+                .as_ref()
+                .map_or(0, |e| serde_json::to_vec(e).map_or(0, |v| v.len()))
+            + self.data.as_ref().map_or(0, Data::len)
+    }
+
+    /// Brings inbound data into its canonical form (§7.5), as for messages.
+    pub fn normalise_data(&mut self) -> Result<(), ErrorInfo> {
+        normalise(&mut self.data, &mut self.encoding)
+    }
 }
 
 /// A version of a message (TM2s, `../shared/ably-chat.md` §5.3).
@@ -246,6 +395,9 @@ impl Message {
     pub const SUMMARY: u64 = 4;
     /// `action` of an append: its data is added to the end of the message's.
     pub const APPEND: u64 = 5;
+    /// `action` of an annotation as the channel's log keeps it ([`Annotation::into_entry`]):
+    /// never sent as a message, but as an [`Annotation`] in an ANNOTATION frame.
+    pub const ANNOTATION: u64 = 21;
 
     /// Whether this is a change to an earlier message (update, delete or append), whose
     /// `serial` is that message's and whose `version.serial` is its own position.
@@ -256,20 +408,27 @@ impl Message {
         )
     }
 
-    /// The serial of this entry's own position in the channel: `version.serial` for a change
-    /// to an earlier message, else `serial`.
+    /// Whether this log entry is about an earlier message rather than a new one: a change
+    /// ([`Message::is_version`]), a summary of its annotations, or an annotation. Its `serial`
+    /// is the earlier message's and its `version.serial` its own position.
+    pub fn refers(&self) -> bool {
+        self.is_version() || matches!(self.action, Some(Message::SUMMARY | Message::ANNOTATION))
+    }
+
+    /// The serial of this entry's own position in the channel: `version.serial` for an entry
+    /// about an earlier message ([`Message::refers`]), else `serial`.
     pub fn position(&self) -> Option<&String> {
-        if self.is_version() {
+        if self.refers() {
             self.version.as_ref().and_then(|v| v.serial.as_ref())
         } else {
             self.serial.as_ref()
         }
     }
 
-    /// Gives the message its position: `serial` for a new message, `version.serial` for a
-    /// change to an earlier one (whose `serial` stays the earlier one's).
+    /// Gives the message its position: `serial` for a new message, `version.serial` for an
+    /// entry about an earlier one (whose `serial` stays the earlier one's).
     pub fn place(&mut self, position: String) {
-        if self.is_version() {
+        if self.refers() {
             self.version.get_or_insert_with(Default::default).serial = Some(position);
         } else {
             self.serial = Some(position);
@@ -485,7 +644,9 @@ fn normalise(data: &mut Option<Data>, encoding: &mut Option<String>) -> Result<(
     Ok(())
 }
 
-fn base64_binary(data: &mut Option<Data>, encoding: &mut Option<String>) {
+/// Turns binary `data` into base64 text with a trailing `base64` step, for JSON readers
+/// (§7.5); anything else stays as it is.
+pub fn base64_binary(data: &mut Option<Data>, encoding: &mut Option<String>) {
     if let Some(Data::Binary(bytes)) = data {
         *data = Some(Data::String(BASE64.encode(bytes)));
         *encoding = Some(match encoding.take() {

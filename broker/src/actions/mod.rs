@@ -3,6 +3,7 @@
 //! an invalid frame gets the most precise Ably error the protocol allows (a NACK for a
 //! publish, a channel ERROR for a channel action, a connection ERROR otherwise).
 
+mod annotation;
 mod attach;
 mod auth;
 mod close;
@@ -29,6 +30,7 @@ pub async fn dispatch(conn: &mut Connection, message: ProtocolMessage) {
         Action::Attach => attach::apply(conn, message).await,
         Action::Detach => detach::apply(conn, message).await,
         Action::Message => message::apply(conn, message).await,
+        Action::Annotation => annotation::apply(conn, message).await,
         Action::Auth => auth::apply(conn, message).await,
         Action::Close => close::apply(conn),
         Action::Disconnect => {

@@ -110,12 +110,12 @@ pub enum Committed {
     Ephemeral(Vec<Message>),
 }
 
-/// Stamps a message as every backend stores it: its timestamp (and its version's, for a change
-/// to an earlier message), action 0 for a new message, and, when known, its position (see
+/// Stamps a message as every backend stores it: its timestamp (and its version's, for an entry
+/// about an earlier message: a change, summary or annotation), action 0 for a new message, and, when known, its position (see
 /// [`Message::place`]).
 pub fn settle(message: &mut Message, position: Option<String>, timestamp: i64) {
     message.timestamp = Some(timestamp);
-    if message.is_version() {
+    if message.refers() {
         message
             .version
             .get_or_insert_with(Default::default)

@@ -38,6 +38,7 @@ fn core() -> Core {
         },
         presence_sync_page_size: 100,
         occupancy_interval: std::time::Duration::from_secs(15),
+        summary_clip: 100,
         shutdown,
         tasks,
         age_sweeps: Default::default(),

@@ -26,6 +26,12 @@ pub enum Audience {
         /// The publishing connection, if any.
         origin: Option<Arc<str>>,
     },
+    /// Annotations: attachers with the ANNOTATION_SUBSCRIBE mode, except the annotating
+    /// connection when it does not want its own messages echoed.
+    AnnotationSubscribers {
+        /// The annotating connection, if any.
+        origin: Option<Arc<str>>,
+    },
     /// Presence events: attachers with the PRESENCE_SUBSCRIBE mode, and always the connection
     /// that made the change (RTP17a: ably-js fills its own-member map from that echo).
     PresenceSubscribers {
@@ -47,6 +53,10 @@ impl Audience {
         match self {
             Audience::Subscribers { origin } => {
                 attacher.modes & flags::MODE_SUBSCRIBE != 0 && (attacher.echo || !is_origin(origin))
+            }
+            Audience::AnnotationSubscribers { origin } => {
+                attacher.modes & flags::MODE_ANNOTATION_SUBSCRIBE != 0
+                    && (attacher.echo || !is_origin(origin))
             }
             Audience::PresenceSubscribers { origin } => {
                 attacher.modes & flags::MODE_PRESENCE_SUBSCRIBE != 0 || is_origin(origin)

@@ -5,6 +5,7 @@
 //! retirement wait for it to finish and go to its successor, so there is never more than one
 //! sequencer per channel.
 
+pub mod annotations;
 #[cfg(test)]
 mod core_tests;
 pub mod hub;
@@ -56,6 +57,8 @@ pub struct ChannelContext {
     pub presence_sync_page_size: usize,
     /// Least time between two occupancy events of a channel, for changes that cross no zero.
     pub occupancy_interval: std::time::Duration,
+    /// Most clientIds an annotation summary lists per name.
+    pub summary_clip: usize,
     /// Becomes true when the broker shuts down; sequencers then finish and stop.
     pub shutdown: watch::Receiver<bool>,
     /// Shutdown waits for every sequencer.
@@ -492,6 +495,7 @@ mod tests {
             fanout: Parallelism::default(),
             presence_sync_page_size: 100,
             occupancy_interval: std::time::Duration::from_secs(15),
+            summary_clip: 100,
             shutdown,
             tasks: tasks.clone(),
             age_sweeps: Default::default(),

@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use protocol::error::codes;
 use protocol::{
-    flags, Action, ErrorInfo, Message, PresenceAction, PresenceMessage, ProtocolMessage,
+    flags, Action, Annotation, ErrorInfo, Message, PresenceAction, PresenceMessage, ProtocolMessage,
 };
 use tokio::sync::{mpsc, watch};
 
+use super::annotations::{self, Aggregates};
 use super::hub::{Audience, Hub};
 use super::versions::{self, Latest};
 use super::{
@@ -67,6 +68,8 @@ pub(super) struct Sequencer {
     waiting: Vec<(Attach, u64, Instant)>,
     /// The latest versions of messages changed lately.
     latest: Latest,
+    /// The annotations of messages annotated lately, folded.
+    aggregates: Aggregates,
     /// Occupancy events: what the listeners were last told, and when the next may go.
     occupancy: OccupancyFeed,
 }
@@ -100,6 +103,7 @@ impl Sequencer {
             waiting: Vec::new(),
             syncs: 0,
             latest: Latest::default(),
+            aggregates: Aggregates::default(),
             occupancy: OccupancyFeed::default(),
             context,
         })
@@ -516,14 +520,24 @@ impl Sequencer {
             self.catch_up_to(newest).await;
         }
         let (mut batch, mut shapes, mut increments) = (Vec::new(), Vec::new(), Vec::new());
+        // How many of each publish's entries are its own: the summaries its annotations make
+        // follow them, and are not answered to the publisher.
+        let mut own = Vec::new();
         for (mut p, shape) in kept.into_iter().zip(kept_shapes) {
+            let count = p.messages.len();
             match self.prepare_changes(&mut p) {
                 Ok(appended) => {
                     batch.push(p);
                     shapes.push(shape);
                     increments.push(appended);
+                    own.push(count);
                 }
-                Err(e) => p.reply.send(Err(e)),
+                Err(e) => {
+                    // What was prepared of it before the refusal is not stored.
+                    self.latest.clear();
+                    self.aggregates.clear();
+                    p.reply.send(Err(e));
+                }
             }
         }
         if batch.is_empty() {
@@ -540,8 +554,9 @@ impl Sequencer {
         let appended = match self.stream.append(drafts).await {
             Ok(appended) => appended,
             Err(e) => {
-                // Versions prepared for this batch were never stored.
+                // Versions and annotations prepared for this batch were never stored.
                 self.latest.clear();
+                self.aggregates.clear();
                 tracing::error!(channel = %self.name, error = %e, "append failed");
                 // In cluster mode a publish JetStream did not confirm may still be stored,
                 // and the client is told so; a resend with the same ids is stored once.
@@ -560,13 +575,24 @@ impl Sequencer {
         let fanout_start = std::time::Instant::now();
         let mut acks = Vec::with_capacity(batch.len());
         let mut outgoing = Vec::with_capacity(batch.len());
-        for (((p, stored), shape), mut appends) in batch
+        for ((((p, stored), shape), mut appends), own) in batch
             .into_iter()
             .zip(appended.stored)
             .zip(shapes)
             .zip(increments)
+            .zip(own)
         {
-            let Stored { mut fresh, serials } = stored;
+            let Stored {
+                mut fresh,
+                mut serials,
+            } = stored;
+            let annotated = serials.len() > own;
+            serials.truncate(own);
+            if annotated && fresh.len() < serials.len() {
+                // An annotation the log already held (a resend with the same id) was counted
+                // again; the next ones count afresh from the log.
+                self.aggregates.clear();
+            }
             let serials = with_ephemeral(serials, &shape);
             self.remember_versions(&fresh);
             // Live subscribers get an append as the increment, history the whole text.
@@ -577,18 +603,7 @@ impl Sequencer {
                     m.encoding = increment.encoding;
                 }
             }
-            if !fresh.is_empty() {
-                let message = ProtocolMessage {
-                    id: p.origin.as_ref().map(|o| o.pm_id.clone()),
-                    connection_id: p.origin.as_ref().map(|o| o.connection_id.to_string()),
-                    timestamp: Some(appended.timestamp),
-                    channel_serial: fresh.last().and_then(|m| m.position().cloned()),
-                    messages: Some(fresh),
-                    ..ProtocolMessage::for_channel(Action::Message, &self.name)
-                };
-                let origin = p.origin.as_ref().map(|o| o.connection_id.clone());
-                outgoing.push((message, Audience::Subscribers { origin }));
-            }
+            outgoing.extend(frames_for(&self.name, fresh, p.origin.as_ref()));
             acks.push((p.reply, p.received, serials));
         }
         let delivered = self.hub.broadcast_parallel(&outgoing).await;
@@ -684,7 +699,7 @@ impl Sequencer {
         let epoch = &self.stream.head().epoch;
         let newest = batch
             .iter()
-            .flat_map(|p| p.messages.iter().filter(|m| m.is_version()))
+            .flat_map(|p| p.messages.iter().filter(|m| m.refers()))
             .filter_map(|m| m.serial.as_deref().and_then(parse_serial))
             .filter(|(e, _)| e == epoch)
             .map(|(_, seq)| seq)
@@ -712,7 +727,7 @@ impl Sequencer {
         publish: &mut Publish,
     ) -> Result<std::collections::HashMap<String, Message>, ErrorInfo> {
         let mut increments = std::collections::HashMap::new();
-        if !publish.messages.iter().any(Message::is_version) {
+        if !publish.messages.iter().any(Message::refers) {
             return Ok(increments);
         }
         let head = self.stream.head().clone();
@@ -745,7 +760,67 @@ impl Sequencer {
             self.latest.set(seq, next.clone());
             *m = next;
         }
+        self.prepare_annotations(publish, &head)?;
         Ok(increments)
+    }
+
+    /// Folds each annotation of `publish` into its message's aggregate, after checking that
+    /// the message exists here (40400), and adds one `message.summary` entry per message whose
+    /// summary changed (`../shared/ably-chat.md` §5.6): several annotations of one publish
+    /// make one summary, and one that changes nothing (a second identical `distinct.v1`
+    /// reaction) makes none.
+    fn prepare_annotations(
+        &mut self,
+        publish: &mut Publish,
+        head: &crate::backend::Head,
+    ) -> Result<(), ErrorInfo> {
+        let mut changed: Vec<(u64, String)> = Vec::new();
+        let failed = |e: StoreError| {
+            tracing::error!(channel = %self.name, error = %e, "reading annotations failed");
+            ErrorInfo::new(codes::INTERNAL_CHANNEL, "the message could not be read")
+        };
+        for m in &publish.messages {
+            let Some(annotation) = Annotation::from_entry(m) else {
+                continue;
+            };
+            let serial = m.serial.clone().unwrap_or_default();
+            let seq = parse_serial(&serial)
+                .filter(|(epoch, seq)| {
+                    *epoch == head.epoch && *seq >= head.first && *seq <= head.last
+                })
+                .map(|(_, seq)| seq)
+                .ok_or_else(|| versions::unknown_message(&serial))?;
+            let stream = &self.stream;
+            let read = |q: &Query| stream.read(q);
+            if self
+                .latest
+                .get(&read, seq, head.last)
+                .map_err(failed)?
+                .is_none()
+            {
+                return Err(versions::unknown_message(&serial));
+            }
+            let aggregate = self
+                .aggregates
+                .get(&read, seq, &serial, head.last)
+                .map_err(failed)?;
+            if aggregate.apply(&annotation) && !changed.iter().any(|(s, _)| *s == seq) {
+                changed.push((seq, serial));
+            }
+        }
+        let stream = &self.stream;
+        let read = |q: &Query| stream.read(q);
+        for (seq, serial) in changed {
+            let aggregate = self
+                .aggregates
+                .get(&read, seq, &serial, head.last)
+                .map_err(failed)?;
+            let summary = aggregate.summary(self.context.summary_clip);
+            publish
+                .messages
+                .push(annotations::summary_entry(&serial, summary));
+        }
+        Ok(())
     }
 
     /// Remembers the new versions among `messages` (stored here, or committed by another
@@ -793,27 +868,17 @@ impl Sequencer {
             .map(|(_, m)| m.clone())
             .collect();
         self.remember_versions(&committed);
-        let mut outgoing: Vec<(ProtocolMessage, Audience)> = Vec::new();
-        for (_, message) in rows {
-            if let Some((last, _)) = outgoing.last_mut() {
-                let same = last.connection_id == message.connection_id;
-                if let Some(messages) = last.messages.as_mut().filter(|_| same) {
-                    last.channel_serial = message.position().cloned();
-                    last.timestamp = message.timestamp;
-                    messages.push(message);
-                    continue;
-                }
+        for (_, m) in rows
+            .iter()
+            .filter(|(_, m)| m.action == Some(Message::ANNOTATION))
+        {
+            // Another node folded it in; this one folds afresh from the log when asked.
+            if let Some((_, seq)) = m.serial.as_deref().and_then(parse_serial) {
+                self.aggregates.forget(seq);
             }
-            let origin = message.connection_id.as_deref().map(Arc::from);
-            let frame = ProtocolMessage {
-                connection_id: message.connection_id.clone(),
-                timestamp: message.timestamp,
-                channel_serial: message.position().cloned(),
-                messages: Some(vec![message]),
-                ..ProtocolMessage::for_channel(Action::Message, &self.name)
-            };
-            outgoing.push((frame, Audience::Subscribers { origin }));
         }
+        let entries = rows.into_iter().map(|(_, m)| m).collect();
+        let outgoing = frames_for(&self.name, entries, None);
         let delivered = self.hub.broadcast_parallel(&outgoing).await;
         self.context.metrics.messages_out.inc_by(delivered);
     }
@@ -1004,23 +1069,18 @@ impl Sequencer {
         } else {
             Box::new(rows.into_iter().rev())
         };
+        let annotations = subscriber.modes & flags::MODE_ANNOTATION_SUBSCRIBE != 0;
         for (_, m) in ordered {
-            if !subscriber.echo
-                && m.connection_id.as_deref() == Some(subscriber.connection_id.as_ref())
-            {
+            let own = m.connection_id.as_deref() == Some(subscriber.connection_id.as_ref());
+            let annotation = m.action == Some(Message::ANNOTATION);
+            if (!subscriber.echo && own) || (annotation && !annotations) {
                 skipped += 1;
                 continue;
             }
-            let frame = encode_frame(
-                subscriber.outbox.format(),
-                &ProtocolMessage {
-                    connection_id: m.connection_id.clone(),
-                    timestamp: m.timestamp,
-                    channel_serial: m.position().cloned(),
-                    messages: Some(vec![m]),
-                    ..ProtocolMessage::for_channel(Action::Message, &self.name)
-                },
-            );
+            let Some((message, _)) = frames_for(&self.name, vec![m], None).pop() else {
+                continue;
+            };
+            let frame = encode_frame(subscriber.outbox.format(), &message);
             bytes += frame.len();
             if bytes > budget || (resume_from.is_none() && frames.len() >= self.context.max_rewind)
             {
@@ -1098,15 +1158,74 @@ fn short_hash(name: &str) -> u64 {
     hasher.finish() & 0xffff_ffff
 }
 
+/// The frames that carry `entries` of the log (in the log's order) to subscribers: one
+/// MESSAGE per run of messages from one connection (so a subscriber with echo off is spared
+/// its own), one ANNOTATION per run of annotations from one connection for those attached
+/// with ANNOTATION_SUBSCRIBE, and one MESSAGE per run of summaries, from no connection, for
+/// every subscriber (the annotator too: it learns the new counts from it). `origin` is the
+/// realtime publisher, when the entries are one publish: its connection and ProtocolMessage
+/// id go on the frames of its own entries.
+fn frames_for(
+    channel: &str,
+    entries: Vec<Message>,
+    origin: Option<&super::Origin>,
+) -> Vec<(ProtocolMessage, Audience)> {
+    let mut out: Vec<(ProtocolMessage, Audience)> = Vec::new();
+    for m in entries {
+        let annotation = m.action == Some(Message::ANNOTATION);
+        let summary = m.action == Some(Message::SUMMARY);
+        let (connection_id, pm_id) = match origin {
+            _ if summary => (None, None),
+            Some(o) => (Some(o.connection_id.to_string()), Some(o.pm_id.clone())),
+            None => (m.connection_id.clone(), None),
+        };
+        if let Some((last, _)) = out.last_mut() {
+            let same = last.connection_id == connection_id
+                && (last.action == Action::Annotation) == annotation;
+            if same {
+                last.channel_serial = m.position().cloned();
+                last.timestamp = m.timestamp;
+                match Annotation::from_entry(&m) {
+                    Some(a) => last.annotations.get_or_insert_with(Vec::new).push(a),
+                    None => last.messages.get_or_insert_with(Vec::new).push(m),
+                }
+                continue;
+            }
+        }
+        let origin = connection_id.as_deref().map(Arc::from);
+        let mut frame = ProtocolMessage {
+            id: pm_id,
+            connection_id,
+            timestamp: m.timestamp,
+            channel_serial: m.position().cloned(),
+            ..ProtocolMessage::for_channel(Action::Message, channel)
+        };
+        let audience = match Annotation::from_entry(&m) {
+            Some(a) => {
+                frame.action = Action::Annotation;
+                frame.annotations = Some(vec![a]);
+                Audience::AnnotationSubscribers { origin }
+            }
+            None => {
+                frame.messages = Some(vec![m]);
+                Audience::Subscribers { origin }
+            }
+        };
+        out.push((frame, audience));
+    }
+    out
+}
+
 /// Whether a message is ephemeral: `extras.ephemeral` is `true` (§5.9 of
 /// `../shared/ably-chat.md`).
 fn is_ephemeral(message: &Message) -> bool {
-    message
-        .extras
-        .as_ref()
-        .and_then(|extras| extras.get("ephemeral"))
-        .and_then(serde_json::Value::as_bool)
-        == Some(true)
+    message.action != Some(Message::ANNOTATION)
+        && message
+            .extras
+            .as_ref()
+            .and_then(|extras| extras.get("ephemeral"))
+            .and_then(serde_json::Value::as_bool)
+            == Some(true)
 }
 
 /// A publish's serials in its messages' order: the stored ones' `serials`, and `None` where

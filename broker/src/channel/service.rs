@@ -11,9 +11,10 @@ use std::time::Instant;
 use futures_util::future::BoxFuture;
 use futures_util::TryFutureExt;
 use protocol::error::codes;
-use protocol::{flags, Capability, ErrorInfo, Message, Operation, PresenceMessage};
+use protocol::{flags, Annotation, Capability, ErrorInfo, Message, Operation, PresenceMessage};
 use tokio::sync::oneshot;
 
+use super::annotations;
 use super::versions::{self, Rights};
 use super::{
     validate_name, Channels, Command, ListPresence, Occupancy, Origin, Publish, PublishOutcome,
@@ -230,10 +231,14 @@ impl Channels {
         let context = self.context().clone();
         let log = request.log;
         let only = request.name.clone();
+        let clip = context.summary_clip;
         tokio::task::spawn_blocking(move || match log {
-            HistoryLog::Messages => {
-                latest_versions(&|q| context.backend.read(&name, q), query, only.as_deref())
-            }
+            HistoryLog::Messages => latest_versions(
+                &|q| context.backend.read(&name, q),
+                query,
+                only.as_deref(),
+                clip,
+            ),
             HistoryLog::Presence => context.backend.read_presence(&name, &query),
         })
         .await
@@ -251,7 +256,160 @@ impl Channels {
         serial: &str,
     ) -> Result<Message, ErrorInfo> {
         let all = self.message_versions(channel, capability, serial).await?;
-        Ok(versions::latest_of(all))
+        let mut latest = versions::latest_of(all);
+        let summary = self.aggregate(channel, serial).await?;
+        latest.annotations = Some(serde_json::json!({
+            "summary": summary.summary(self.context().summary_clip)
+        }));
+        Ok(latest)
+    }
+
+    /// The annotations of message `serial` of `channel`, folded; 40400 when the channel holds
+    /// no such message. No capability is asked: callers check theirs.
+    pub async fn aggregate(
+        &self,
+        channel: &str,
+        serial: &str,
+    ) -> Result<annotations::Aggregate, ErrorInfo> {
+        let seq = self.position_of(channel, serial)?;
+        let (name, context, serial) = (
+            channel.to_owned(),
+            self.context().clone(),
+            serial.to_owned(),
+        );
+        let read = move || {
+            annotations::aggregate(&|q| context.backend.read(&name, q), seq, &serial, u64::MAX)
+        };
+        tokio::task::spawn_blocking(read)
+            .await
+            .map_err(|_| ErrorInfo::new(codes::INTERNAL, "annotation read failed"))?
+            .map_err(ErrorInfo::from)
+    }
+
+    /// A page of the annotations of message `serial` of `channel`, oldest first, from position
+    /// `from` on (REST `GET /channels/{c}/messages/{serial}/annotations`, RSAN3), for a caller
+    /// with the `annotation-subscribe` capability; 40400 when the channel holds no such
+    /// message. Each annotation comes with its position, to page on.
+    pub async fn annotations(
+        &self,
+        channel: &str,
+        capability: &Capability,
+        serial: &str,
+        from: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Annotation)>, ErrorInfo> {
+        self.permit(
+            channel,
+            capability,
+            Operation::AnnotationSubscribe,
+            "annotation-subscribe",
+        )?;
+        // Asks that the message exists, as a message of this channel.
+        self.versions_of(channel, serial).await?;
+        let seq = self.position_of(channel, serial)?;
+        let (name, context, serial) = (
+            channel.to_owned(),
+            self.context().clone(),
+            serial.to_owned(),
+        );
+        let from = from.unwrap_or(seq + 1).max(seq + 1);
+        let read = move || {
+            annotations::list(
+                &|q| context.backend.read(&name, q),
+                &serial,
+                from,
+                u64::MAX,
+                limit,
+            )
+        };
+        tokio::task::spawn_blocking(read)
+            .await
+            .map_err(|_| ErrorInfo::new(codes::INTERNAL, "annotation read failed"))?
+            .map_err(ErrorInfo::from)
+    }
+
+    /// Every check of an annotation publish, realtime or REST (RTAN1, RSAN1): the name, the
+    /// `annotation-publish` capability, the ANNOTATION_PUBLISH mode of the publisher's
+    /// attachment, each annotation's type, action, name and count ([`annotations::validate`]),
+    /// its clientId (§8.6) and size; then each becomes an entry of the log for the sequencer,
+    /// which checks that the annotated message exists.
+    pub fn check_annotations(
+        &self,
+        channel: String,
+        annotations: Vec<Annotation>,
+        publisher: Publisher<'_>,
+    ) -> Result<CheckedPublish, ErrorInfo> {
+        self.permit(
+            &channel,
+            publisher.capability,
+            Operation::AnnotationPublish,
+            "annotation-publish",
+        )?;
+        if publisher
+            .attached_modes
+            .is_some_and(|modes| modes & flags::MODE_ANNOTATION_PUBLISH == 0)
+        {
+            return Err(mode_not_attached(&channel, "annotation-publish"));
+        }
+        if annotations.is_empty() {
+            return Err(ErrorInfo::new(
+                codes::BAD_REQUEST,
+                "no annotations to publish",
+            ));
+        }
+        let mut size = 0;
+        let mut app_ids = false;
+        let mut entries = Vec::with_capacity(annotations.len());
+        for (index, mut a) in annotations.into_iter().enumerate() {
+            strip_server_fields(&mut a.extras);
+            a.normalise_data()?;
+            size += a.size();
+            a.client_id = publisher
+                .identity
+                .message_client_id(a.client_id.as_deref())?;
+            annotations::validate(&a)?;
+            match &a.id {
+                Some(id) if !id.is_empty() => app_ids = true,
+                _ => {
+                    let mut id = String::with_capacity(publisher.id_base.len() + 4);
+                    id.push_str(&publisher.id_base);
+                    id.push(':');
+                    push_decimal(&mut id, index as u64, 0);
+                    a.id = Some(id);
+                }
+            }
+            a.connection_id = publisher.connection_id.as_deref().map(str::to_owned);
+            a.serial = None;
+            a.timestamp = None;
+            entries.push(a.into_entry());
+        }
+        let max_size = self.context().max_message_size;
+        if size > max_size {
+            return Err(ErrorInfo::new(
+                codes::MESSAGE_TOO_LARGE,
+                format!("annotation size {size} exceeds maxMessageSize {max_size}"),
+            ));
+        }
+        let origin = publisher.connection_id.map(|connection_id| Origin {
+            connection_id,
+            pm_id: publisher.id_base,
+        });
+        Ok(CheckedPublish {
+            channel,
+            messages: entries,
+            app_ids,
+            origin,
+            rights: Rights::default(),
+        })
+    }
+
+    /// The position of `serial` in `channel`'s log; 40400 for a serial of another epoch.
+    fn position_of(&self, channel: &str, serial: &str) -> Result<u64, ErrorInfo> {
+        let epoch = self.context().backend.epoch(channel);
+        parse_serial(serial)
+            .filter(|(e, _)| *e == epoch)
+            .map(|(_, seq)| seq)
+            .ok_or_else(|| versions::unknown_message(serial))
     }
 
     /// Every version of message `serial` of `channel`, the original first (RSL14, `GET
@@ -275,11 +433,7 @@ impl Channels {
     }
 
     async fn versions_of(&self, channel: &str, serial: &str) -> Result<Vec<Message>, ErrorInfo> {
-        let epoch = self.context().backend.epoch(channel).to_owned();
-        let seq = parse_serial(serial)
-            .filter(|(e, _)| *e == epoch)
-            .map(|(_, seq)| seq)
-            .ok_or_else(|| versions::unknown_message(serial))?;
+        let seq = self.position_of(channel, serial)?;
         let (name, context) = (channel.to_owned(), self.context().clone());
         let read = move || versions::versions(&|q| context.backend.read(&name, q), seq, u64::MAX);
         tokio::task::spawn_blocking(read)
@@ -450,12 +604,14 @@ pub fn stamp(
 }
 
 /// History's page of `query` (§5.8 of `../shared/ably-chat.md`): the log's new messages (of
-/// name `only`, when given) in their latest versions, leaving the changes out, as many as
-/// `query.limit` while the log has them.
+/// name `only`, when given) in their latest versions with their annotations' summaries
+/// (client lists cut at `clip`), leaving the changes, summaries and annotations out, as many
+/// as `query.limit` while the log has them.
 fn latest_versions(
     read: versions::Reader<'_>,
     mut query: Query,
     only: Option<&str>,
+    clip: usize,
 ) -> Result<Vec<(u64, Message)>, crate::store::StoreError> {
     let limit = query.limit;
     let mut page = Vec::new();
@@ -464,7 +620,7 @@ fn latest_versions(
         let more = rows.len() == query.limit;
         let Some(&(last, _)) = rows.last() else { break };
         page.extend(rows.into_iter().filter(|(_, m)| {
-            !m.is_version() && only.is_none_or(|name| m.name.as_deref() == Some(name))
+            !m.refers() && only.is_none_or(|name| m.name.as_deref() == Some(name))
         }));
         if page.len() >= limit || !more {
             break;
@@ -477,7 +633,7 @@ fn latest_versions(
         query.limit = limit - page.len();
     }
     page.truncate(limit);
-    versions::fold(read, page, u64::MAX)
+    versions::fold(read, page, u64::MAX, clip)
 }
 
 /// Whether a message is a change to an earlier one (`action` 1, 2 or 5 with the original's

@@ -11,7 +11,10 @@
 use std::collections::{BTreeSet, HashMap};
 
 use protocol::error::codes;
-use protocol::{Data, ErrorInfo, Message, MessageVersion};
+use protocol::{Annotation, Data, ErrorInfo, Message, MessageVersion};
+use serde_json::json;
+
+use super::annotations::Aggregate;
 
 use crate::store::{Direction, Query, StoreError};
 
@@ -147,7 +150,7 @@ pub fn apply(latest: &Message, change: Message) -> Result<(Message, Option<Messa
 }
 
 /// Reads `channel`'s entries `from..=to` forwards in chunks, handing each to `visit`.
-fn scan(
+pub(super) fn scan(
     read: Reader<'_>,
     from: u64,
     to: u64,
@@ -193,7 +196,7 @@ pub fn versions(read: Reader<'_>, seq: u64, last: u64) -> Result<Option<Vec<Mess
     let Some((_, original)) = original
         .into_iter()
         .next()
-        .filter(|(s, m)| *s == seq && !m.is_version())
+        .filter(|(s, m)| *s == seq && !m.refers())
     else {
         return Ok(None);
     };
@@ -216,15 +219,17 @@ pub fn latest_of(mut versions: Vec<Message>) -> Message {
     latest
 }
 
-/// History's view of a page read from the log (§5.8): changes are left out, and each new
-/// message is shown in its latest version at its own place. `last` is the channel's newest
+/// History's view of a page read from the log (§5.8): changes, summaries and annotations are
+/// left out, and each new message is shown in its latest version at its own place, with the
+/// summary of its annotations (client lists cut at `clip`). `last` is the channel's newest
 /// position, up to which the changes are looked for.
 pub fn fold(
     read: Reader<'_>,
     rows: Vec<(u64, Message)>,
     last: u64,
+    clip: usize,
 ) -> Result<Vec<(u64, Message)>, StoreError> {
-    let rows: Vec<(u64, Message)> = rows.into_iter().filter(|(_, m)| !m.is_version()).collect();
+    let rows: Vec<(u64, Message)> = rows.into_iter().filter(|(_, m)| !m.refers()).collect();
     let Some(first) = rows.iter().map(|(seq, _)| *seq).min() else {
         return Ok(rows);
     };
@@ -233,24 +238,36 @@ pub fn fold(
         .filter_map(|(_, m)| m.serial.as_deref())
         .collect();
     let mut newest: HashMap<String, Message> = HashMap::new();
+    let mut annotated: HashMap<String, Aggregate> = HashMap::new();
     scan(read, first + 1, last, |_, m| {
+        let Some(serial) = m.serial.as_deref().filter(|s| wanted.contains(s)) else {
+            return;
+        };
         if m.is_version() {
-            if let Some(serial) = m.serial.as_deref().filter(|s| wanted.contains(s)) {
-                newest.insert(serial.to_owned(), m);
-            }
+            newest.insert(serial.to_owned(), m);
+        } else if let Some(annotation) = Annotation::from_entry(&m) {
+            annotated
+                .entry(serial.to_owned())
+                .or_default()
+                .apply(&annotation);
         }
     })?;
     Ok(rows
         .into_iter()
-        .map(
-            |(seq, original)| match original.serial.as_ref().and_then(|s| newest.remove(s)) {
+        .map(|(seq, original)| {
+            let serial = original.serial.clone().unwrap_or_default();
+            let mut shown = match newest.remove(&serial) {
                 Some(mut latest) => {
                     latest.timestamp = original.timestamp;
-                    (seq, latest)
+                    latest
                 }
-                None => (seq, original),
-            },
-        )
+                None => original,
+            };
+            if let Some(aggregate) = annotated.remove(&serial) {
+                shown.annotations = Some(json!({ "summary": aggregate.summary(clip) }));
+            }
+            (seq, shown)
+        })
         .collect())
 }
 
@@ -424,7 +441,7 @@ mod tests {
                 .cloned()
                 .collect())
         };
-        let page = fold(&read, log.clone(), 4).unwrap();
+        let page = fold(&read, log.clone(), 4, 100).unwrap();
         let seen: Vec<(u64, &str, Option<i64>)> = page
             .iter()
             .map(|(s, m)| (*s, text(m), m.timestamp))

@@ -1,16 +1,18 @@
 //! The `@ably/chat` REST API, `/chat/v4/rooms/{room}/…` (`../shared/ably-chat.md` §5.4, routes
-//! R1–R6 and R10): send, list, get, edit and delete chat messages, their versions, and the
+//! R1–R10): send, list, get, edit and delete chat messages, their versions, and the
 //! room's occupancy. Room `X` is the channel `X::$chat`; every operation goes through the
 //! channel service like a pub/sub REST request (names, capabilities, edit rights, sequencing),
 //! so this module only turns chat bodies into channel messages and messages into the
-//! `RestMessage` shape the Chat SDK reads. Message reactions (R7–R9) are not served here yet.
+//! `RestMessage` shape the Chat SDK reads. Message reactions (R7–R9) are annotations of type
+//! `reaction:<unique|distinct|multiple>.v1` (§5.6), published and read through the channel
+//! service like the pub/sub annotation routes.
 
 use bytes::Bytes;
 use hyper::http::request::Parts;
 use hyper::{Method, StatusCode};
 use protocol::codec::decode_value;
 use protocol::error::codes;
-use protocol::{Data, ErrorInfo, Message, MessageVersion};
+use protocol::{Annotation, Data, ErrorInfo, Message, MessageVersion, Operation};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -86,6 +88,51 @@ pub async fn route(
             change_message(broker, parts, &channel, serial, change, negotiated).await
         }
         (&Method::GET, ["occupancy"]) => occupancy(broker, parts, &channel, negotiated).await,
+        (&Method::POST, ["messages", serial, "reactions"]) => {
+            let reaction: Reaction = read_body(parts, body)?;
+            let annotation = reaction_annotation(&reaction.kind, reaction.name, reaction.count)?;
+            react(broker, parts, &channel, serial, annotation, negotiated).await
+        }
+        (&Method::DELETE, ["messages", serial, "reactions"]) => {
+            let get = |name: &str| {
+                query
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            };
+            let kind = get("type").unwrap_or_default();
+            let mut annotation = reaction_annotation(&kind, get("name"), None)?;
+            annotation.action = Some(Annotation::DELETE);
+            react(broker, parts, &channel, serial, annotation, negotiated).await
+        }
+        (&Method::GET, ["messages", serial, "client-reactions"]) => {
+            let serial = decoded(serial)?;
+            let (grant, identity) = authenticate(broker, parts).await?;
+            let channels = &broker.channels;
+            channels.permit(
+                &channel,
+                &grant.capability,
+                Operation::Subscribe,
+                "subscribe",
+            )?;
+            let client = query
+                .iter()
+                .find(|(k, _)| k == "forClientId")
+                .map(|(_, v)| v.clone())
+                .or_else(|| identity.default.clone())
+                .ok_or_else(|| {
+                    ErrorInfo::new(
+                        codes::INVALID_CLIENT_ID,
+                        "client-reactions needs forClientId or an identified caller",
+                    )
+                })?;
+            // Asks that the message exists, as a message of this channel.
+            channels.own_change(&channel, &serial).await?;
+            let aggregate = channels.aggregate(&channel, &serial).await?;
+            let clip = channels.context().summary_clip;
+            let summary = aggregate.summary_for(&client, clip);
+            Ok(negotiated.ok(StatusCode::OK, &reactions(&summary), Vec::new()))
+        }
         _ => Err(ErrorInfo::new(
             codes::NOT_FOUND,
             format!("no route for {} {}", parts.method, parts.uri.path()),
@@ -111,6 +158,81 @@ struct Edit {
     description: Option<String>,
     #[serde(default)]
     metadata: Option<Map<String, Value>>,
+}
+
+/// The body of R7, `POST …/messages/{serial}/reactions`.
+#[derive(Deserialize)]
+struct Reaction {
+    #[serde(rename = "type")]
+    kind: String,
+    name: Option<String>,
+    #[serde(default)]
+    count: Option<u64>,
+}
+
+/// The annotation a message reaction of chat type `kind` (`unique`, `distinct` or
+/// `multiple`) is: type `reaction:<kind>.v1` (§5.6); 40003 for another type, or a count on a
+/// type other than `multiple`.
+fn reaction_annotation(
+    kind: &str,
+    name: Option<String>,
+    count: Option<u64>,
+) -> Result<Annotation, ErrorInfo> {
+    if !matches!(kind, "unique" | "distinct" | "multiple") {
+        return Err(ErrorInfo::new(
+            codes::INVALID_PARAMETER,
+            format!("reaction type {kind:?}: use unique, distinct or multiple"),
+        ));
+    }
+    Ok(Annotation {
+        kind: Some(format!("reaction:{kind}.v1")),
+        action: Some(Annotation::CREATE),
+        name,
+        count,
+        ..Annotation::default()
+    })
+}
+
+/// R7 and R8: publishes the reaction `annotation` of message `serial` as the caller; answers
+/// `{"serial": <the annotation's serial>}`, 201 for a new reaction and 200 for a removal.
+async fn react(
+    broker: &Broker,
+    parts: &Parts,
+    channel: &str,
+    serial: &str,
+    mut annotation: Annotation,
+    negotiated: &Negotiated,
+) -> Result<HttpResponse, ErrorInfo> {
+    let serial = decoded(serial)?;
+    let (grant, identity) = authenticate(broker, parts).await?;
+    annotation.message_serial = Some(serial);
+    let status = if annotation.action == Some(Annotation::DELETE) {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let serials = super::annotations::publish_annotations(
+        broker,
+        channel,
+        vec![annotation],
+        &identity,
+        &grant.capability,
+    )
+    .await?;
+    let serial = serials.into_iter().next().flatten();
+    Ok(negotiated.ok(status, &json!({ "serial": serial }), Vec::new()))
+}
+
+/// A summary (`{type: entry}`) as chat's `reactions`: the entries of the `reaction:*.v1`
+/// types under `unique`, `distinct` and `multiple`, each `{}` when there are none.
+fn reactions(summary: &Map<String, Value>) -> Value {
+    let of = |kind: &str| {
+        summary
+            .get(&format!("reaction:{kind}.v1"))
+            .cloned()
+            .unwrap_or_else(|| json!({}))
+    };
+    json!({"unique": of("unique"), "distinct": of("distinct"), "multiple": of("multiple")})
 }
 
 /// The body of R5, `POST …/messages/{serial}/delete`.
@@ -288,8 +410,8 @@ async fn occupancy(
 
 /// A channel message as the Chat SDK's `RestMessage` (`src/core/rest-types.ts`, §5.4):
 /// `text` and `metadata` from the data, `headers` and `userClaim` from `extras`, `action` as
-/// its string, `version` (a create's own serial and timestamp) and empty `reactions`, since
-/// annotations are not built. `metadata` and `headers` are always objects. `timestamp` is the
+/// its string, `version` (a create's own serial and timestamp) and `reactions` from the
+/// summary of its annotations (empty where it has none). `metadata` and `headers` are always objects. `timestamp` is the
 /// creation time: `created` when given (a stored change carries its own time, which goes into
 /// `version.timestamp`), else the message's.
 fn rest_message(message: &Message, created: Option<i64>) -> Value {
@@ -311,6 +433,13 @@ fn rest_message(message: &Message, created: Option<i64>) -> Value {
         Some(Message::DELETE) => "message.delete",
         _ => "message.create",
     };
+    let summary = message
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("summary"))
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
     let version = message.version.clone().unwrap_or_default();
     let mut version_json = Map::new();
     version_json.insert(
@@ -339,7 +468,7 @@ fn rest_message(message: &Message, created: Option<i64>) -> Value {
         "action": action,
         "version": version_json,
         "timestamp": created.or(message.timestamp),
-        "reactions": {"unique": {}, "distinct": {}, "multiple": {}},
+        "reactions": reactions(&summary),
     });
     if let Some(claim) = extras
         .and_then(|e| e.get("userClaim"))

@@ -1,7 +1,8 @@
 //! The one port's HTTP side: routing, the WebSocket upgrade on `/` (§4.1), and the REST
-//! endpoints of §9 in [`rest`], the `@ably/chat` REST API in [`chat`]. Request bodies are
-//! capped at `maxFrameSize`.
+//! endpoints of §9 in [`rest`] (annotations in [`annotations`]), the `@ably/chat` REST API in
+//! [`chat`]. Request bodies are capped at `maxFrameSize`.
 
+pub mod annotations;
 pub mod chat;
 pub mod response;
 pub mod rest;

@@ -16,6 +16,7 @@ use protocol::error::codes;
 use protocol::{Capability, ErrorInfo, Format, Message};
 use serde::{Deserialize, Serialize};
 
+use super::annotations;
 use super::response::{HttpResponse, Negotiated};
 use crate::auth::{now_ms, ClientIdClaim, Credential, Grant, Identity, TokenRequest};
 use crate::backend::presence::from_record;
@@ -109,6 +110,14 @@ pub async fn route(
                     }
                     (&Method::GET, ["messages", serial]) => {
                         get_message(broker, parts, &channel, serial, negotiated, false).await
+                    }
+                    (&Method::POST, ["messages", serial, "annotations"]) => {
+                        let body = &body;
+                        annotations::publish(broker, parts, &channel, serial, body, negotiated)
+                            .await
+                    }
+                    (&Method::GET, ["messages", serial, "annotations"]) => {
+                        annotations::list(broker, parts, &channel, serial, query, negotiated).await
                     }
                     (&Method::GET, ["messages", serial, "versions"]) => {
                         get_message(broker, parts, &channel, serial, negotiated, true).await
