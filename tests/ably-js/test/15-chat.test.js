@@ -13,8 +13,9 @@
 // events (`[meta]occupancy` for the `occupancy: metrics` attach param that
 // `occupancy: { enableEvents: true }` sends) reach a room's `occupancy.subscribe()`. Typing
 // and room reactions are ephemeral (`extras.ephemeral`): never in history or a rewind. The
-// Chat SDK is granted the ANNOTATION_PUBLISH mode it asks for (message reactions themselves,
-// which need annotations, are not built yet).
+// Chat SDK is granted the ANNOTATION_PUBLISH mode it asks for; message reactions (`…/reactions`,
+// annotations of type `reaction:<unique|distinct|multiple>.v1`, §5.6) add up in the summaries
+// both users' `reactions.subscribe()` get, and in get(), history() and clientReactions().
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
@@ -308,6 +309,56 @@ describe('@ably/chat', () => {
       const { roomA } = await aliceAndBob(ctx, format, uniqueChannel('chat-annotations'));
       const granted = grantedModes(roomA);
       assert.ok(granted.includes('annotation_publish'), `annotation_publish granted (got ${granted})`);
+    }));
+
+    test(`[${format.name}] message reactions add up in summaries both users see; get(), history() and clientReactions() read them back`, withCtx(() => broker, async (ctx) => {
+      const name = uniqueChannel('chat-reactions');
+      const { roomA, roomB } = await aliceAndBob(ctx, format, name, undefined, CHAT_USER);
+      const atAlice = collector('reaction summaries');
+      roomA.messages.reactions.subscribe(atAlice.listener);
+      const sent = await withTimeout(roomA.messages.send({ text: 'react to me' }), T.event, 'messages.send()');
+      const reactions = (who, room) => ({
+        send: (params) => withTimeout(room.messages.reactions.send(sent.serial, params), T.event, `${who} reactions.send()`),
+        delete: (params) => withTimeout(room.messages.reactions.delete(sent.serial, params), T.event, `${who} reactions.delete()`),
+      });
+      const [byAlice, byBob] = [reactions('alice', roomA), reactions('bob', roomB)];
+      await byBob.send({ type: 'distinct', name: '👍' });
+      await byAlice.send({ type: 'distinct', name: '👍' });
+      await byAlice.send({ type: 'unique', name: '❤️' });
+      await byBob.send({ type: 'multiple', name: '🎉', count: 2 });
+      await byBob.send({ type: 'multiple', name: '🎉' });
+      const all = await atAlice.waitForMatch(
+        (e) => e.reactions.multiple['🎉']?.total === 3 && e.reactions.unique['❤️'],
+        'a summary with every reaction',
+      );
+      assert.equal(all.messageSerial, sent.serial, 'the summary names the message');
+      assert.deepEqual(all.reactions.distinct['👍'], { total: 2, clientIds: ['bob', 'alice'], clipped: false });
+      assert.deepEqual(all.reactions.unique['❤️'].clientIds, ['alice']);
+      assert.deepEqual(all.reactions.multiple['🎉'].clientIds, { bob: 3 });
+
+      // unique.v1: a second unique reaction moves alice's.
+      await byAlice.send({ type: 'unique', name: '😂' });
+      const moved = await atAlice.waitForMatch((e) => e.reactions.unique['😂'], 'the summary after the move');
+      assert.equal(moved.reactions.unique['❤️'], undefined, 'a client holds one unique reaction');
+
+      const mine = await withTimeout(roomB.messages.reactions.clientReactions(sent.serial), T.event, 'bob clientReactions()');
+      assert.deepEqual(mine.distinct['👍'], { total: 2, clientIds: ['bob'], clipped: true }, "bob's own, with the whole total");
+      assert.deepEqual(mine.unique, {}, 'bob holds no unique reaction');
+
+      await byBob.delete({ type: 'distinct', name: '👍' });
+      const removed = await atAlice.waitForMatch(
+        // The first summary had bob alone: this one has alice alone.
+        (e) => e.reactions.distinct['👍']?.total === 1 && e.reactions.distinct['👍'].clientIds[0] === 'alice',
+        'the summary after bob took his 👍 back',
+      );
+      assert.deepEqual(removed.reactions.distinct['👍'].clientIds, ['alice']);
+
+      const got = await withTimeout(roomB.messages.get(sent.serial), T.event, 'messages.get()');
+      assert.deepEqual(got.reactions.distinct['👍'].clientIds, ['alice'], 'get() carries the reactions');
+      assert.equal(got.reactions.multiple['🎉'].total, 3);
+      const page = await withTimeout(roomB.messages.history({ limit: 10 }), T.event, 'messages.history()');
+      assert.equal(page.items.length, 1, 'reactions are no messages');
+      assert.deepEqual(page.items[0].reactions.unique['😂'].clientIds, ['alice'], 'history carries the reactions');
     }));
 
     test(`[${format.name}] typing and room reactions stay out of history and rewind`, withCtx(() => broker, async (ctx) => {
