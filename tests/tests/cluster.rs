@@ -808,3 +808,81 @@ async fn an_edit_on_one_node_is_the_edit_everywhere() {
         assert_eq!(stored[0]["data"], "final");
     }
 }
+
+/// Annotations made on two nodes (ably-chat.md §5.6) add up everywhere: each node's
+/// subscribers get the raw annotations and the summaries, the second node's summary counts
+/// the first node's annotation, and history on each node carries the whole summary.
+#[tokio::test]
+async fn annotations_on_two_nodes_add_up_everywhere() {
+    let nats = NatsCluster::start(1).await;
+    let (one, two) = (node(&nats).await, node(&nats).await);
+    let (mut far, _) = two.connect_key("json").await;
+    far.send(&ProtocolMessage {
+        flags: Some(protocol::flags::MODE_SUBSCRIBE | protocol::flags::MODE_ANNOTATION_SUBSCRIBE),
+        ..ProtocolMessage::for_channel(Action::Attach, "liked")
+    })
+    .await;
+    far.expect(Action::Attached).await;
+    let (mut author, _) = one.connect_key("json").await;
+    author.publish("liked", 0, "photo").await;
+    let serial = author.expect(Action::Ack).await.res.unwrap()[0].serials[0]
+        .clone()
+        .unwrap();
+    assert_eq!(texts(&far.expect(Action::Message).await), ["photo"]);
+    let like = |msg_serial, client: &str| ProtocolMessage {
+        msg_serial: Some(msg_serial),
+        annotations: Some(vec![protocol::Annotation {
+            message_serial: Some(serial.clone()),
+            kind: Some("like:distinct.v1".into()),
+            name: Some("👍".into()),
+            client_id: Some(client.into()),
+            ..Default::default()
+        }]),
+        ..ProtocolMessage::for_channel(Action::Annotation, "liked")
+    };
+    // The test key allows any clientId: each annotation names its own.
+    author.send(&like(1, "ann")).await;
+    author.expect_acks(1).await;
+    // Node two holds ann's annotation before bob's is made there: a summary counts what its
+    // node has seen (concurrent annotations on two nodes are a documented limit).
+    assert_eq!(
+        far.expect(Action::Annotation)
+            .await
+            .annotations
+            .unwrap()
+            .len(),
+        1
+    );
+    far.expect(Action::Message).await;
+    let (mut near, _) = two.connect_key("msgpack").await;
+    near.send(&like(0, "bob")).await;
+    near.expect_acks(1).await;
+    let mut clients = Vec::new();
+    while clients.len() < 2 {
+        let frame = far.next().await.expect("open");
+        if frame.action == Action::Annotation {
+            continue;
+        }
+        let m = &frame.messages.unwrap()[0];
+        assert_eq!(m.action, Some(protocol::Message::SUMMARY), "{m:?}");
+        clients = m.annotations.as_ref().unwrap()["summary"]["like:distinct.v1"]["👍"]["clientIds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_owned())
+            .collect();
+    }
+    assert_eq!(
+        clients,
+        ["ann", "bob"],
+        "node two's summary counts node one's"
+    );
+    for broker in [&one, &two] {
+        let stored = history(broker, "liked", "").await;
+        assert_eq!(stored.len(), 1, "{stored:?}");
+        assert_eq!(
+            stored[0]["annotations"]["summary"]["like:distinct.v1"]["👍"]["total"],
+            2
+        );
+    }
+}
