@@ -372,6 +372,40 @@ async fn edit_delete_and_versions_keep_to_the_own_rights() {
         assert_eq!(versions[1], edited);
         assert_eq!(versions[2], deleted);
     }
+    // R6 in pages: the Link names where the next page starts.
+    let (status, link, first) = call(
+        &broker,
+        Wire::Json,
+        &user("reader"),
+        reqwest::Method::GET,
+        room,
+        &format!("/messages/{serial}/versions?limit=2"),
+        None,
+    )
+    .await;
+    assert_eq!((status, first.as_array().map(Vec::len)), (200, Some(2)));
+    let link = link.expect("a next page");
+    let next = link
+        .split(['<', '>'])
+        .nth(1)
+        .and_then(|l| l.strip_prefix("./versions"))
+        .expect("a relative link");
+    let (_, link, rest) = call(
+        &broker,
+        Wire::Msgpack,
+        &user("reader"),
+        reqwest::Method::GET,
+        room,
+        &format!("/messages/{serial}/versions{next}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        rest,
+        json!([deleted]),
+        "the last version on the second page"
+    );
+    assert_eq!(link, None, "no page after it");
     let (status, _, latest) = call(
         &broker,
         Wire::Json,

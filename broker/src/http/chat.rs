@@ -55,8 +55,9 @@ pub async fn route(
                 .message_versions(&channel, &grant.capability, &serial)
                 .await?;
             let created = versions.first().and_then(|m| m.timestamp);
-            let items: Vec<Value> = versions.iter().map(|m| rest_message(m, created)).collect();
-            Ok(negotiated.ok(StatusCode::OK, &items, Vec::new()))
+            let (page, link) = super::rest::versions_page(versions, query)?;
+            let items: Vec<Value> = page.iter().map(|m| rest_message(m, created)).collect();
+            Ok(negotiated.ok(StatusCode::OK, &items, link.into_iter().collect()))
         }
         (&Method::PUT, ["messages", serial]) => {
             let edit: Edit = read_body(parts, body)?;

@@ -109,7 +109,7 @@ pub async fn route(
                         update_message(broker, parts, &channel, serial, &body, negotiated).await
                     }
                     (&Method::GET, ["messages", serial]) => {
-                        get_message(broker, parts, &channel, serial, negotiated, false).await
+                        get_message(broker, parts, &channel, serial, negotiated, None).await
                     }
                     (&Method::POST, ["messages", serial, "annotations"]) => {
                         let body = &body;
@@ -120,7 +120,8 @@ pub async fn route(
                         annotations::list(broker, parts, &channel, serial, query, negotiated).await
                     }
                     (&Method::GET, ["messages", serial, "versions"]) => {
-                        get_message(broker, parts, &channel, serial, negotiated, true).await
+                        let versions = Some(query);
+                        get_message(broker, parts, &channel, serial, negotiated, versions).await
                     }
                     (&Method::GET, ["messages"]) => {
                         history(
@@ -490,22 +491,27 @@ async fn update_message(
 }
 
 /// `GET /channels/{name}/messages/{serial}` (RSL11): the message in its latest version; with
-/// `versions`, `…/{serial}/versions` (RSL14): every version, the original first.
+/// `versions` (its query), `…/{serial}/versions` (RSL14): a page of the versions, the original
+/// first (see [`versions_page`]).
 async fn get_message(
     broker: &Broker,
     parts: &Parts,
     channel: &str,
     serial: &str,
     negotiated: &Negotiated,
-    versions: bool,
+    versions: Option<&[(String, String)]>,
 ) -> Result<HttpResponse, ErrorInfo> {
     let serial = decoded(serial)?;
     let (grant, _) = authenticate(broker, parts).await?;
     let channels = &broker.channels;
-    let messages = if versions {
-        channels
+    let mut headers = Vec::new();
+    let messages = if let Some(query) = versions {
+        let all = channels
             .message_versions(channel, &grant.capability, &serial)
-            .await?
+            .await?;
+        let (page, link) = versions_page(all, query)?;
+        headers.extend(link);
+        page
     } else {
         vec![
             channels
@@ -517,11 +523,61 @@ async fn get_message(
         messages: Some(messages),
         ..Default::default()
     };
-    if versions {
-        respond_page(negotiated, page, Vec::new())
+    if versions.is_some() {
+        respond_page(negotiated, page, headers)
     } else {
         respond_one(negotiated, page)
     }
+}
+
+/// The page of `versions` (a message's, oldest first) that `query` asks for: from the version
+/// at position `cursor` on (the start when absent), `limit` of them (default 100, at most
+/// 1000), and the `Link` to the next page when there is one.
+pub(super) fn versions_page(
+    versions: Vec<Message>,
+    query: &[(String, String)],
+) -> Result<(Vec<Message>, Option<(HeaderName, String)>), ErrorInfo> {
+    let get = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let limit = match get("limit").map(str::parse::<usize>) {
+        None => DEFAULT_LIMIT,
+        Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
+        Some(_) => {
+            return Err(ErrorInfo::new(
+                codes::INVALID_PARAMETER,
+                "invalid limit: it must be between 1 and 1000",
+            ))
+        }
+    };
+    let cursor = match get("cursor").map(str::parse::<u64>) {
+        None => 0,
+        Some(Ok(c)) => c,
+        Some(Err(_)) => return Err(ErrorInfo::new(codes::INVALID_PARAMETER, "invalid cursor")),
+    };
+    let position = |m: &Message| {
+        m.position()
+            .and_then(|p| crate::store::parse_serial(p))
+            .map_or(0, |(_, seq)| seq)
+    };
+    let mut page: Vec<Message> = versions
+        .into_iter()
+        .filter(|m| position(m) >= cursor)
+        .take(limit + 1)
+        .collect();
+    let mut link = None;
+    if page.len() > limit {
+        let next = position(&page[limit]);
+        page.truncate(limit);
+        link = Some((
+            HeaderName::from_static("link"),
+            format!("<./versions?limit={limit}&cursor={next}>; rel=\"next\""),
+        ));
+    }
+    Ok((page, link))
 }
 
 /// A path segment, percent-decoded (serials are sent URL-encoded).
