@@ -530,13 +530,16 @@ async fn get_message(
     }
 }
 
+/// A response header.
+type Header = (HeaderName, String);
+
 /// The page of `versions` (a message's, oldest first) that `query` asks for: from the version
 /// at position `cursor` on (the start when absent), `limit` of them (default 100, at most
 /// 1000), and the `Link` to the next page when there is one.
 pub(super) fn versions_page(
     versions: Vec<Message>,
     query: &[(String, String)],
-) -> Result<(Vec<Message>, Option<(HeaderName, String)>), ErrorInfo> {
+) -> Result<(Vec<Message>, Option<Header>), ErrorInfo> {
     let get = |name: &str| {
         query
             .iter()
