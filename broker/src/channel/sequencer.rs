@@ -1100,7 +1100,7 @@ fn short_hash(name: &str) -> u64 {
 
 /// Whether a message is ephemeral: `extras.ephemeral` is `true` (§5.9 of
 /// `../shared/ably-chat.md`).
-fn is_ephemeral(message: &Message) -> bool {
+pub(crate) fn is_ephemeral(message: &Message) -> bool {
     message
         .extras
         .as_ref()
