@@ -3,7 +3,8 @@
 //! publishes as they will be stored; a rejection NACKs (realtime) or answers 422 (REST, chat)
 //! with the endpoint's code and `detail` and stores nothing; an endpoint that does not answer
 //! fails open or closed as configured; ephemeral messages and unfiltered channels skip it; and
-//! a connection's publishes are stored in msgSerial order however long each review takes.
+//! a connection's publishes are stored in msgSerial order however long each review takes, a
+//! resume and resend included.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -437,4 +438,50 @@ async fn a_later_publish_does_not_overtake_an_earlier_one_under_a_slower_review(
     let second = subscriber.expect(Action::Message).await;
     assert_eq!([texts(&first), texts(&second)], [["slow"], ["fast"]]);
     assert_eq!(stored(&broker, "mod:order").await, ["slow", "fast"]);
+}
+
+#[tokio::test]
+async fn a_publish_resent_on_resume_while_under_review_is_reviewed_and_stored_once() {
+    let (release, released) = watch::channel(false);
+    let mut endpoint = Endpoint::start(move |review: Value| -> Answer {
+        let mut released = released.clone();
+        Box::pin(async move {
+            if review["messages"][0]["data"] == "held" {
+                let _ = released.wait_for(|go| *go).await;
+            }
+            (200, json!({"action": "accept"}))
+        })
+    })
+    .await;
+    let broker = broker_with(&endpoint.url, OnFailure::Reject, 60_000).await;
+    let (mut publisher, connected) = broker.connect_key("json").await;
+    let key = connected.connection_key.expect("a connectionKey");
+    publisher
+        .send(&message("mod:resent", 0, "held", None))
+        .await;
+    assert_eq!(endpoint.next().await["body"]["messages"][0]["data"], "held");
+    publisher.drop_abruptly();
+
+    let query = format!(
+        "key={}&format=json&resume={}",
+        urlencode(tests::KEY),
+        urlencode(&key)
+    );
+    let mut resumed = broker.connect(&query).await;
+    let again = resumed.expect(Action::Connected).await;
+    assert_eq!(
+        again.connection_id, connected.connection_id,
+        "the same connection"
+    );
+    resumed.send(&message("mod:resent", 0, "held", None)).await;
+    resumed.send(&message("mod:resent", 1, "after", None)).await;
+    // The resend waits for the review under way instead of asking again; the next publish is
+    // reviewed and waits for its turn.
+    assert_eq!(
+        endpoint.next().await["body"]["messages"][0]["data"],
+        "after"
+    );
+    release.send(true).expect("the endpoint waits");
+    resumed.expect_acks(2).await;
+    assert_eq!(stored(&broker, "mod:resent").await, ["held", "after"]);
 }
