@@ -47,7 +47,8 @@ pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
         .check_publish(channel, messages, publisher);
     match checked {
         Ok(publish) => {
-            let review = (conn.broker.moderation.clone()).filter(|m| m.applies(&publish));
+            let moderation = conn.broker.moderation.as_ref();
+            let review = moderation.filter(|m| m.applies(&publish)).cloned();
             let turn = conn.session.publish_turn(review.is_some());
             let reply = track(conn, msg_serial);
             match turn {
