@@ -15,6 +15,7 @@ use crate::connection::session::Sessions;
 use crate::dev_users::DevUsers;
 use crate::lifecycle::{TaskGuard, Tasks};
 use crate::metrics::Metrics;
+use crate::moderation::Moderation;
 use crate::revocation::Revocations;
 use crate::store::ChannelLog;
 
@@ -46,6 +47,8 @@ pub struct Broker {
     pub presence_log: Arc<dyn ChannelLog>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The before-publish moderation hook, when `[moderation] url` is set.
+    pub moderation: Option<Arc<Moderation>>,
     /// Becomes true when the broker shuts down.
     pub shutdown: watch::Receiver<bool>,
     /// The source of socket ids (see [`Broker::next_socket_id`]).

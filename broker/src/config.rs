@@ -37,6 +37,8 @@ pub struct Config {
     pub cluster: ClusterSettings,
     /// Auth0 / OIDC logins (the auth plugin); off unless `domain` is set.
     pub auth0: auth_plugin::Auth0Config,
+    /// The before-publish moderation hook; off unless `url` is set.
+    pub moderation: ModerationSettings,
     /// Name of this node in `connectionDetails.serverId`. Default `broker-1`.
     pub server_id: String,
     /// A directory of static files (a built web app) served at `/`. Default: none.
@@ -62,6 +64,7 @@ impl Default for Config {
             channels: ChannelSettings::default(),
             cluster: ClusterSettings::default(),
             auth0: auth_plugin::Auth0Config::default(),
+            moderation: ModerationSettings::default(),
             server_id: "broker-1".to_owned(),
             web_root: None,
             dev_login: None,
@@ -347,6 +350,93 @@ impl Default for ChannelSettings {
     }
 }
 
+/// The before-publish moderation hook (`docs/configuration.md`, "Moderation"): an HTTP
+/// endpoint of the operator's that sees each message before it is stored and may reject it.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModerationSettings {
+    /// Where the broker POSTs each publish for review (`http://` or `https://`). Default:
+    /// none, moderation off.
+    pub url: Option<String>,
+    /// How long the broker waits for the endpoint's answer, in ms. Default 2000.
+    pub timeout_ms: u64,
+    /// What a publish gets when the endpoint times out, cannot be reached or answers other
+    /// than a 2xx verdict. Default `reject` (fail closed).
+    pub on_failure: OnFailure,
+    /// Only channels matching one of these patterns are moderated: a name, or a prefix ending
+    /// in `*` (`chat:*`, `*::$chat`… a `*` matches any run of characters). Default: none
+    /// given, every channel.
+    pub channels: Vec<String>,
+    /// Sent as `Authorization: Bearer <secret>`, so the endpoint knows the broker is calling.
+    /// Default: none.
+    pub secret: Option<String>,
+}
+
+/// What a publish gets when the moderation endpoint gives no verdict.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Refuse the publish (fail closed): nothing unreviewed is stored.
+    #[default]
+    Reject,
+    /// Store the publish unreviewed (fail open): the endpoint being down stops no one.
+    Accept,
+}
+
+impl Default for ModerationSettings {
+    fn default() -> Self {
+        ModerationSettings {
+            url: None,
+            timeout_ms: 2_000,
+            on_failure: OnFailure::Reject,
+            channels: Vec::new(),
+            secret: None,
+        }
+    }
+}
+
+impl ModerationSettings {
+    /// Whether moderation is on.
+    pub fn enabled(&self) -> bool {
+        self.url.is_some()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let Some(url) = &self.url else {
+            return Ok(());
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err("moderation: url must start with http:// or https://".to_owned());
+        }
+        if self.timeout_ms == 0 || self.timeout_ms > 60_000 {
+            return Err("moderation: timeout_ms must be between 1 and 60000".to_owned());
+        }
+        if self.channels.iter().any(String::is_empty) {
+            return Err("moderation: a channels pattern must not be empty".to_owned());
+        }
+        if self
+            .secret
+            .as_ref()
+            .is_some_and(|s| s.is_empty() || s.chars().any(|c| c.is_control() || c.is_whitespace()))
+        {
+            return Err("moderation: secret must be non-empty with no spaces".to_owned());
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for ModerationSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModerationSettings")
+            .field("url", &self.url)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("on_failure", &self.on_failure)
+            .field("channels", &self.channels)
+            .field("secret", &self.secret.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
+}
+
 /// Durability of the channel log.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -478,6 +568,7 @@ impl Config {
             return Err("storage: commit_linger_us must be at most 100000 (100 ms)".to_owned());
         }
         self.auth0.validate()?;
+        self.moderation.validate()?;
         let p = &self.presence;
         if p.sync_page_size == 0 || p.max_members_per_channel == 0 {
             return Err(
@@ -528,6 +619,11 @@ mod tests {
             max_age_secs = 60
             [channels]
             occupancy_interval_ms = 500
+            [moderation]
+            url = "http://127.0.0.1:9100/review"
+            on_failure = "accept"
+            channels = ["*::$chat", "support:*"]
+            secret = "hooksecret"
             "#,
         )
         .unwrap();
@@ -537,6 +633,23 @@ mod tests {
         assert_eq!(config.limits.max_message_size, 1024);
         assert_eq!(config.limits.max_frame_size, 524_288);
         assert!(!format!("{config:?}").contains("s3cret"));
+        assert!(!format!("{config:?}").contains("hooksecret"));
+        assert_eq!(config.moderation.on_failure, OnFailure::Accept);
+        assert_eq!(config.moderation.timeout_ms, 2_000);
+        assert!(!Config::default().moderation.enabled());
+        assert_eq!(Config::default().moderation.on_failure, OnFailure::Reject);
+    }
+
+    #[test]
+    fn a_bad_moderation_section_is_refused() {
+        let mut config = Config::default();
+        config.moderation.url = Some("ftp://x".to_owned());
+        assert!(config.validate().unwrap_err().contains("moderation"));
+        config.moderation.url = Some("http://127.0.0.1:1/".to_owned());
+        config.validate().unwrap();
+        config.moderation.timeout_ms = 0;
+        assert!(config.validate().is_err());
+        assert!(toml::from_str::<Config>("[moderation]\non_failure = \"maybe\"").is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod error;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
+pub mod moderation;
 pub mod outbox;
 pub mod revocation;
 pub mod server;

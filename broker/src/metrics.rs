@@ -40,6 +40,8 @@ pub struct Metrics {
     pub resumes: IntCounterVec,
     /// Publishes refused, by error code.
     pub nacks: IntCounterVec,
+    /// Calls to the moderation endpoint, by outcome (`accepted`, `rejected`, `failed`).
+    pub moderation_reviews: IntCounterVec,
     /// Presence members across all channels.
     pub presence_members: IntGauge,
     /// Presence events broadcast, by action (`enter`, `update`, `leave`).
@@ -179,6 +181,11 @@ impl Metrics {
                 "broker_nacks_total",
                 "Publishes refused, by error code",
                 "code",
+            ),
+            moderation_reviews: counter_vec(
+                "broker_moderation_reviews_total",
+                "Calls to the moderation endpoint, by outcome",
+                "outcome",
             ),
             presence_members: gauge(
                 "broker_presence_members",

@@ -29,6 +29,7 @@ use crate::dev_users::DevUsers;
 use crate::error::Error;
 use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
+use crate::moderation::Moderation;
 use crate::revocation::Revocations;
 use crate::store::commit::Committer;
 use crate::store::sled_log::SledLog;
@@ -201,6 +202,9 @@ pub async fn run_then(
         tasks: tasks.clone(),
         age_sweeps,
     });
+    let moderation = Moderation::new(&config.moderation, metrics.clone())
+        .map_err(Error::Config)?
+        .map(Arc::new);
     let broker = Arc::new(Broker {
         authenticator: Arc::new(ChainAuthenticator {
             keys: keys.clone(),
@@ -218,6 +222,7 @@ pub async fn run_then(
         log: log.clone(),
         presence_log,
         metrics,
+        moderation,
         shutdown: stop_rx,
         next_socket: AtomicU64::new(1),
         tasks,

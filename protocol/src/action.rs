@@ -195,7 +195,8 @@ mod tests {
             assert_eq!(Action::from_code(code).code(), code);
         }
         assert_eq!(Action::from_code(15), Action::Message);
-        assert_eq!(Action::from_code(21), Action::Unknown(21));
+        assert_eq!(Action::from_code(21), Action::Annotation);
+        assert_eq!(Action::from_code(19), Action::Unknown(19));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! the Ably error codes the broker uses (§11). Every error carries `message`, `code` and
 //! `statusCode`: ably-js silently drops a frame whose error lacks one of them (§2).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// An Ably error: a stable numeric code, the HTTP status it maps to, and a human message.
@@ -17,6 +19,10 @@ pub struct ErrorInfo {
     /// A link to the code's documentation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub href: Option<String>,
+    /// Machine-readable particulars, as string pairs (ably-js `ErrorInfo.detail`, surfaced as
+    /// `errorDetail` by `request()`): why a moderation endpoint rejected a message, for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<BTreeMap<String, String>>,
 }
 
 impl ErrorInfo {
@@ -27,7 +33,14 @@ impl ErrorInfo {
             code,
             status_code: codes::status_for(code),
             href: Some(format!("https://help.ably.io/error/{code}")),
+            detail: None,
         }
+    }
+
+    /// This error with `detail` as its particulars (none when `detail` is empty).
+    pub fn with_detail(mut self, detail: BTreeMap<String, String>) -> Self {
+        self.detail = (!detail.is_empty()).then_some(detail);
+        self
     }
 
     /// True for the token errors 40140–40149, which make clients fetch a new token (§8.5).
@@ -93,6 +106,9 @@ pub mod codes {
     pub const NOT_FOUND: u32 = 40400;
     /// Method not allowed.
     pub const METHOD_NOT_ALLOWED: u32 = 40500;
+    /// A message the moderation endpoint (`[moderation]`) rejected, when it names no code of
+    /// its own: "message rejected by moderation" (HTTP 422).
+    pub const REJECTED_BY_MODERATION: u32 = 42213;
     /// Rate limit exceeded.
     pub const RATE_LIMITED: u32 = 42910;
     /// Internal error.
@@ -160,5 +176,21 @@ mod tests {
         assert_eq!(json["message"], "too big");
         assert_eq!(json["code"], 40009);
         assert_eq!(json["statusCode"], 400);
+        assert!(json.get("detail").is_none(), "no detail, no field");
+    }
+
+    #[test]
+    fn detail_goes_both_ways_in_json_and_msgpack() {
+        let detail = BTreeMap::from([("reason".to_owned(), "spam".to_owned())]);
+        let error = ErrorInfo::new(42213, "rejected").with_detail(detail);
+        let json = serde_json::to_value(&error).unwrap();
+        assert_eq!(json["detail"]["reason"], "spam");
+        assert_eq!(serde_json::from_value::<ErrorInfo>(json).unwrap(), error);
+        let packed = rmp_serde::to_vec_named(&error).unwrap();
+        assert_eq!(rmp_serde::from_slice::<ErrorInfo>(&packed).unwrap(), error);
+        assert_eq!(
+            ErrorInfo::new(1, "x").with_detail(BTreeMap::new()).detail,
+            None
+        );
     }
 }

@@ -13,6 +13,8 @@ mod sequencer;
 pub mod service;
 pub mod versions;
 
+pub(crate) use sequencer::is_ephemeral;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1218,7 +1218,7 @@ fn frames_for(
 
 /// Whether a message is ephemeral: `extras.ephemeral` is `true` (§5.9 of
 /// `../shared/ably-chat.md`).
-fn is_ephemeral(message: &Message) -> bool {
+pub(crate) fn is_ephemeral(message: &Message) -> bool {
     message.action != Some(Message::ANNOTATION)
         && message
             .extras

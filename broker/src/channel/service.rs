@@ -50,6 +50,23 @@ pub struct CheckedPublish {
     rights: Rights,
 }
 
+impl CheckedPublish {
+    /// The channel published to.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The messages as they will be stored: stamped with ids, clientIds and connectionId.
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+
+    /// The connectionId the messages are published as, if any.
+    pub fn connection_id(&self) -> Option<&str> {
+        self.origin.as_ref().map(|o| &*o.connection_id)
+    }
+}
+
 /// Which log a history request reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HistoryLog {

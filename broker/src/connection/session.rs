@@ -12,7 +12,7 @@ use rand::distributions::Alphanumeric;
 use rand::Rng;
 use subtle::ConstantTimeEq;
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::ledger::{Ledger, Seen};
 use crate::auth::{Identity, TokenStamp};
@@ -31,6 +31,23 @@ pub struct Authority {
     /// Key, clientId claim and issue time of a token the broker's keys signed, so that a
     /// revocation can find the connections using it (`revocation.rs`).
     pub token: Option<TokenStamp>,
+}
+
+/// A publish's place behind the connection's earlier ones (see [`Session::publish_turn`]).
+/// Dropping it, once the publish has reached its channel or been refused, lets the next go.
+pub struct Turn {
+    earlier: Option<oneshot::Receiver<()>>,
+    _done: oneshot::Sender<()>,
+}
+
+impl Turn {
+    /// Waits until the connection's earlier publishes have reached their channels.
+    pub async fn wait(&mut self) {
+        if let Some(earlier) = self.earlier.take() {
+            // Never sent: the sender's drop is the signal.
+            let _ = earlier.await;
+        }
+    }
 }
 
 /// The state of one connection, shared by the sockets that serve it in turn.
@@ -53,6 +70,8 @@ struct State {
     generation: u64,
     presence_channels: std::collections::BTreeSet<String>,
     ledger: Ledger,
+    /// Closes once the connection's last publish that took a [`Turn`] has reached its channel.
+    last_turn: Option<oneshot::Receiver<()>>,
     closed: bool,
 }
 
@@ -80,6 +99,7 @@ impl Session {
                 generation: 0,
                 presence_channels: Default::default(),
                 ledger: Ledger::default(),
+                last_turn: None,
                 closed: false,
             }),
             settled: watch::Sender::new(0),
@@ -210,6 +230,30 @@ impl Session {
     pub fn record_refusal(&self, msg_serial: u64, error: ErrorInfo) {
         let mut state = self.state.lock().expect("session lock");
         state.ledger.record_answered(msg_serial, &Err(error));
+    }
+
+    /// The place of a new publish among the connection's publishes, when it cannot go to its
+    /// channel at once: it is to be `reviewed` (by the moderation hook, which takes a while),
+    /// or an earlier publish under review has not reached its channel yet. `None` otherwise,
+    /// the usual case, and the publish goes straight on. Take it before the msgSerial's ACK
+    /// is queued, in msgSerial order.
+    pub fn publish_turn(&self, reviewed: bool) -> Option<Turn> {
+        let mut state = self.state.lock().expect("session lock");
+        let mut earlier = state.last_turn.take();
+        if let Some(last) = &mut earlier {
+            if last.try_recv() != Err(oneshot::error::TryRecvError::Empty) {
+                earlier = None;
+            }
+        }
+        if earlier.is_none() && !reviewed {
+            return None;
+        }
+        let (done, next) = oneshot::channel();
+        state.last_turn = Some(next);
+        Some(Turn {
+            earlier,
+            _done: done,
+        })
     }
 
     /// Keeps the outcome of a recorded msgSerial, and wakes the resends waiting for one.
@@ -373,6 +417,22 @@ mod tests {
             token: None,
         };
         Sessions::default().create(authority, true)
+    }
+
+    #[tokio::test]
+    async fn a_publish_behind_a_reviewed_one_waits_for_it_and_then_the_queue_is_empty() {
+        let session = session();
+        assert!(session.publish_turn(false).is_none(), "nothing to wait for");
+        let first = session
+            .publish_turn(true)
+            .expect("a reviewed publish takes a turn");
+        let mut second = session.publish_turn(false).expect("behind the first");
+        let mut waiting = Box::pin(second.wait());
+        assert!(futures_util::poll!(&mut waiting).is_pending());
+        drop(first);
+        waiting.await;
+        drop(second);
+        assert!(session.publish_turn(false).is_none(), "the queue ran empty");
     }
 
     /// A reply that writes into the ledger, as `actions::track` makes it.

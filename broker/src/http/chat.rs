@@ -20,6 +20,7 @@ use super::response::{HttpResponse, Negotiated};
 use super::rest::{authenticate, body_format, decoded, history_page, HistoryParams};
 use crate::broker::Broker;
 use crate::channel::service::{HistoryLog, Publisher};
+use crate::moderation::{self, Source};
 
 /// The name of a chat message on the room's channel (§5.3).
 const CHAT_MESSAGE: &str = "chat.message";
@@ -358,9 +359,8 @@ async fn publish(
     let checked = broker
         .channels
         .check_publish(channel.to_owned(), vec![message], publisher)?;
-    broker
-        .channels
-        .publish_and_wait(checked)
+    let client_id = identity.default.as_deref();
+    moderation::publish_and_wait(broker, checked, Source::Chat, client_id)
         .await?
         .into_iter()
         .next()

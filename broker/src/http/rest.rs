@@ -22,6 +22,7 @@ use crate::auth::{now_ms, ClientIdClaim, Credential, Grant, Identity, TokenReque
 use crate::backend::presence::from_record;
 use crate::broker::Broker;
 use crate::channel::service::{Direction, HistoryLog, HistoryRequest, PresenceQuery, Publisher};
+use crate::moderation::{self, Source};
 
 /// Default and largest page of history (§9.2).
 const DEFAULT_LIMIT: usize = 100;
@@ -435,7 +436,8 @@ async fn publish(
     let checked = broker
         .channels
         .check_publish(channel.to_owned(), messages, publisher)?;
-    let serials = broker.channels.publish_and_wait(checked).await?;
+    let client_id = identity.default.as_deref();
+    let serials = moderation::publish_and_wait(broker, checked, Source::Rest, client_id).await?;
     Ok(negotiated.ok(
         StatusCode::CREATED,
         &PublishResponse {
@@ -481,7 +483,8 @@ async fn update_message(
     let checked = broker
         .channels
         .check_publish(channel.to_owned(), vec![change], publisher)?;
-    let serials = broker.channels.publish_and_wait(checked).await?;
+    let client_id = identity.default.as_deref();
+    let serials = moderation::publish_and_wait(broker, checked, Source::Rest, client_id).await?;
     let version_serial = serials.into_iter().next().flatten();
     Ok(negotiated.ok(
         StatusCode::OK,
