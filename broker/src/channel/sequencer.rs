@@ -733,12 +733,7 @@ impl Sequencer {
         let head = self.stream.head().clone();
         for m in publish.messages.iter_mut().filter(|m| m.is_version()) {
             let serial = m.serial.clone().unwrap_or_default();
-            let seq = parse_serial(&serial)
-                .filter(|(epoch, seq)| {
-                    *epoch == head.epoch && *seq >= head.first && *seq <= head.last
-                })
-                .map(|(_, seq)| seq)
-                .ok_or_else(|| versions::unknown_message(&serial))?;
+            let seq = held_position(&head, &serial)?;
             let stream = &self.stream;
             let read = |q: &Query| stream.read(q);
             let latest = self
@@ -784,12 +779,7 @@ impl Sequencer {
                 continue;
             };
             let serial = m.serial.clone().unwrap_or_default();
-            let seq = parse_serial(&serial)
-                .filter(|(epoch, seq)| {
-                    *epoch == head.epoch && *seq >= head.first && *seq <= head.last
-                })
-                .map(|(_, seq)| seq)
-                .ok_or_else(|| versions::unknown_message(&serial))?;
+            let seq = held_position(head, &serial)?;
             let stream = &self.stream;
             let read = |q: &Query| stream.read(q);
             if self
@@ -1245,6 +1235,15 @@ fn with_ephemeral(serials: Vec<Option<String>>, shape: &[bool]) -> Vec<Option<St
             }
         })
         .collect()
+}
+
+/// The position `serial` names in a stream whose head is `head`; 40400 when the stream does
+/// not hold it (another epoch, removed by retention, or not yet given out).
+fn held_position(head: &crate::backend::Head, serial: &str) -> Result<u64, ErrorInfo> {
+    parse_serial(serial)
+        .filter(|(epoch, seq)| *epoch == head.epoch && *seq >= head.first && *seq <= head.last)
+        .map(|(_, seq)| seq)
+        .ok_or_else(|| versions::unknown_message(serial))
 }
 
 /// Sleeps until `at`, or forever without one.
