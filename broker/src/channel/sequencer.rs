@@ -587,12 +587,12 @@ impl Sequencer {
                 mut serials,
             } = stored;
             let annotated = serials.len() > own;
-            serials.truncate(own);
             if annotated && fresh.len() < serials.len() {
                 // An annotation the log already held (a resend with the same id) was counted
-                // again; the next ones count afresh from the log.
+                // again here; the next ones count afresh from the log.
                 self.aggregates.clear();
             }
+            serials.truncate(own);
             let serials = with_ephemeral(serials, &shape);
             self.remember_versions(&fresh);
             // Live subscribers get an append as the increment, history the whole text.
@@ -769,7 +769,8 @@ impl Sequencer {
         publish: &mut Publish,
         head: &crate::backend::Head,
     ) -> Result<(), ErrorInfo> {
-        let mut changed: Vec<(u64, String)> = Vec::new();
+        // Each message whose summary changed, with the id of its last annotation here.
+        let mut changed: Vec<(u64, String, Option<String>)> = Vec::new();
         let failed = |e: StoreError| {
             tracing::error!(channel = %self.name, error = %e, "reading annotations failed");
             ErrorInfo::new(codes::INTERNAL_CHANNEL, "the message could not be read")
@@ -794,21 +795,28 @@ impl Sequencer {
                 .aggregates
                 .get(&read, seq, &serial, head.last)
                 .map_err(failed)?;
-            if aggregate.apply(&annotation) && !changed.iter().any(|(s, _)| *s == seq) {
-                changed.push((seq, serial));
+            if aggregate.apply(&annotation) {
+                match changed.iter_mut().find(|(s, _, _)| *s == seq) {
+                    Some(known) => known.2 = m.id.clone(),
+                    None => changed.push((seq, serial, m.id.clone())),
+                }
             }
         }
         let stream = &self.stream;
         let read = |q: &Query| stream.read(q);
-        for (seq, serial) in changed {
+        for (seq, serial, last_id) in changed {
             let aggregate = self
                 .aggregates
                 .get(&read, seq, &serial, head.last)
                 .map_err(failed)?;
             let summary = aggregate.summary(self.context.summary_clip);
-            publish
-                .messages
-                .push(annotations::summary_entry(&serial, summary));
+            let mut entry = annotations::summary_entry(&serial, summary);
+            if publish.app_ids {
+                // A resend of app-id'd annotations (idempotent REST publishing) is stored
+                // once; so is its summary, which would count the resent annotations twice.
+                entry.id = last_id.map(|id| id + ":summary");
+            }
+            publish.messages.push(entry);
         }
         Ok(())
     }
