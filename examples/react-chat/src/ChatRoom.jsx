@@ -177,7 +177,9 @@ function MessageItem({ message, me, profiles, onEdit, onDelete, onReact }) {
 
   return (
     <li
-      className={'message' + (mine ? ' mine' : '') + (deleted ? ' deleted' : '')}
+      className={
+        'message' + (mine ? ' mine' : '') + (deleted ? ' deleted' : '') + (editing ? ' editing' : '')
+      }
       data-testid="chat-message"
       data-client-id={message.clientId}
       data-serial={message.serial}
