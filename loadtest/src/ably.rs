@@ -31,6 +31,9 @@ pub struct Endpoint {
     pub addrs: Vec<SocketAddr>,
     /// `name:secret`.
     pub key: String,
+    /// Publish with `extras.ephemeral = true` (`--ephemeral`): the broker fans such a message
+    /// out but never stores it, and ACKs it with a null serial (`../shared/ably-chat.md` §5.9).
+    pub ephemeral: bool,
 }
 
 impl Endpoint {
@@ -53,6 +56,7 @@ impl Endpoint {
         Ok(Endpoint {
             addrs,
             key: key.to_owned(),
+            ephemeral: false,
         })
     }
 
@@ -241,6 +245,9 @@ pub struct Connection {
     session: Arc<Session>,
     out: Arc<Outgoing>,
     next_serial: Mutex<u64>,
+    /// The `extras` every publish carries: `{"ephemeral": true}` with `--ephemeral`, built
+    /// once per connection.
+    extras: Option<serde_json::Value>,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
     /// The connectionId from CONNECTED.
@@ -366,6 +373,7 @@ impl Connection {
             session,
             out,
             next_serial: Mutex::new(0),
+            extras: publish_extras(endpoint.ephemeral),
             reader,
             writer,
             connection_id,
@@ -432,7 +440,7 @@ impl Connection {
 
     /// Publishes `data` on `channel` without waiting for the ACK.
     pub fn publish(&self, channel: &str, data: Bytes) -> Result<(), String> {
-        self.send_serial(publish_frame(channel, data), false)
+        self.send_serial(publish_frame(channel, data, self.extras.clone()), false)
             .map(|_| ())
     }
 
@@ -450,7 +458,7 @@ impl Connection {
         {
             let mut acks = self.session.acks.lock().expect("ack lock");
             for data in payloads {
-                let mut frame = publish_frame(channel, data);
+                let mut frame = publish_frame(channel, data, self.extras.clone());
                 frame.msg_serial = Some(*next);
                 let (tx, rx) = oneshot::channel();
                 acks.insert(*next, tx);
@@ -505,12 +513,61 @@ pub fn resumed(attached: &ProtocolMessage) -> bool {
     attached.has_flag(flags::RESUMED)
 }
 
-fn publish_frame(channel: &str, data: Bytes) -> ProtocolMessage {
+/// The `extras` of every publish: `{"ephemeral": true}` when `ephemeral`, else none.
+fn publish_extras(ephemeral: bool) -> Option<serde_json::Value> {
+    ephemeral.then(|| serde_json::json!({ "ephemeral": true }))
+}
+
+fn publish_frame(channel: &str, data: Bytes, extras: Option<serde_json::Value>) -> ProtocolMessage {
     let mut frame = ProtocolMessage::for_channel(Action::Message, channel);
     frame.messages = Some(vec![Message {
         name: Some("load".to_owned()),
         data: Some(Data::Binary(data)),
+        extras,
         ..Default::default()
     }]);
     frame
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The message of a publish frame as the broker reads it: encoded, then decoded.
+    fn on_the_wire(extras: Option<serde_json::Value>) -> Message {
+        let frame = publish_frame("typing", Bytes::from_static(b"0123456789abcdef"), extras);
+        let bytes = codec::encode(Format::Msgpack, &frame);
+        let decoded = codec::decode(Format::Msgpack, &bytes).expect("decodes");
+        assert_eq!(decoded.action, Action::Message);
+        assert_eq!(decoded.channel.as_deref(), Some("typing"));
+        let mut messages = decoded.messages.expect("messages");
+        assert_eq!(messages.len(), 1);
+        messages.remove(0)
+    }
+
+    #[test]
+    fn ephemeral_publish_carries_extras_ephemeral_true() {
+        let message = on_the_wire(publish_extras(true));
+        assert_eq!(
+            message.extras,
+            Some(serde_json::json!({ "ephemeral": true }))
+        );
+        assert_eq!(
+            message.data,
+            Some(Data::Binary(Bytes::from_static(b"0123456789abcdef")))
+        );
+    }
+
+    #[test]
+    fn stored_publish_has_no_extras() {
+        assert_eq!(publish_extras(false), None);
+        assert_eq!(on_the_wire(publish_extras(false)).extras, None);
+    }
+
+    #[test]
+    fn endpoint_parse_leaves_ephemeral_off() {
+        let endpoint = Endpoint::parse("ws://127.0.0.1:1,127.0.0.1:2", "k:s").expect("parses");
+        assert_eq!(endpoint.addrs.len(), 2);
+        assert!(!endpoint.ephemeral);
+    }
 }

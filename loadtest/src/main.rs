@@ -84,6 +84,12 @@ struct Args {
     /// Write one `<scenario>.svg` per scenario into this directory.
     #[arg(long)]
     svg_dir: Option<PathBuf>,
+    /// Publish every message with `extras.ephemeral = true` (broker only; NATS runs ignore it):
+    /// fanned out, never stored or fsynced, ACKed with a null serial. Compare a run with and
+    /// without it to see what an ephemeral (typing) event costs against a stored message;
+    /// `scripts/perf-ephemeral.sh` does.
+    #[arg(long)]
+    ephemeral: bool,
     /// Worker threads of the load generator's tokio runtime [default: the number of CPUs].
     /// Raise it on a many-core machine so the generator is not what limits a run.
     #[arg(long)]
@@ -149,8 +155,10 @@ async fn run(args: Args, workers: usize) -> Result<(), String> {
     }
     let mut targets = Vec::new();
     if let Some(url) = &args.broker {
+        let mut endpoint = ably::Endpoint::parse(url, &args.key)?;
+        endpoint.ephemeral = args.ephemeral;
         targets.push((
-            Target::Broker(ably::Endpoint::parse(url, &args.key)?),
+            Target::Broker(endpoint),
             args.broker_pid.map(ProcessProbe::new),
         ));
     }
@@ -188,7 +196,7 @@ async fn run(args: Args, workers: usize) -> Result<(), String> {
                 payload: args.payload.max(clock::HEADER_LEN),
                 connect_concurrency: args.connect_concurrency,
             };
-            let run = match scenario.as_str() {
+            let mut run = match scenario.as_str() {
                 "fanout" => scenarios::fanout(&ctx, &args.scale).await,
                 "chat-rooms" => scenarios::chat_rooms(&ctx, &args.scale).await,
                 "many-channels" => scenarios::many_channels(&ctx, &args.scale).await,
@@ -198,6 +206,12 @@ async fn run(args: Args, workers: usize) -> Result<(), String> {
                 "soak" => soak::soak(&ctx, &args.scale).await,
                 _ => scenarios::durable_publish(&ctx, &args.scale).await,
             };
+            if args.ephemeral && matches!(target, Target::Broker(_)) {
+                run.notes.push(
+                    "--ephemeral: every publish carried extras.ephemeral = true (not stored)"
+                        .into(),
+                );
+            }
             eprintln!(
                 "{scenario} / {}: {:.0} deliveries/s, p99 {:.2} ms, lost {:?}, errors {}",
                 run.target, run.delivered_per_s, run.latency.p99_ms, run.lost, run.errors
@@ -224,4 +238,31 @@ async fn run(args: Args, workers: usize) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ephemeral_is_off_unless_asked() {
+        let args = Args::try_parse_from(["loadtest", "--broker", "127.0.0.1:1"]).expect("parses");
+        assert!(!args.ephemeral);
+        let args = Args::try_parse_from([
+            "loadtest",
+            "--broker",
+            "127.0.0.1:1",
+            "--scenarios",
+            "chat-rooms,durable-publish",
+            "--ephemeral",
+        ])
+        .expect("parses");
+        assert!(args.ephemeral);
+        assert_eq!(args.scenarios, ["chat-rooms", "durable-publish"]);
+    }
+
+    #[test]
+    fn ephemeral_takes_no_value() {
+        assert!(Args::try_parse_from(["loadtest", "--ephemeral=yes"]).is_err());
+    }
 }
