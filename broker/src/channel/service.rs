@@ -164,6 +164,12 @@ impl Channels {
             &publisher.id_base,
             self.context().max_message_size,
         )?;
+        // §5.10 of `../shared/ably-chat.md`: the publisher's claim on a new message. A change
+        // keeps its author's claim, which `versions::apply` carries over.
+        let claim = publisher.identity.user_claim(&channel);
+        for m in messages.iter_mut().filter(|m| !m.is_version()) {
+            set_user_claim(&mut m.extras, claim);
+        }
         let origin = publisher.connection_id.map(|connection_id| Origin {
             connection_id,
             pm_id: publisher.id_base,
@@ -395,6 +401,7 @@ impl Channels {
                     a.id = Some(id);
                 }
             }
+            set_user_claim(&mut a.extras, publisher.identity.user_claim(&channel));
             a.connection_id = publisher.connection_id.as_deref().map(str::to_owned);
             a.serial = None;
             a.timestamp = None;
@@ -671,6 +678,20 @@ fn check_action(message: &Message) -> Result<bool, ErrorInfo> {
             codes::INVALID_PARAMETER,
             format!("message action {action} cannot be published"),
         )),
+    }
+}
+
+/// Sets the server-set `extras.userClaim` to `claim` (the publisher's user claim for the
+/// channel, §5.10 of `../shared/ably-chat.md`), after [`strip_server_fields`] took out any the
+/// client sent; `None` leaves `extras` as it is. `extras` that are not an object (refused
+/// elsewhere) are left alone.
+pub fn set_user_claim(extras: &mut Option<serde_json::Value>, claim: Option<&str>) {
+    let Some(claim) = claim else {
+        return;
+    };
+    let extras = extras.get_or_insert_with(|| serde_json::Value::Object(Default::default()));
+    if let serde_json::Value::Object(map) = extras {
+        map.insert("userClaim".to_owned(), claim.into());
     }
 }
 
