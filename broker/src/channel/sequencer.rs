@@ -587,11 +587,19 @@ impl Sequencer {
                 mut serials,
             } = stored;
             let annotated = serials.len() > own;
+            // Some entry was answered from an earlier publish with the same id: not stored.
+            let repeated = fresh.len() < serials.len();
             serials.truncate(own);
             if annotated && fresh.len() < serials.len() {
                 // An annotation the log already held (a resend with the same id) was counted
                 // again; the next ones count afresh from the log.
                 self.aggregates.clear();
+            }
+            if repeated && !self.stream.catches_up() {
+                // So was a change it held (an idempotent edit sent again): the latest versions
+                // come from the log again. (In cluster mode `fresh` is always empty; the
+                // versions the stream commits replace what was prepared.)
+                self.latest.clear();
             }
             let serials = with_ephemeral(serials, &shape);
             self.remember_versions(&fresh);

@@ -65,6 +65,22 @@ impl CheckedPublish {
     pub fn connection_id(&self) -> Option<&str> {
         self.origin.as_ref().map(|o| &*o.connection_id)
     }
+
+    /// Gives the messages the ids `<base>:<index>` and makes them idempotent, as an app's own
+    /// ids are (§7.3): within the backend's idempotency window, a publish with the same ids
+    /// is answered with the first one's serials and neither stored nor broadcast again. The
+    /// chat REST API's `idempotencyKey` (`../shared/ably-chat.md` §5.4) derives `base` from
+    /// the key.
+    pub fn make_idempotent(&mut self, base: &str) {
+        for (index, m) in self.messages.iter_mut().enumerate() {
+            let mut id = String::with_capacity(base.len() + 4);
+            id.push_str(base);
+            id.push(':');
+            push_decimal(&mut id, index as u64, 0);
+            m.id = Some(id);
+        }
+        self.app_ids = true;
+    }
 }
 
 /// Which log a history request reads.
