@@ -265,6 +265,12 @@ impl Sequencer {
             Command::Occupancy { reply } => {
                 let _ = reply.send(self.count_occupancy());
             }
+            Command::CatchUp { position, reply } => {
+                if self.stream.catches_up() {
+                    self.catch_up_to(position).await;
+                }
+                let _ = reply.send(());
+            }
         }
     }
 

@@ -465,6 +465,24 @@ impl Channels {
         self.versions_of(channel, serial).await
     }
 
+    /// Waits until this node holds `channel` up to `position` (a serial it just gave out),
+    /// so that reading it back finds it: in cluster mode a node's own publish comes back
+    /// through the stream after JetStream's ACK. At once on a single node, and never longer
+    /// than the sequencer's catch-up wait; a serial of another epoch is not waited for.
+    pub async fn caught_up(self: &Arc<Self>, channel: &str, position: &str) {
+        let Ok(position) = self.position_of(channel, position) else {
+            return;
+        };
+        let (reply, answer) = oneshot::channel();
+        if self
+            .send(channel, Command::CatchUp { position, reply })
+            .await
+            .is_ok()
+        {
+            let _ = answer.await;
+        }
+    }
+
     /// Every version of message `serial` that the caller has just published or changed, to
     /// answer with what was stored (the chat REST API answers a send or an edit with the
     /// message): no `history` capability is asked, as the caller wrote what it reads.

@@ -430,12 +430,15 @@ async fn publish(
         checked.make_idempotent(&id);
     }
     let client_id = identity.default.as_deref();
-    moderation::publish_and_wait(broker, checked, Source::Chat, client_id)
+    let position = moderation::publish_and_wait(broker, checked, Source::Chat, client_id)
         .await?
         .into_iter()
         .next()
         .flatten()
-        .ok_or_else(|| ErrorInfo::new(codes::INTERNAL, "the message was not given a serial"))
+        .ok_or_else(|| ErrorInfo::new(codes::INTERNAL, "the message was not given a serial"))?;
+    // The answer reads the message back: in cluster mode, once this node holds it.
+    broker.channels.caught_up(channel, &position).await;
+    Ok(position)
 }
 
 /// R2: the room's chat messages, each once at its place in its latest version, paged with a
