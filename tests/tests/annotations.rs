@@ -255,6 +255,44 @@ async fn annotations_are_delivered_summarised_and_read_back() {
     );
 }
 
+/// A resend of annotations with the ids the app set (idempotent publishing, RSL1k) is stored
+/// once: it makes no second summary, and later summaries count it once.
+#[tokio::test]
+async fn a_resent_annotation_is_counted_once() {
+    let broker = TestBroker::start().await;
+    let (mut publisher, _) = broker.connect_key("json").await;
+    let serial = publish_one(&mut publisher, "party", 0, "cake").await;
+    let mut plain = broker.connect_key("msgpack").await.0;
+    plain.attach("party").await;
+    let mut alice = connect_as(&broker, "alice", "json").await;
+    let mut bob = connect_as(&broker, "bob", "json").await;
+
+    let mut tagged = note(&serial, MULTIPLE, "🎉");
+    tagged.id = Some("alice-party-1".to_owned());
+    for msg_serial in 0..2 {
+        alice
+            .send(&annotate("party", msg_serial, vec![tagged.clone()]))
+            .await;
+        alice.expect(Action::Ack).await;
+    }
+    bob.send(&annotate("party", 0, vec![note(&serial, MULTIPLE, "🎉")]))
+        .await;
+    bob.expect(Action::Ack).await;
+
+    let first = summary_of(&plain.expect(Action::Message).await).1;
+    assert_eq!(first[MULTIPLE]["🎉"]["clientIds"], json!({"alice": 1}));
+    // The next summary is bob's: the resend made none, and is not counted in his.
+    let next = summary_of(&plain.expect(Action::Message).await).1;
+    assert_eq!(
+        next[MULTIPLE]["🎉"]["clientIds"],
+        json!({"alice": 1, "bob": 1}),
+        "{next}"
+    );
+    assert_eq!(next[MULTIPLE]["🎉"]["total"], 2);
+    let items = history(&broker, "party", "").await;
+    assert_eq!(items[0]["annotations"]["summary"], next);
+}
+
 /// What an annotation publish is refused for: an unknown message (40400), an unknown type or
 /// an unidentified client where the type counts clients (40003), no `annotation-publish`
 /// capability, and an attachment without the ANNOTATION_PUBLISH mode (40160). Nothing refused

@@ -778,6 +778,10 @@ async fn an_edit_on_one_node_is_the_edit_everywhere() {
     let (one, two) = (node(&nats).await, node(&nats).await);
     let (mut far, _) = two.connect_key("json").await;
     far.attach("edited").await;
+    // History reads the node's view, which applies the stream a moment after JetStream's
+    // ACK; a subscriber on node one gets the edit once node one's view holds it.
+    let (mut near, _) = one.connect_key("json").await;
+    near.attach("edited").await;
     let (mut author, _) = one.connect_key("json").await;
     author.publish("edited", 0, "draft").await;
     let serial = author.expect(Action::Ack).await.res.unwrap()[0].serials[0]
@@ -802,6 +806,9 @@ async fn an_edit_on_one_node_is_the_edit_everywhere() {
         (changed.action, changed.serial.as_deref()),
         (Some(protocol::Message::UPDATE), Some(serial.as_str()))
     );
+    assert_eq!(texts(&near.expect(Action::Message).await), ["draft"]);
+    let update = near.expect(Action::Message).await;
+    assert_eq!(texts(&update), ["final"]);
     for broker in [&one, &two] {
         let stored = history(broker, "edited", "").await;
         assert_eq!(stored.len(), 1, "{stored:?}");
@@ -823,6 +830,9 @@ async fn annotations_on_two_nodes_add_up_everywhere() {
     })
     .await;
     far.expect(Action::Attached).await;
+    // Node one's view holds the last summary once a subscriber there has it (see above).
+    let (mut watch, _) = one.connect_key("json").await;
+    watch.attach("liked").await;
     let (mut author, _) = one.connect_key("json").await;
     author.publish("liked", 0, "photo").await;
     let serial = author.expect(Action::Ack).await.res.unwrap()[0].serials[0]
@@ -877,6 +887,15 @@ async fn annotations_on_two_nodes_add_up_everywhere() {
         ["ann", "bob"],
         "node two's summary counts node one's"
     );
+    loop {
+        let frame = watch.expect(Action::Message).await;
+        let m = &frame.messages.unwrap()[0];
+        if m.action == Some(protocol::Message::SUMMARY)
+            && m.annotations.as_ref().unwrap()["summary"]["like:distinct.v1"]["👍"]["total"] == 2
+        {
+            break;
+        }
+    }
     for broker in [&one, &two] {
         let stored = history(broker, "liked", "").await;
         assert_eq!(stored.len(), 1, "{stored:?}");

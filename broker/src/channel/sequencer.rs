@@ -595,10 +595,9 @@ impl Sequencer {
             let annotated = serials.len() > own;
             // Some entry was answered from an earlier publish with the same id: not stored.
             let repeated = fresh.len() < serials.len();
-            serials.truncate(own);
-            if annotated && fresh.len() < serials.len() {
+            if annotated && repeated {
                 // An annotation the log already held (a resend with the same id) was counted
-                // again; the next ones count afresh from the log.
+                // again here; the next ones count afresh from the log.
                 self.aggregates.clear();
             }
             if repeated && !self.stream.catches_up() {
@@ -607,6 +606,7 @@ impl Sequencer {
                 // versions the stream commits replace what was prepared.)
                 self.latest.clear();
             }
+            serials.truncate(own);
             let serials = with_ephemeral(serials, &shape);
             self.remember_versions(&fresh);
             // Live subscribers get an append as the increment, history the whole text.
@@ -783,7 +783,8 @@ impl Sequencer {
         publish: &mut Publish,
         head: &crate::backend::Head,
     ) -> Result<(), ErrorInfo> {
-        let mut changed: Vec<(u64, String)> = Vec::new();
+        // Each message whose summary changed, with the id of its last annotation here.
+        let mut changed: Vec<(u64, String, Option<String>)> = Vec::new();
         let failed = |e: StoreError| {
             tracing::error!(channel = %self.name, error = %e, "reading annotations failed");
             ErrorInfo::new(codes::INTERNAL_CHANNEL, "the message could not be read")
@@ -808,21 +809,28 @@ impl Sequencer {
                 .aggregates
                 .get(&read, seq, &serial, head.last)
                 .map_err(failed)?;
-            if aggregate.apply(&annotation) && !changed.iter().any(|(s, _)| *s == seq) {
-                changed.push((seq, serial));
+            if aggregate.apply(&annotation) {
+                match changed.iter_mut().find(|(s, _, _)| *s == seq) {
+                    Some(known) => known.2 = m.id.clone(),
+                    None => changed.push((seq, serial, m.id.clone())),
+                }
             }
         }
         let stream = &self.stream;
         let read = |q: &Query| stream.read(q);
-        for (seq, serial) in changed {
+        for (seq, serial, last_id) in changed {
             let aggregate = self
                 .aggregates
                 .get(&read, seq, &serial, head.last)
                 .map_err(failed)?;
             let summary = aggregate.summary(self.context.summary_clip);
-            publish
-                .messages
-                .push(annotations::summary_entry(&serial, summary));
+            let mut entry = annotations::summary_entry(&serial, summary);
+            if publish.app_ids {
+                // A resend of app-id'd annotations (idempotent REST publishing) is stored
+                // once; so is its summary, which would count the resent annotations twice.
+                entry.id = last_id.map(|id| id + ":summary");
+            }
+            publish.messages.push(entry);
         }
         Ok(())
     }

@@ -275,7 +275,7 @@ describe('@ably/chat', () => {
 
     // The events have a test of their own below: subscribed only now, alice may have had the
     // event counting bob already, and the next comes only after the 15 s interval.
-    test(`[${format.name}] occupancy: get() counts both users`, withCtx(() => broker, async (ctx) => {
+    test(`[${format.name}] occupancy: get() counts both users with events enabled`, withCtx(() => broker, async (ctx) => {
       const name = uniqueChannel('chat-occupancy');
       const { roomA } = await aliceAndBob(ctx, format, name, { occupancy: { enableEvents: true } });
       const now = await withTimeout(roomA.occupancy.get(), T.event, 'alice occupancy.get()');
