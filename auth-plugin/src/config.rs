@@ -43,6 +43,11 @@ pub struct Auth0Config {
     pub max_token_bytes: usize,
     /// The namespaced claim holding role names, e.g. `https://chat.example.com/roles`.
     pub roles_claim: Option<String>,
+    /// The namespaced claim holding the user's user claims (`../shared/ably-chat.md` §5.10),
+    /// e.g. `https://chat.example.com/claims`: an object of name → string, each name
+    /// `ably.room.<room>`, `ably.channel.<channel>` or a plain channel name. Default none
+    /// (top-level `ably.room.*` and `ably.channel.*` claims are read either way).
+    pub user_claims: Option<String>,
     /// Capability (Ably JSON text) granted by each role name.
     pub roles: BTreeMap<String, String>,
     /// Capability for signed-in users with neither permissions nor mapped roles.
@@ -84,6 +89,7 @@ impl Default for Auth0Config {
             leeway_secs: 30,
             max_token_bytes: 16 * 1024,
             roles_claim: None,
+            user_claims: None,
             roles: BTreeMap::new(),
             default_capability: CHAT_USER_CAPABILITY.to_owned(),
             jwks_ttl_secs: 600,

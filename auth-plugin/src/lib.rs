@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use protocol::error::codes;
-use protocol::{Capability, ErrorInfo};
+use protocol::{Capability, ErrorInfo, UserClaims};
 use sha2::{Digest, Sha256};
 
 pub use config::{Auth0Config, RoleCapabilities};
@@ -43,6 +43,8 @@ pub struct Principal {
     pub admin: bool,
     /// When the token expires, ms since the epoch.
     pub expires_at: i64,
+    /// The token's user claims by channel (`../shared/ably-chat.md` §5.10).
+    pub user_claims: UserClaims,
 }
 
 /// The plugin: verifier, user table, and settings.
@@ -172,6 +174,7 @@ impl AuthPlugin {
             capability: grants.capability,
             admin: grants.admin,
             expires_at: verified.expires_at,
+            user_claims: verified.user_claims,
         };
         let lifetime = Duration::from_secs(self.config.verified_cache_secs).min(
             Duration::from_millis((verified.expires_at - now).max(0) as u64),

@@ -11,6 +11,8 @@ use std::time::Duration;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{decode, decode_header, Algorithm, Validation};
 
+use protocol::UserClaims;
+
 use crate::config::Auth0Config;
 use crate::jwks::{JwksCache, KeyError};
 use crate::users::Profile;
@@ -30,6 +32,9 @@ pub struct Verified {
     pub profile: Profile,
     /// A machine-to-machine token (`…@clients`, `gty: client-credentials`).
     pub machine: bool,
+    /// The user claims: the top-level `ably.room.*`/`ably.channel.*` claims, then the
+    /// configured `user_claims` object's, which win for the same channel.
+    pub user_claims: UserClaims,
 }
 
 /// Why a token was refused.
@@ -56,6 +61,7 @@ pub struct Verifier {
     client_id: String,
     audience: String,
     roles_claim: Option<String>,
+    user_claims: Option<String>,
 }
 
 impl Verifier {
@@ -98,6 +104,7 @@ impl Verifier {
             client_id: config.client_id.clone(),
             audience: config.audience.clone(),
             roles_claim: config.roles_claim.clone(),
+            user_claims: config.user_claims.clone(),
         }
     }
 
@@ -189,6 +196,15 @@ impl Verifier {
         };
         let text = |name: &str| claims.get(name).and_then(|v| v.as_str()).map(str::to_owned);
         let exp = claims.get("exp").and_then(|v| v.as_f64()).unwrap_or(0.0);
+        let mut user_claims = claims
+            .as_object()
+            .map(UserClaims::from_claims)
+            .unwrap_or_default();
+        if let Some(serde_json::Value::Object(object)) =
+            self.user_claims.as_ref().and_then(|name| claims.get(name))
+        {
+            user_claims.extend_from(object, true);
+        }
         Ok(Verified {
             sub: sub.to_owned(),
             expires_at: (exp * 1000.0) as i64,
@@ -207,6 +223,7 @@ impl Verifier {
             },
             machine: sub.ends_with("@clients")
                 || text("gty").as_deref() == Some("client-credentials"),
+            user_claims,
         })
     }
 }

@@ -14,7 +14,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use protocol::error::codes;
-use protocol::{Capability, ErrorInfo};
+use protocol::{Capability, ErrorInfo, UserClaims};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
@@ -59,6 +59,8 @@ pub struct Grant {
     pub expires_at: Option<i64>,
     /// When a token was issued (ms since the epoch, from its `iat`), for revocation.
     pub issued_at: Option<i64>,
+    /// The token's user claims by channel (`../shared/ably-chat.md` §5.10); none for a key.
+    pub user_claims: UserClaims,
 }
 
 /// The key name of grants from the Auth0 plugin: no key of the broker's signed those tokens,
@@ -118,10 +120,28 @@ pub struct Identity {
     pub default: Option<String>,
     /// Whether messages may carry any clientId.
     pub any: bool,
+    /// The credential's user claims, which the server sets as `extras.userClaim` on what
+    /// this identity publishes on their channels (§5.10 of `../shared/ably-chat.md`).
+    pub user_claims: UserClaims,
 }
 
 impl Identity {
-    /// Combines a grant with the `clientId` the client asked for.
+    /// The identity `grant` gives a client that asked for `requested`: the clientId rules of
+    /// [`Identity::resolve`], and the grant's user claims.
+    pub fn of_grant(grant: &Grant, requested: Option<&str>) -> Result<Identity, ErrorInfo> {
+        let mut identity = Identity::resolve(&grant.client_id, requested)?;
+        identity.user_claims = grant.user_claims.clone();
+        Ok(identity)
+    }
+
+    /// The user claim of this identity for `channel`, which the server sets as
+    /// `extras.userClaim` on its messages, presence items and annotations there.
+    pub fn user_claim(&self, channel: &str) -> Option<&str> {
+        self.user_claims.get(channel)
+    }
+
+    /// Combines a clientId claim with the `clientId` the client asked for (no user claims;
+    /// see [`Identity::of_grant`]).
     pub fn resolve(claim: &ClientIdClaim, requested: Option<&str>) -> Result<Identity, ErrorInfo> {
         let requested = requested.filter(|c| !c.is_empty());
         if requested == Some("*") {
@@ -136,17 +156,20 @@ impl Identity {
                 reported: owned(requested),
                 default: owned(requested),
                 any: true,
+                user_claims: UserClaims::default(),
             },
             ClientIdClaim::Wildcard => match requested {
                 Some(c) => Identity {
                     reported: Some(c.to_owned()),
                     default: Some(c.to_owned()),
                     any: false,
+                    user_claims: UserClaims::default(),
                 },
                 None => Identity {
                     reported: Some("*".to_owned()),
                     default: None,
                     any: true,
+                    user_claims: UserClaims::default(),
                 },
             },
             ClientIdClaim::Exactly(id) => {
@@ -160,6 +183,7 @@ impl Identity {
                     reported: Some(id.clone()),
                     default: Some(id.clone()),
                     any: false,
+                    user_claims: UserClaims::default(),
                 }
             }
             ClientIdClaim::None => {
@@ -173,6 +197,7 @@ impl Identity {
                     reported: None,
                     default: None,
                     any: false,
+                    user_claims: UserClaims::default(),
                 }
             }
         })
@@ -193,6 +218,12 @@ impl Identity {
             )),
         }
     }
+}
+
+/// Whom a token is issued to: its clientId and the user claims it carries.
+struct Holder<'a> {
+    client_id: Option<&'a str>,
+    user_claims: &'a UserClaims,
 }
 
 struct Key {
@@ -276,6 +307,9 @@ struct AblyClaims {
     capability: Option<serde_json::Value>,
     #[serde(default, rename = "x-ably-clientId")]
     client_id: Option<String>,
+    /// Every other claim, for the user claims (`ably.room.*`, `ably.channel.*`).
+    #[serde(flatten)]
+    others: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -395,6 +429,7 @@ impl KeyAuthenticator {
             capability: key.capability.clone(),
             expires_at: None,
             issued_at: None,
+            user_claims: UserClaims::default(),
         })
     }
 
@@ -452,6 +487,7 @@ impl KeyAuthenticator {
             capability,
             expires_at: Some(expires_at),
             issued_at: claims.iat.map(numeric_date_ms),
+            user_claims: UserClaims::from_claims(&claims.others),
         })
     }
 
@@ -524,18 +560,15 @@ impl KeyAuthenticator {
             }
         }
         let capability = granted(requested.as_ref(), &key.capability)?;
-        Ok(self.issue(
-            key_name,
-            &key.secret,
-            &capability,
-            request.client_id.as_deref(),
-            now,
-            ttl,
-        ))
+        let holder = Holder {
+            client_id: request.client_id.as_deref(),
+            user_claims: &UserClaims::default(),
+        };
+        Ok(self.issue(key_name, &key.secret, &capability, holder, now, ttl))
     }
 
     /// Mints a token with key `key_name` for `client_id` with `capability` intersected with
-    /// the key's, valid for `max_ttl_ms` but never past `not_after` (ms since the epoch; the
+    /// the key's and `user_claims` (as `ably.channel.<channel>` claims), valid for `max_ttl_ms` but never past `not_after` (ms since the epoch; the
     /// Auth0 token's own expiry): the `/api/auth/token` route for Auth0 users and the
     /// development login. Both bounds are taken from one clock reading, so the token never
     /// outlives `not_after`. 40142 when that has passed, 40160 when the intersection is empty.
@@ -544,6 +577,7 @@ impl KeyAuthenticator {
         key_name: &str,
         capability: &Capability,
         client_id: Option<&str>,
+        user_claims: &UserClaims,
         max_ttl_ms: i64,
         not_after: Option<i64>,
     ) -> Result<TokenDetails, ErrorInfo> {
@@ -557,7 +591,11 @@ impl KeyAuthenticator {
             return Err(ErrorInfo::new(codes::TOKEN_EXPIRED, "Token expired"));
         }
         let capability = granted(Some(capability), &key.capability)?;
-        Ok(self.issue(key_name, &key.secret, &capability, client_id, now, ttl))
+        let holder = Holder {
+            client_id,
+            user_claims,
+        };
+        Ok(self.issue(key_name, &key.secret, &capability, holder, now, ttl))
     }
 
     fn use_nonce(&self, key_name: &str, nonce: &str, now: i64) -> Result<(), ErrorInfo> {
@@ -590,10 +628,11 @@ impl KeyAuthenticator {
         key_name: &str,
         secret: &str,
         capability: &Capability,
-        client_id: Option<&str>,
+        holder: Holder<'_>,
         now: i64,
         ttl: i64,
     ) -> TokenDetails {
+        let client_id = holder.client_id;
         let expires = now + ttl;
         let header = serde_json::json!({"typ": "JWT", "alg": "HS256", "kid": key_name});
         // NumericDates may be fractional (RFC 7519 §2): ms precision, so `expires - issued`
@@ -605,6 +644,9 @@ impl KeyAuthenticator {
         });
         if let Some(c) = client_id {
             claims["x-ably-clientId"] = c.into();
+        }
+        for (channel, value) in holder.user_claims.iter() {
+            claims[format!("{}{channel}", protocol::user_claims::CHANNEL_PREFIX)] = value.into();
         }
         let signing_input = format!(
             "{}.{}",
@@ -822,6 +864,7 @@ mod tests {
                 "app.full",
                 everything,
                 Some("u"),
+                &UserClaims::default(),
                 3_600_000,
                 Some(not_after),
             )
@@ -831,8 +874,42 @@ mod tests {
             "{} > {not_after}",
             details.expires
         );
-        let late = a.mint("app.full", everything, None, 3_600_000, Some(now_ms() - 1));
+        let late = a.mint(
+            "app.full",
+            everything,
+            None,
+            &UserClaims::default(),
+            3_600_000,
+            Some(now_ms() - 1),
+        );
         assert_eq!(late.unwrap_err().code, 40142);
+    }
+
+    #[test]
+    fn user_claims_travel_from_the_token_to_the_identity_and_into_minted_tokens() {
+        let a = auth();
+        let claims = json!({"exp": now_ms() / 1000 + 60, "x-ably-clientId": "alice",
+            "ably.room.r1": "moderator", "ably.channel.news": "editor"});
+        let grant = a
+            .authenticate_jwt(&jwt("app.full", "secret", claims))
+            .unwrap();
+        let identity = Identity::of_grant(&grant, None).unwrap();
+        assert_eq!(identity.user_claim("r1::$chat"), Some("moderator"));
+        assert_eq!(identity.user_claim("news"), Some("editor"));
+        assert_eq!(identity.user_claim("r1"), None);
+        let everything = &Capability::parse(r#"{"*":["*"]}"#).unwrap();
+        let minted = a
+            .mint(
+                "app.full",
+                everything,
+                Some("alice"),
+                &grant.user_claims,
+                60_000,
+                None,
+            )
+            .unwrap();
+        let again = a.authenticate_jwt(&minted.token).unwrap();
+        assert_eq!(again.user_claims, grant.user_claims);
     }
 
     #[test]

@@ -53,6 +53,7 @@ impl ChainAuthenticator {
             capability: principal.capability,
             expires_at: Some(principal.expires_at),
             issued_at: None,
+            user_claims: principal.user_claims,
         })
     }
 }

@@ -905,3 +905,109 @@ async fn annotations_on_two_nodes_add_up_everywhere() {
         );
     }
 }
+
+/// A chat REST call on room `room` of `broker` as `token`; the status and the answer.
+async fn chat_call(
+    broker: &TestBroker,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let url = broker.url(&format!("/chat/v4/rooms/claims{path}"));
+    let request = tests::http()
+        .request(method, url)
+        .bearer_auth(token)
+        .json(&body);
+    let response = tests::send(request).await;
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("a JSON answer"))
+}
+
+/// User claims and chat idempotency keys across nodes: alice's claim, set on one node, is on
+/// the message another node delivers and lists, and on bob's edit there; a send or an edit
+/// repeated with its idempotency key on the other node answers the first one and delivers
+/// nothing more (JetStream's duplicate window holds the ids for the whole cluster).
+#[tokio::test]
+async fn user_claims_and_idempotency_keys_hold_across_nodes() {
+    let nats = NatsCluster::start(1).await;
+    let (one, two) = (node(&nats).await, node(&nats).await);
+    let token = |client_id: &str, claim: &str| {
+        tests::ably_jwt(
+            KEY,
+            serde_json::json!({"exp": tests::now_secs() + 600, "x-ably-clientId": client_id,
+                "x-ably-capability": r#"{"*":["*"]}"#, "ably.room.claims": claim}),
+        )
+    };
+    let (alice, bob) = (token("alice", "a-claim"), token("bob", "b-claim"));
+    let (mut watcher, _) = two.connect_key("json").await;
+    watcher.attach("claims::$chat").await;
+    // Node one has what node two delivered once its own watcher has it too.
+    let (mut watcher_one, _) = one.connect_key("json").await;
+    watcher_one.attach("claims::$chat").await;
+    let claim_of = |frame: &ProtocolMessage| {
+        let extras = frame.messages.as_ref().expect("messages")[0].extras.clone();
+        extras.and_then(|e| e.get("userClaim").cloned())
+    };
+
+    let body = serde_json::json!({"text": "hi"});
+    let send = "/messages?idempotencyKey=k";
+    let (status, sent) = chat_call(&one, &alice, reqwest::Method::POST, send, body.clone()).await;
+    assert_eq!(status, 201, "{sent}");
+    assert_eq!(sent["userClaim"], "a-claim");
+    let frame = watcher.expect(Action::Message).await;
+    assert_eq!(claim_of(&frame), Some("a-claim".into()));
+    let (status, again) = chat_call(&two, &alice, reqwest::Method::POST, send, body).await;
+    // (Node two delivered the message, so it holds it to answer with.)
+    assert_eq!((status, &again), (201, &sent));
+
+    let serial = urlencode(sent["serial"].as_str().expect("serial"));
+    let edit = format!("/messages/{serial}?idempotencyKey=e");
+    let body = serde_json::json!({"message": {"text": "edited"}});
+    let (status, edited) = chat_call(&two, &bob, reqwest::Method::PUT, &edit, body.clone()).await;
+    assert_eq!(status, 200, "{edited}");
+    assert_eq!(edited["userClaim"], "a-claim", "the author's claim");
+    let frame = watcher.expect(Action::Message).await;
+    assert_eq!(claim_of(&frame), Some("a-claim".into()));
+    watcher_one.expect(Action::Message).await;
+    watcher_one.expect(Action::Message).await;
+    let (status, again) = chat_call(&one, &bob, reqwest::Method::PUT, &edit, body).await;
+    assert_eq!((status, &again), (200, &edited));
+
+    // Nothing more was delivered: the next message on the channel is this one.
+    let (status, _) = chat_call(
+        &one,
+        &bob,
+        reqwest::Method::POST,
+        "/messages",
+        serde_json::json!({"text": "marker"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let frame = watcher.expect(Action::Message).await;
+    assert_eq!(claim_of(&frame), Some("b-claim".into()));
+    watcher_one.expect(Action::Message).await;
+    for broker in [&one, &two] {
+        let (_, listed) = chat_call(
+            broker,
+            &alice,
+            reqwest::Method::GET,
+            "/messages",
+            serde_json::Value::Null,
+        )
+        .await;
+        let listed: Vec<(String, String)> = listed
+            .as_array()
+            .expect("an array")
+            .iter()
+            .map(|m| (m["text"].to_string(), m["userClaim"].to_string()))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("\"marker\"".into(), "\"b-claim\"".into()),
+                ("\"edited\"".into(), "\"a-claim\"".into())
+            ]
+        );
+    }
+}

@@ -44,7 +44,7 @@ pub(super) async fn apply(conn: &mut Connection, message: ProtocolMessage) {
     };
     let current = conn.authority.identity.reported.clone();
     let requested = current.as_deref().filter(|c| *c != "*");
-    let identity = match Identity::resolve(&grant.client_id, requested) {
+    let identity = match Identity::of_grant(&grant, requested) {
         Ok(identity) if identity.reported == current => identity,
         Ok(_) => {
             return conn.fail(ErrorInfo::new(

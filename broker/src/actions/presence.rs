@@ -1,7 +1,8 @@
 //! PRESENCE from a client (§6.2, §6.3): enter, update and leave, including `enterClient` and
 //! friends on wildcard or key connections. Checks the `presence` capability, that the channel
 //! is attached in a mode that allows presence, the clientId rules and the size limit; strips
-//! server-set extras (`userClaim`); stamps each item with its clientId,
+//! server-set extras and sets `userClaim` from the token (`../shared/ably-chat.md` §5.10);
+//! stamps each item with its clientId,
 //! connectionId, id (`<connId>:<msgSerial>:<index>`, or the client's own on an automatic
 //! re-enter) and timestamp; and lets the channel's sequencer apply and broadcast it. The ACK
 //! or NACK goes out in msgSerial order with publishes.
@@ -12,7 +13,7 @@ use protocol::{flags, ErrorInfo, Operation, PresenceAction, PresenceMessage, Pro
 use super::message::refuse;
 use super::{new_msg_serial, track};
 use crate::auth::now_ms;
-use crate::channel::service::{mode_not_attached, strip_server_fields};
+use crate::channel::service::{mode_not_attached, set_user_claim, strip_server_fields};
 use crate::channel::{Command, Origin, PresenceOp};
 use crate::connection::state::Connection;
 
@@ -118,6 +119,8 @@ fn prepare(
         if !own_id {
             item.id = Some(format!("{}:{msg_serial}:{index}", conn.connection_id));
         }
+        // Server-set, so not counted in the size: the member's claim for this channel.
+        set_user_claim(&mut item.extras, identity.user_claim(&channel));
         item.client_id = Some(client_id);
         item.connection_id = Some(conn.connection_id.to_string());
         item.timestamp = Some(now);

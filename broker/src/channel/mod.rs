@@ -245,6 +245,13 @@ pub enum Command {
         /// Where the answer goes.
         reply: oneshot::Sender<Occupancy>,
     },
+    /// Answer once this node holds the channel up to `position` (`Channels::caught_up`).
+    CatchUp {
+        /// The position waited for.
+        position: u64,
+        /// Answered when the node holds it, or after the catch-up wait.
+        reply: oneshot::Sender<()>,
+    },
 }
 
 impl Command {

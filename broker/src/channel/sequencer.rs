@@ -265,6 +265,12 @@ impl Sequencer {
             Command::Occupancy { reply } => {
                 let _ = reply.send(self.count_occupancy());
             }
+            Command::CatchUp { position, reply } => {
+                if self.stream.catches_up() {
+                    self.catch_up_to(position).await;
+                }
+                let _ = reply.send(());
+            }
         }
     }
 
@@ -587,10 +593,18 @@ impl Sequencer {
                 mut serials,
             } = stored;
             let annotated = serials.len() > own;
-            if annotated && fresh.len() < serials.len() {
+            // Some entry was answered from an earlier publish with the same id: not stored.
+            let repeated = fresh.len() < serials.len();
+            if annotated && repeated {
                 // An annotation the log already held (a resend with the same id) was counted
                 // again here; the next ones count afresh from the log.
                 self.aggregates.clear();
+            }
+            if repeated && !self.stream.catches_up() {
+                // So was a change it held (an idempotent edit sent again): the latest versions
+                // come from the log again. (In cluster mode `fresh` is always empty; the
+                // versions the stream commits replace what was prepared.)
+                self.latest.clear();
             }
             serials.truncate(own);
             let serials = with_ephemeral(serials, &shape);

@@ -65,6 +65,22 @@ impl CheckedPublish {
     pub fn connection_id(&self) -> Option<&str> {
         self.origin.as_ref().map(|o| &*o.connection_id)
     }
+
+    /// Gives the messages the ids `<base>:<index>` and makes them idempotent, as an app's own
+    /// ids are (§7.3): within the backend's idempotency window, a publish with the same ids
+    /// is answered with the first one's serials and neither stored nor broadcast again. The
+    /// chat REST API's `idempotencyKey` (`../shared/ably-chat.md` §5.4) derives `base` from
+    /// the key.
+    pub fn make_idempotent(&mut self, base: &str) {
+        for (index, m) in self.messages.iter_mut().enumerate() {
+            let mut id = String::with_capacity(base.len() + 4);
+            id.push_str(base);
+            id.push(':');
+            push_decimal(&mut id, index as u64, 0);
+            m.id = Some(id);
+        }
+        self.app_ids = true;
+    }
 }
 
 /// Which log a history request reads.
@@ -164,6 +180,12 @@ impl Channels {
             &publisher.id_base,
             self.context().max_message_size,
         )?;
+        // §5.10 of `../shared/ably-chat.md`: the publisher's claim on a new message. A change
+        // keeps its author's claim, which `versions::apply` carries over.
+        let claim = publisher.identity.user_claim(&channel);
+        for m in messages.iter_mut().filter(|m| !m.is_version()) {
+            set_user_claim(&mut m.extras, claim);
+        }
         let origin = publisher.connection_id.map(|connection_id| Origin {
             connection_id,
             pm_id: publisher.id_base,
@@ -395,6 +417,7 @@ impl Channels {
                     a.id = Some(id);
                 }
             }
+            set_user_claim(&mut a.extras, publisher.identity.user_claim(&channel));
             a.connection_id = publisher.connection_id.as_deref().map(str::to_owned);
             a.serial = None;
             a.timestamp = None;
@@ -440,6 +463,24 @@ impl Channels {
     ) -> Result<Vec<Message>, ErrorInfo> {
         self.permit(channel, capability, Operation::History, "history")?;
         self.versions_of(channel, serial).await
+    }
+
+    /// Waits until this node holds `channel` up to `position` (a serial it just gave out),
+    /// so that reading it back finds it: in cluster mode a node's own publish comes back
+    /// through the stream after JetStream's ACK. At once on a single node, and never longer
+    /// than the sequencer's catch-up wait; a serial of another epoch is not waited for.
+    pub async fn caught_up(self: &Arc<Self>, channel: &str, position: &str) {
+        let Ok(position) = self.position_of(channel, position) else {
+            return;
+        };
+        let (reply, answer) = oneshot::channel();
+        if self
+            .send(channel, Command::CatchUp { position, reply })
+            .await
+            .is_ok()
+        {
+            let _ = answer.await;
+        }
     }
 
     /// Every version of message `serial` that the caller has just published or changed, to
@@ -671,6 +712,20 @@ fn check_action(message: &Message) -> Result<bool, ErrorInfo> {
             codes::INVALID_PARAMETER,
             format!("message action {action} cannot be published"),
         )),
+    }
+}
+
+/// Sets the server-set `extras.userClaim` to `claim` (the publisher's user claim for the
+/// channel, §5.10 of `../shared/ably-chat.md`), after [`strip_server_fields`] took out any the
+/// client sent; `None` leaves `extras` as it is. `extras` that are not an object (refused
+/// elsewhere) are left alone.
+pub fn set_user_claim(extras: &mut Option<serde_json::Value>, claim: Option<&str>) {
+    let Some(claim) = claim else {
+        return;
+    };
+    let extras = extras.get_or_insert_with(|| serde_json::Value::Object(Default::default()));
+    if let serde_json::Value::Object(map) = extras {
+        map.insert("userClaim".to_owned(), claim.into());
     }
 }
 

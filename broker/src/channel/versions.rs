@@ -89,7 +89,8 @@ pub fn unknown_message(serial: &str) -> ErrorInfo {
 /// the fields the change carries (`name`, `data` with its `encoding`, `extras`); a delete keeps
 /// the content it does not replace. An append adds its string or binary data to the end of the
 /// latest version's (40003 when the two cannot be joined), and is kept as an update of the
-/// whole text. The author, `serial`, `clientId` and the original `timestamp` stay; `version`
+/// whole text. The author, `serial`, `clientId`, the author's `extras.userClaim` and the
+/// original `timestamp` stay; `version`
 /// says who changed it (`clientId`), why, and where (the backend gives it its position).
 pub fn apply(latest: &Message, change: Message) -> Result<(Message, Option<Message>), ErrorInfo> {
     let action = change.action.unwrap_or(Message::UPDATE);
@@ -144,6 +145,10 @@ pub fn apply(latest: &Message, change: Message) -> Result<(Message, Option<Messa
         }
         if change.extras.is_some() {
             next.extras = change.extras;
+            // The claim is the author's (§5.10), whoever edits: never the editor's.
+            let author = latest.extras.as_ref().and_then(|e| e.get("userClaim"));
+            super::service::strip_server_fields(&mut next.extras);
+            super::service::set_user_claim(&mut next.extras, author.and_then(|c| c.as_str()));
         }
     }
     Ok((next, increment))
@@ -415,6 +420,31 @@ mod tests {
             ..Message::default()
         };
         assert_eq!(apply(&whole, binary).unwrap_err().code, 40003);
+    }
+
+    #[test]
+    fn changes_keep_the_authors_user_claim() {
+        let mut original = message("e-1", "alice", "hello");
+        original.extras = Some(serde_json::json!({"userClaim": "author"}));
+        let edit = |extras| Message {
+            data: Some(Data::String("hi".into())),
+            client_id: Some("mod".into()),
+            action: Some(Message::UPDATE),
+            extras,
+            ..Message::default()
+        };
+        let replaced = serde_json::json!({"headers": {"h": 1}, "userClaim": "editor"});
+        let (edited, _) = apply(&original, edit(Some(replaced))).unwrap();
+        assert_eq!(
+            edited.extras,
+            Some(serde_json::json!({"headers": {"h": 1}, "userClaim": "author"}))
+        );
+        let (kept, _) = apply(&edited, edit(None)).unwrap();
+        assert_eq!(kept.extras, edited.extras);
+        let unclaimed = message("e-2", "bob", "x");
+        let forged = serde_json::json!({"headers": {}, "userClaim": "forged"});
+        let (edited, _) = apply(&unclaimed, edit(Some(forged))).unwrap();
+        assert_eq!(edited.extras, Some(serde_json::json!({"headers": {}})));
     }
 
     #[test]

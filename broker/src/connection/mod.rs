@@ -260,7 +260,7 @@ async fn handshake(
     if grant.expires_at.is_some_and(|e| e <= now_ms()) {
         return refuse(ErrorInfo::new(codes::TOKEN_EXPIRED, "Token expired"));
     }
-    let identity = match Identity::resolve(&grant.client_id, params.client_id.as_deref()) {
+    let identity = match Identity::of_grant(&grant, params.client_id.as_deref()) {
         Ok(identity) => identity,
         Err(e) => return refuse(e),
     };

@@ -411,6 +411,7 @@ mod tests {
                 reported: None,
                 default: None,
                 any: false,
+                user_claims: Default::default(),
             },
             capability: Capability::all(),
             expires_at: None,

@@ -5,7 +5,9 @@
 //! so this module only turns chat bodies into channel messages and messages into the
 //! `RestMessage` shape the Chat SDK reads. Message reactions (R7–R9) are annotations of type
 //! `reaction:<unique|distinct|multiple>.v1` (§5.6), published and read through the channel
-//! service like the pub/sub annotation routes.
+//! service like the pub/sub annotation routes. A send, edit or delete with an
+//! `idempotencyKey` publishes with an id derived from the key ([`idempotent_id`]), so the
+//! backend's idempotent publishing answers a repeat with the first one's serial.
 
 use bytes::Bytes;
 use hyper::http::request::Parts;
@@ -15,6 +17,7 @@ use protocol::error::codes;
 use protocol::{Annotation, Data, ErrorInfo, Message, MessageVersion, Operation};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
 
 use super::response::{HttpResponse, Negotiated};
 use super::rest::{authenticate, body_format, decoded, history_page, HistoryParams};
@@ -36,8 +39,13 @@ pub async fn route(
     negotiated: &Negotiated,
 ) -> Result<HttpResponse, ErrorInfo> {
     let channel = format!("{}::$chat", decoded(room)?);
+    // Only a send, an edit and a delete take a key (R1, R4, R5).
+    let key = || idempotency_key(query);
     match (&parts.method, rest) {
-        (&Method::POST, ["messages"]) => send(broker, parts, &channel, body, negotiated).await,
+        (&Method::POST, ["messages"]) => {
+            let key = key()?;
+            send(broker, parts, &channel, body, key.as_deref(), negotiated).await
+        }
         (&Method::GET, ["messages"]) => list(broker, parts, &channel, query, negotiated).await,
         (&Method::GET, ["messages", serial]) => {
             let serial = decoded(serial)?;
@@ -61,6 +69,7 @@ pub async fn route(
             Ok(negotiated.ok(StatusCode::OK, &items, link.into_iter().collect()))
         }
         (&Method::PUT, ["messages", serial]) => {
+            let key = key()?;
             let edit: Edit = read_body(parts, body)?;
             let data = content(
                 edit.message.text,
@@ -74,9 +83,11 @@ pub async fn route(
                 version: Some(operation(edit.description, edit.metadata)),
                 ..Default::default()
             };
-            change_message(broker, parts, &channel, serial, change, negotiated).await
+            let key = key.as_deref();
+            change_message(broker, parts, &channel, serial, change, key, negotiated).await
         }
         (&Method::POST, ["messages", serial, "delete"]) => {
+            let key = key()?;
             let delete: Delete = if body.is_empty() {
                 Delete::default()
             } else {
@@ -87,7 +98,8 @@ pub async fn route(
                 version: Some(operation(delete.description, delete.metadata)),
                 ..Default::default()
             };
-            change_message(broker, parts, &channel, serial, change, negotiated).await
+            let key = key.as_deref();
+            change_message(broker, parts, &channel, serial, change, key, negotiated).await
         }
         (&Method::GET, ["occupancy"]) => occupancy(broker, parts, &channel, negotiated).await,
         (&Method::POST, ["messages", serial, "reactions"]) => {
@@ -140,6 +152,43 @@ pub async fn route(
             format!("no route for {} {}", parts.method, parts.uri.path()),
         )),
     }
+}
+
+/// The longest `idempotencyKey` accepted, in characters (chat-js sends 12).
+const MAX_IDEMPOTENCY_KEY: usize = 256;
+
+/// The `idempotencyKey` of R1, R4 and R5 (§5.4), when given: 1 to 256 characters, else 40003.
+fn idempotency_key(query: &[(String, String)]) -> Result<Option<String>, ErrorInfo> {
+    let Some((_, key)) = query.iter().find(|(k, _)| k == "idempotencyKey") else {
+        return Ok(None);
+    };
+    let length = key.chars().count();
+    if length == 0 || length > MAX_IDEMPOTENCY_KEY {
+        return Err(ErrorInfo::new(
+            codes::INVALID_PARAMETER,
+            format!("idempotencyKey must have 1 to {MAX_IDEMPOTENCY_KEY} characters, not {length}"),
+        ));
+    }
+    Ok(Some(key.clone()))
+}
+
+/// The message id a chat operation with idempotency `key` publishes with: a hash of the
+/// operation (`send`, `update`, `delete`), the caller's clientId, the key and the serial of
+/// the message changed, so only the same operation by the same client on the same message
+/// (in the same room: ids are per channel) is taken for a repeat.
+fn idempotent_id(operation: &str, client_id: &str, key: &str, serial: &str) -> String {
+    let mut hash = Sha256::new();
+    for part in [operation, client_id, key, serial] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part.as_bytes());
+    }
+    let digest = hash.finalize();
+    let mut id = String::with_capacity(10 + 32);
+    id.push_str("chat-idem-");
+    for byte in &digest[..16] {
+        id.push_str(&format!("{byte:02x}"));
+    }
+    id
 }
 
 /// The body of R1, `POST …/messages` (CHA-M3b: what is omitted stays omitted).
@@ -286,15 +335,18 @@ async fn author(
     Ok((grant, identity))
 }
 
-/// R1: publishes the message as the §5.3 create and answers 201 with it as stored.
+/// R1: publishes the message as the §5.3 create and answers 201 with it as stored; a repeat
+/// with the same idempotency `key` answers with the message the first one stored.
 async fn send(
     broker: &Broker,
     parts: &Parts,
     channel: &str,
     body: &[u8],
+    key: Option<&str>,
     negotiated: &Negotiated,
 ) -> Result<HttpResponse, ErrorInfo> {
     let (grant, identity) = author(broker, parts).await?;
+    let id = key.map(|key| idempotent_id("send", client_id(&identity), key, ""));
     let new: NewMessage = read_body(parts, body)?;
     let message = Message {
         name: Some(CHAT_MESSAGE.to_owned()),
@@ -302,7 +354,7 @@ async fn send(
         extras: new.headers.map(|h| json!({ "headers": h })),
         ..Default::default()
     };
-    let serial = publish(broker, channel, message, &grant, &identity).await?;
+    let serial = publish(broker, channel, message, &grant, &identity, id).await?;
     let versions = broker.channels.own_change(channel, &serial).await?;
     let created = versions
         .into_iter()
@@ -317,19 +369,26 @@ async fn send(
 
 /// R4 and R5: publishes `change` to message `serial` (the channel's sequencer checks the
 /// `message-update-*`/`message-delete-*` rights and that the message exists) and answers with
-/// the version it made.
+/// the version it made; a repeat with the same idempotency `key` answers with the version the
+/// first one made.
 async fn change_message(
     broker: &Broker,
     parts: &Parts,
     channel: &str,
     serial: &str,
     mut change: Message,
+    key: Option<&str>,
     negotiated: &Negotiated,
 ) -> Result<HttpResponse, ErrorInfo> {
     let serial = decoded(serial)?;
     let (grant, identity) = author(broker, parts).await?;
+    let operation = match change.action {
+        Some(Message::DELETE) => "delete",
+        _ => "update",
+    };
+    let id = key.map(|key| idempotent_id(operation, client_id(&identity), key, &serial));
     change.serial = Some(serial.clone());
-    let version = publish(broker, channel, change, &grant, &identity).await?;
+    let version = publish(broker, channel, change, &grant, &identity, id).await?;
     let versions = broker.channels.own_change(channel, &serial).await?;
     let made = versions
         .iter()
@@ -340,14 +399,21 @@ async fn change_message(
     Ok(negotiated.ok(StatusCode::OK, &rest_message(made, created), Vec::new()))
 }
 
+/// The clientId of a chat author ([`author`] checked there is one).
+fn client_id(identity: &crate::auth::Identity) -> &str {
+    identity.default.as_deref().unwrap_or_default()
+}
+
 /// Publishes one message through every check of a publish and waits until it is stored;
-/// returns its position (a create's serial, a change's version serial).
+/// returns its position (a create's serial, a change's version serial). With an idempotent
+/// `id` ([`idempotent_id`]), a repeat is answered with the first publish's position.
 async fn publish(
     broker: &Broker,
     channel: &str,
     message: Message,
     grant: &crate::auth::Grant,
     identity: &crate::auth::Identity,
+    id: Option<String>,
 ) -> Result<String, ErrorInfo> {
     let publisher = Publisher {
         identity,
@@ -356,16 +422,23 @@ async fn publish(
         connection_id: None,
         id_base: format!("chat-{:016x}", rand::random::<u64>()),
     };
-    let checked = broker
-        .channels
-        .check_publish(channel.to_owned(), vec![message], publisher)?;
+    let mut checked =
+        broker
+            .channels
+            .check_publish(channel.to_owned(), vec![message], publisher)?;
+    if let Some(id) = id {
+        checked.make_idempotent(&id);
+    }
     let client_id = identity.default.as_deref();
-    moderation::publish_and_wait(broker, checked, Source::Chat, client_id)
+    let position = moderation::publish_and_wait(broker, checked, Source::Chat, client_id)
         .await?
         .into_iter()
         .next()
         .flatten()
-        .ok_or_else(|| ErrorInfo::new(codes::INTERNAL, "the message was not given a serial"))
+        .ok_or_else(|| ErrorInfo::new(codes::INTERNAL, "the message was not given a serial"))?;
+    // The answer reads the message back: in cluster mode, once this node holds it.
+    broker.channels.caught_up(channel, &position).await;
+    Ok(position)
 }
 
 /// R2: the room's chat messages, each once at its place in its latest version, paged with a

@@ -206,7 +206,7 @@ pub(super) async fn authenticate(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| STANDARD.decode(v).ok())
         .and_then(|b| String::from_utf8(b).ok());
-    let identity = Identity::resolve(&grant.client_id, requested.as_deref())?;
+    let identity = Identity::of_grant(&grant, requested.as_deref())?;
     Ok((grant, identity))
 }
 
@@ -999,6 +999,7 @@ async fn api(
             &broker.token_key,
             &principal.capability,
             Some(&principal.client_id),
+            &principal.user_claims,
             3_600_000,
             Some(principal.expires_at),
         )?;
@@ -1196,6 +1197,7 @@ async fn dev_login(
         &broker.token_key,
         &DEV_CAPABILITY,
         Some(&username),
+        &protocol::UserClaims::default(),
         3_600_000,
         None,
     )?;

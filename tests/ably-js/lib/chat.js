@@ -20,20 +20,26 @@ const CHAT_LOG_LEVEL = process.env.ABLY_CHAT_LOG_LEVEL || 'info';
  * A ChatClient for `clientId` on the context's broker (or `port`) in `format` (a FORMATS
  * entry: msgpack is `useBinaryProtocol: true`, JSON `false`). The user is identified as an
  * app's token server would do it: by a JWT signed with `key` (makeKey()) carrying
- * `x-ably-clientId` and `capability` (default: everything). `extra` adds ClientOptions;
+ * `x-ably-clientId` and `capability` (default: everything), and `claims` (more JWT claims, e.g.
+ * user claims). `extra` adds ClientOptions, `chatOptions` ChatClientOptions;
  * `label` names the client in diagnostics; `onLog` taps its ably-js log (see Ctx.realtime).
  * The Realtime client is `chat.realtime`.
  */
-export function chatClient(ctx, format, { key, clientId, capability, extra = {}, label, port, onLog }) {
+export function chatClient(
+  ctx,
+  format,
+  { key, clientId, capability, claims, extra = {}, chatOptions = {}, label, port, onLog },
+) {
   label = label ?? `${clientId}-chat-${format.name}`;
   const realtime = ctx.realtime(
     format,
-    { token: mintJwt({ key, clientId, capability }), ...extra },
+    { token: mintJwt({ key, clientId, capability, claims }), ...extra },
     { label, port, onLog },
   );
   // The Chat SDK's lines go into the same ring buffer as the client's frames.
   const lines = ctx.clients.find((c) => c.client === realtime).lines;
   const chat = new ChatClient(realtime, {
+    ...chatOptions,
     logLevel: CHAT_LOG_LEVEL,
     logHandler: (message, level, context) => {
       const extra = context ? ` ${JSON.stringify(context).slice(0, 300)}` : '';

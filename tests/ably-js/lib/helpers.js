@@ -290,6 +290,7 @@ export function mintJwt({
   iat,
   exp,
   signingSecret,
+  claims: extraClaims = {},
 }) {
   const now = Math.floor(Date.now() / 1000);
   const header = { typ: 'JWT', alg: 'HS256', kid: key.name };
@@ -299,6 +300,8 @@ export function mintJwt({
     'x-ably-capability': JSON.stringify(capability),
   };
   if (clientId !== undefined) claims['x-ably-clientId'] = clientId;
+  // More claims on top, e.g. user claims `{'ably.room.<room>': 'value'}` (ably-chat.md §5.10).
+  Object.assign(claims, extraClaims);
   const input = `${b64url(header)}.${b64url(claims)}`;
   const sig = crypto
     .createHmac('sha256', Buffer.from(signingSecret ?? key.secret, 'utf8'))
