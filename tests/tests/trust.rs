@@ -78,6 +78,7 @@ async fn an_edit_is_never_stored_as_a_new_message() {
 
 /// Item 2: `extras.userClaim` is server-set (CHA-M2h): a client's own never reaches a
 /// subscriber, history or a presence subscriber; `extras.headers` is the app's and stays.
+/// A made-up `annotations` summary is dropped as well.
 #[tokio::test]
 async fn client_set_user_claims_are_stripped_and_headers_kept() {
     let broker = TestBroker::start().await;
@@ -99,13 +100,24 @@ async fn client_set_user_claims_are_stripped_and_headers_kept() {
         http()
             .post(broker.url("/channels/claims/messages"))
             .header("authorization", basic_auth())
-            .json(&serde_json::json!({"name": "rest", "data": "r", "extras": only_claim})),
+            // A summary is the server's too (§7.9): one the client makes up is dropped.
+            .json(
+                &serde_json::json!({"name": "rest", "data": "r", "extras": only_claim,
+                "annotations": {"summary": {"like:total.v1": {"total": 999}}}}),
+            ),
     )
     .await;
     let delivered = subscriber.expect(Action::Message).await.messages.unwrap();
     assert_eq!(delivered[0].extras, None);
+    assert_eq!(delivered[0].annotations, None, "a forged summary");
     for stored in history(&broker, "claims", "").await {
         assert!(stored["extras"].get("userClaim").is_none(), "{stored}");
+        assert!(
+            stored["annotations"]["summary"]
+                .get("like:total.v1")
+                .is_none(),
+            "{stored}"
+        );
     }
     let enter = PresenceMessage {
         action: PresenceAction::Enter,

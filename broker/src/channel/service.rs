@@ -617,6 +617,9 @@ pub fn stamp(
     for (index, m) in messages.iter_mut().enumerate() {
         let change = check_action(m)?;
         strip_server_fields(&mut m.extras);
+        // A message's summary is the server's, folded from its annotations (§7.9): one a
+        // client sends, on a new message or with a change on top, is dropped.
+        m.annotations = None;
         m.normalise_data()?;
         if change {
             // ably-js sends the message it changes with the change on top: its id, clientId,
