@@ -16,6 +16,7 @@ import {
   TIMEOUT,
   artifacts,
   checkPrerequisites,
+  devLogin,
   eventually,
   launchBrowser,
   messageTexts,
@@ -43,16 +44,7 @@ after(async () => {
 });
 
 async function openUser(username) {
-  const context = await browser.newContext({ viewport: { width: 1100, height: 700 } });
-  const page = await context.newPage();
-  page.setDefaultTimeout(TIMEOUT);
-  page.on('pageerror', (err) => console.error(`[${username}] page error:`, err.message));
-  await page.goto(baseUrl + '/');
-  await page.getByText('Development login — Auth0 is not configured').waitFor();
-  await page.getByLabel('Username').fill(username);
-  await page.getByRole('button', { name: 'Enter chat' }).click();
-  await waitConnected(page);
-  return { context, page };
+  return devLogin(browser, baseUrl, username, 1100);
 }
 
 test('two users chat in the browser: presence, ordered messages, history, leave', async () => {

@@ -21,13 +21,12 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
-  TIMEOUT,
   artifacts,
   checkPrerequisites,
+  devLogin,
   eventually,
   launchBrowser,
   startBroker,
-  waitConnected,
 } from './support.mjs';
 
 const committed = join(resolve(dirname(fileURLToPath(import.meta.url)), '..'), 'screenshots');
@@ -58,15 +57,7 @@ after(async () => {
 
 // Logs `username` in with the development login and opens the chat room.
 async function openUser(username) {
-  const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
-  const page = await context.newPage();
-  page.setDefaultTimeout(TIMEOUT);
-  page.on('pageerror', (err) => console.error(`[${username}] page error:`, err.message));
-  await page.goto(baseUrl + '/');
-  await page.getByText('Development login — Auth0 is not configured').waitFor();
-  await page.getByLabel('Username').fill(username);
-  await page.getByRole('button', { name: 'Enter chat' }).click();
-  await waitConnected(page);
+  const { context, page } = await devLogin(browser, baseUrl, username, 1000);
   await page.getByTestId('chat-room-link').filter({ hasText: 'lobby' }).click();
   await waitInRoom(page);
   return { context, page };

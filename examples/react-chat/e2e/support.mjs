@@ -112,6 +112,21 @@ export async function waitConnected(page) {
   await page.getByTestId('room-name').filter({ hasText: '#general' }).waitFor();
 }
 
+// Opens a browser context of `width`×700, logs `username` in with the development login and
+// waits until the chat is up. Page errors are printed with the user's name.
+export async function devLogin(browser, baseUrl, username, width) {
+  const context = await browser.newContext({ viewport: { width, height: 700 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(TIMEOUT);
+  page.on('pageerror', (err) => console.error(`[${username}] page error:`, err.message));
+  await page.goto(baseUrl + '/');
+  await page.getByText('Development login — Auth0 is not configured').waitFor();
+  await page.getByLabel('Username').fill(username);
+  await page.getByRole('button', { name: 'Enter chat' }).click();
+  await waitConnected(page);
+  return { context, page };
+}
+
 // The clientIds in the room's online list, in the order shown.
 export const onlineUsers = (page) =>
   page.locator('[data-testid="online-user"]').evaluateAll((els) =>
