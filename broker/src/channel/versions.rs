@@ -90,8 +90,8 @@ pub fn unknown_message(serial: &str) -> ErrorInfo {
 /// the content it does not replace. An append adds its string or binary data to the end of the
 /// latest version's (40003 when the two cannot be joined), and is kept as an update of the
 /// whole text. The author, `serial`, `clientId`, the author's `extras.userClaim` and the
-/// original `timestamp` stay; `version`
-/// says who changed it (`clientId`), why, and where (the backend gives it its position).
+/// original `timestamp` stay; `version` says who changed it (`clientId`), why, and where (the
+/// backend gives it its position).
 pub fn apply(latest: &Message, change: Message) -> Result<(Message, Option<Message>), ErrorInfo> {
     let action = change.action.unwrap_or(Message::UPDATE);
     let operation = change.version.clone().unwrap_or_default();
